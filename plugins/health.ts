@@ -1,0 +1,61 @@
+/**
+ * /healthz: 200 while the process serves. /readyz: 200 once the gateway is ready and every
+ * readiness check passes (Redis reachable, …); 503 while starting, draining or degraded.
+ */
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { PROBLEM_CONTENT_TYPE } from '../schemas/problem.js'
+import { problemBody } from './problem.js'
+
+export type ReadinessCheck = () => Promise<string | null> | string | null
+
+export interface Readiness {
+  state: 'starting' | 'ready' | 'draining'
+  /** A check returns null when fine, or a short reason (no internal detail) when not. */
+  add: (name: string, check: ReadinessCheck) => void
+  check: () => Promise<{ ready: boolean, reasons: Record<string, string> }>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    readiness: Readiness
+  }
+}
+
+async function healthPlugin (app: FastifyInstance): Promise<void> {
+  const checks = new Map<string, ReadinessCheck>()
+  const readiness: Readiness = {
+    state: 'starting',
+    add (name, check) { checks.set(name, check) },
+    async check () {
+      const reasons: Record<string, string> = {}
+      if (readiness.state !== 'ready') reasons.gateway = readiness.state
+      for (const [name, check] of checks) {
+        try {
+          const reason = await check()
+          if (reason !== null) reasons[name] = reason
+        } catch {
+          reasons[name] = 'check failed'
+        }
+      }
+      return { ready: Object.keys(reasons).length === 0, reasons }
+    }
+  }
+  app.decorate('readiness', readiness)
+  app.addHook('onReady', async () => { if (readiness.state === 'starting') readiness.state = 'ready' })
+  app.addHook('preClose', async () => { readiness.state = 'draining' })
+
+  app.get('/healthz', { config: { routeName: 'healthz' } }, async (_request, reply) => {
+    reply.header('cache-control', 'no-store')
+    return { status: 'ok' }
+  })
+  app.get('/readyz', { config: { routeName: 'readyz' } }, async (request, reply) => {
+    reply.header('cache-control', 'no-store')
+    const { ready, reasons } = await readiness.check()
+    if (ready) return { status: 'ready' }
+    const body = { ...problemBody('GW_ERR_UNAVAILABLE', 'The gateway is not ready.', request), checks: reasons }
+    return reply.code(503).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
+  })
+}
+
+export default fp(healthPlugin, { name: 'portcullis-health', fastify: '5.x' })

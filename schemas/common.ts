@@ -1,0 +1,40 @@
+/**
+ * Building blocks shared by the config schema and the plugins' option schemas.
+ * Durations and sizes are written as strings in the config file and parsed once, at start.
+ */
+import Type from 'typebox'
+
+export const DURATION_PATTERN = '^[0-9]+(ms|s|m|h)$'
+export const SIZE_PATTERN = '^[0-9]+(b|kb|mb|gb)$'
+
+/** A duration string: `500ms`, `10s`, `15m`, `1h`. */
+export function Duration (options: { default?: string, description?: string } = {}) {
+  return Type.String({ pattern: DURATION_PATTERN, description: 'a duration: 500ms, 10s, 15m, 1h', ...options })
+}
+/** A size string: `512kb`, `1mb`. */
+export function Size (options: { default?: string, description?: string } = {}) {
+  return Type.String({ pattern: SIZE_PATTERN, description: 'a size: 512b, 512kb, 1mb, 1gb', ...options })
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
+const SIZE_UNITS: Record<string, number> = { b: 1, kb: 1024, mb: 1024 ** 2, gb: 1024 ** 3 }
+
+/** Milliseconds in a duration string that matched DURATION_PATTERN. */
+export function parseDuration (value: string): number {
+  const m = /^([0-9]+)(ms|s|m|h)$/.exec(value)
+  if (m === null) throw new TypeError(`not a duration: ${value}`)
+  return Number(m[1]) * DURATION_UNITS[m[2]]
+}
+
+/** Bytes in a size string that matched SIZE_PATTERN. */
+export function parseSize (value: string): number {
+  const m = /^([0-9]+)(b|kb|mb|gb)$/.exec(value)
+  if (m === null) throw new TypeError(`not a size: ${value}`)
+  return Number(m[1]) * SIZE_UNITS[m[2]]
+}
+
+/** A phrase for each pattern, so that config errors read as sentences, not regexes. */
+export const PATTERN_PHRASES: Record<string, string> = {
+  [DURATION_PATTERN]: 'must be a duration such as 500ms, 10s, 15m or 1h',
+  [SIZE_PATTERN]: 'must be a size such as 512kb or 1mb'
+}

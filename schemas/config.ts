@@ -1,0 +1,85 @@
+/**
+ * The config file's schema. It is the validator (src/config.ts compiles it once), the
+ * TypeScript type (`GatewayConfig`) and the source of the README's config reference:
+ * every key has a `description`, and every default lives here and nowhere else.
+ */
+import Type, { type Static } from 'typebox'
+import { Duration, Size } from './common.js'
+
+export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const
+export const DEFAULT_METHODS = [...HTTP_METHODS]
+
+/** Paths the gateway answers itself; no route may use or shadow them. */
+export const RESERVED_PATHS = ['/healthz', '/readyz', '/metrics'] as const
+
+const Method = Type.Union(HTTP_METHODS.map((m) => Type.Literal(m)))
+
+export const TimeoutsSchema = Type.Object({
+  headers: Duration({ default: '10s', description: 'time a client has to send the request headers (slowloris guard)' }),
+  request: Duration({ default: '30s', description: 'time a client has to send the whole request' }),
+  keepAlive: Duration({ default: '72s', description: 'how long an idle client connection is kept open' })
+}, { additionalProperties: false, default: {} })
+
+export const ServerSchema = Type.Object({
+  host: Type.String({ default: '127.0.0.1', minLength: 1, description: 'address to listen on' }),
+  port: Type.Integer({ default: 8080, minimum: 0, maximum: 65535, description: 'port to listen on (0 = any free port)' }),
+  trustProxy: Type.Union([
+    Type.Boolean(),
+    Type.Integer({ minimum: 1 }),
+    Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })
+  ], {
+    default: false,
+    description: 'whether X-Forwarded-* from the peer are believed: false, true, a hop count, or a list of trusted addresses/CIDRs'
+  }),
+  bodyLimit: Size({ default: '1mb', description: 'largest request body accepted (per-route override: routes[].bodyLimit)' }),
+  maxHeaderSize: Size({ default: '16kb', description: 'largest request head (request line + headers) accepted; larger → 431' }),
+  timeouts: TimeoutsSchema,
+  shutdownGrace: Duration({ default: '10s', description: 'on SIGTERM/SIGINT, how long in-flight requests get to finish' })
+}, { additionalProperties: false, default: {} })
+
+export const LoggingSchema = Type.Object({
+  level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), {
+    default: 'info', description: 'pino log level'
+  }),
+  accessLog: Type.Boolean({ default: true, description: 'one line per request: method, route, status, duration, upstream time, request id' })
+}, { additionalProperties: false, default: {} })
+
+export const RoutePluginSchema = Type.Union([
+  Type.String({ minLength: 1, description: 'path of a module whose default export is a Fastify plugin' }),
+  Type.Object({
+    path: Type.String({ minLength: 1 }),
+    options: Type.Optional(Type.Record(Type.String(), Type.Unknown()))
+  }, { additionalProperties: false })
+])
+
+export const RouteTlsSchema = Type.Object({
+  insecureSkipVerify: Type.Boolean({ default: false, description: 'accept any certificate from an https upstream (never in production)' }),
+  ca: Type.Optional(Type.String({ minLength: 1, description: 'PEM file of the CA that signed the upstream certificate' }))
+}, { additionalProperties: false, default: {} })
+
+export const RouteSchema = Type.Object({
+  name: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', description: 'unique name; used in logs and metrics labels' }),
+  prefix: Type.String({ pattern: '^/[A-Za-z0-9._~!$&\'()*+,;=:@%/-]*$', description: 'path prefix this route answers, e.g. /api/people' }),
+  upstream: Type.Union([
+    Type.String({ minLength: 1 }),
+    Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })
+  ], { description: 'http(s) URL, or a list balanced round-robin; its path replaces the prefix' }),
+  methods: Type.Array(Method, { minItems: 1, uniqueItems: true, default: DEFAULT_METHODS, description: 'methods proxied; others get 405' }),
+  timeout: Duration({ default: '30s', description: 'time the upstream has to send its response headers, and the longest pause inside its body' }),
+  retries: Type.Integer({ minimum: 0, maximum: 5, default: 1, description: 'retries of idempotent, body-less requests whose connection failed before any response' }),
+  connections: Type.Integer({ minimum: 1, maximum: 4096, default: 128, description: 'keep-alive connections per upstream URL' }),
+  bodyLimit: Type.Optional(Size({ description: 'largest request body on this route (default server.bodyLimit)' })),
+  tls: RouteTlsSchema,
+  plugins: Type.Array(RoutePluginSchema, { default: [], description: 'your own Fastify plugins, registered in this route\'s scope before the proxy' })
+}, { additionalProperties: false })
+
+export const GatewayConfigSchema = Type.Object({
+  server: ServerSchema,
+  logging: LoggingSchema,
+  routes: Type.Array(RouteSchema, { minItems: 1 })
+}, { additionalProperties: false })
+
+export type GatewayConfig = Static<typeof GatewayConfigSchema>
+export type RouteConfig = Static<typeof RouteSchema>
+export type ServerConfig = Static<typeof ServerSchema>
+export type RoutePlugin = Static<typeof RoutePluginSchema>

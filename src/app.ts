@@ -1,0 +1,113 @@
+/**
+ * buildGateway(config): the whole gateway as a Fastify instance, ready to `listen` (or to
+ * `inject` in tests). It does not listen; src/server.ts does. A user can `register` more
+ * plugins on the returned instance before listening.
+ */
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import type { GatewayConfig } from '../schemas/config.js'
+import { parseDuration, parseSize } from '../schemas/common.js'
+import problem, { clientErrorResponse } from '../plugins/problem.js'
+import requestIdPlugin, { requestId } from '../plugins/request-id.js'
+import health from '../plugins/health.js'
+import { createForwarder, type Forwarder } from './forward.js'
+import { routeScope } from './route.js'
+
+export interface BuildOptions {
+  /** Fastify/pino logger options, or false. Default: JSON logs at `logging.level`, secrets redacted. */
+  logger?: FastifyServerOptions['logger']
+}
+
+/** Header and field paths that never reach a log line. */
+export const REDACT = [
+  'req.headers.authorization', 'req.headers["proxy-authorization"]', 'req.headers.cookie', 'req.headers["x-api-key"]',
+  'res.headers["set-cookie"]', 'headers.authorization', 'headers.cookie', 'headers["set-cookie"]', 'password', '*.password', '*.token'
+]
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The frozen config this gateway was built from. */
+    gatewayConfig: Readonly<GatewayConfig>
+  }
+}
+
+/**
+ * Fastify's per-request log lines, replaced by one access line per request: method, route name,
+ * path (never the query string, which may carry secrets), status, duration and upstream time.
+ * Fastify calls it when the response finishes, proxied (hijacked) responses included, so no
+ * onResponse hook is needed on the hot path.
+ */
+class AccessLog extends LogController {
+  constructor (private readonly enabled: boolean) {
+    super({ disableRequestLogging: false })
+  }
+
+  override incomingRequest (): void {}
+  override routeNotFound (): void {}
+
+  override requestCompleted (error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    if (!this.enabled) return
+    const url = request.raw.url ?? '/'
+    const q = url.indexOf('?')
+    const line = {
+      method: request.method,
+      route: reply.routeOptions.config.routeName ?? null,
+      path: q === -1 ? url : url.slice(0, q),
+      status: reply.statusCode,
+      ms: Math.round(reply.elapsedTime * 100) / 100,
+      upstreamMs: request.upstreamMs === undefined ? null : Math.round(request.upstreamMs * 100) / 100
+    }
+    if (error) request.log.warn({ ...line, err: error }, 'request errored')
+    else request.log.info(line, 'request completed')
+  }
+}
+
+export async function buildGateway (config: Readonly<GatewayConfig>, options: BuildOptions = {}): Promise<FastifyInstance> {
+  const { server, logging } = config
+  const requestTimeout = parseDuration(server.timeouts.request)
+  const longestRoute = Math.max(...config.routes.map((r) => parseDuration(r.timeout)))
+  const app = Fastify({
+    logger: options.logger ?? (logging.level === 'silent' ? false : { level: logging.level, redact: { paths: REDACT, censor: '[redacted]' } }),
+    logController: new AccessLog(logging.accessLog),
+    genReqId: requestId,
+    trustProxy: server.trustProxy as FastifyServerOptions['trustProxy'],
+    bodyLimit: parseSize(server.bodyLimit),
+    requestTimeout,
+    keepAliveTimeout: parseDuration(server.timeouts.keepAlive),
+    // Socket inactivity: long enough for the slowest route to answer after the request arrived.
+    connectionTimeout: requestTimeout + longestRoute,
+    http: { maxHeaderSize: parseSize(server.maxHeaderSize), headersTimeout: parseDuration(server.timeouts.headers) },
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    exposeHeadRoutes: false,
+    routerOptions: { maxParamLength: 2048 },
+    clientErrorHandler (err, socket) {
+      if (socket.writable) socket.end(clientErrorResponse(err, requestId({ headers: {} } as never)))
+      else socket.destroy()
+    }
+  })
+  app.decorate('gatewayConfig', config)
+  app.decorateRequest('upstreamMs', undefined)
+
+  await app.register(problem, { routes: config.routes.map((r) => ({ prefix: r.prefix, methods: r.methods })) })
+  await app.register(requestIdPlugin)
+  await app.register(health)
+
+  const forwarders: Forwarder[] = []
+  app.addHook('onClose', async () => { await Promise.all(forwarders.map((f) => f.close())) })
+  const keepAliveTimeoutMs = Math.min(4_000, parseDuration(server.timeouts.keepAlive))
+  for (const route of config.routes) {
+    const forwarder = createForwarder({
+      upstreams: Array.isArray(route.upstream) ? route.upstream : [route.upstream],
+      prefix: route.prefix,
+      timeoutMs: parseDuration(route.timeout),
+      retries: route.retries,
+      connections: route.connections,
+      keepAliveTimeoutMs,
+      tls: route.tls,
+      bodyLimit: parseSize(route.bodyLimit ?? server.bodyLimit)
+    })
+    forwarders.push(forwarder)
+    await app.register(routeScope, { route, forwarder })
+  }
+  return app
+}

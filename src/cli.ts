@@ -1,0 +1,103 @@
+#!/usr/bin/env node
+/**
+ * portcullis start | validate — argv → config → server.
+ * Exit codes: 0 ok, 1 bad config or failure to start, 2 bad command line.
+ */
+import { readFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import { ConfigError, loadConfig } from './config.js'
+import { startServer } from './server.js'
+
+const USAGE = `Usage: portcullis <command> [options]
+
+Commands:
+  start      --config FILE [--port N] [--host H]   run the gateway
+  validate   --config FILE                         check a config file, print "ok" or its errors
+
+Options:
+  -c, --config FILE   the gateway config (YAML or JSON); default ./gateway.yaml
+  -p, --port N        override server.port
+  -H, --host H        override server.host
+  -h, --help          show this help
+  -v, --version       print the version
+`
+
+function version (): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+  return pkg.version
+}
+
+function usageError (message: string): never {
+  process.stderr.write(`portcullis: ${message}\n\n${USAGE}`)
+  process.exit(2)
+}
+
+export async function main (argv: string[]): Promise<void> {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        config: { type: 'string', short: 'c' },
+        port: { type: 'string', short: 'p' },
+        host: { type: 'string', short: 'H' },
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'v' }
+      }
+    })
+  } catch (err) {
+    usageError((err as Error).message)
+  }
+  const { values, positionals } = parsed
+  if (values.help === true) { process.stdout.write(USAGE); return }
+  if (values.version === true) { process.stdout.write(version() + '\n'); return }
+  const [command, ...extra] = positionals
+  if (command === undefined) usageError('a command is required')
+  if (extra.length > 0) usageError(`unexpected argument: ${extra[0]}`)
+  const file = values.config ?? 'gateway.yaml'
+
+  switch (command) {
+    case 'validate': {
+      if (values.port !== undefined || values.host !== undefined) usageError('validate takes only --config')
+      try {
+        loadConfig(file)
+      } catch (err) {
+        if (err instanceof ConfigError) { process.stderr.write(err.message + '\n'); process.exit(1) }
+        throw err
+      }
+      process.stdout.write('ok\n')
+      return
+    }
+    case 'start': {
+      let port: number | undefined
+      if (values.port !== undefined) {
+        port = Number(values.port)
+        if (!/^[0-9]+$/.test(values.port) || port > 65535) usageError(`--port must be a number from 0 to 65535, not "${values.port}"`)
+      }
+      let config
+      try {
+        config = loadConfig(file)
+      } catch (err) {
+        if (err instanceof ConfigError) { process.stderr.write(err.message + '\n'); process.exit(1) }
+        throw err
+      }
+      try {
+        const { url, app } = await startServer(config, { host: values.host, port })
+        app.log.info({ url, routes: config.routes.map((r) => `${r.name} ${r.prefix} → ${String(r.upstream)}`) }, 'portcullis listening')
+      } catch (err) {
+        process.stderr.write(`portcullis: cannot start: ${(err as Error).message}\n`)
+        process.exit(1)
+      }
+      return
+    }
+    default:
+      usageError(`unknown command: ${command}`)
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  process.stderr.write(`portcullis: ${(err as Error).stack ?? String(err)}\n`)
+  process.exit(1)
+})

@@ -1,0 +1,366 @@
+/**
+ * The forwarding engine, behind a narrow interface: `createForwarder(options)` once per route at
+ * start, then `forward(request, reply, body?)` per request, `close()` at shutdown.
+ *
+ * It dispatches on one undici Pool per upstream URL and writes the upstream's response straight
+ * into the raw Node response (no intermediate stream), which is what makes it faster than
+ * @fastify/reply-from. Everything a gateway must get right about the hop lives here:
+ *  - hop-by-hop headers and the ones the client names in `Connection` are dropped *before* the
+ *    gateway's own headers are added, so a client cannot strip X-Forwarded-* or X-Request-Id;
+ *  - refused connection → 502, no response within the route timeout → 504, and neither leaks
+ *    an address or errno; an upstream that dies mid-body aborts the client response;
+ *  - only idempotent, body-less requests are retried, only on connection failures, and never on
+ *    a status code (reply-from retries 503 ten times by default);
+ *  - https upstreams verify certificates unless the route opts out.
+ */
+import { readFileSync } from 'node:fs'
+import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
+import { Transform, type Readable } from 'node:stream'
+import { Pool, type Dispatcher } from 'undici'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import { GatewayError } from '../schemas/errors.js'
+
+export interface ForwarderOptions {
+  /** Upstream URLs; all share the same path, which replaces `prefix`. */
+  upstreams: readonly string[]
+  /** The route prefix that the upstream path replaces (`/api/people`). */
+  prefix: string
+  /** Response headers and inter-chunk body timeout. */
+  timeoutMs: number
+  retries: number
+  connections: number
+  keepAliveTimeoutMs?: number
+  tls?: { insecureSkipVerify?: boolean, ca?: string }
+  /** Largest streamed request body in bytes: a larger Content-Length → 413 before any byte is read. */
+  bodyLimit: number
+}
+
+/** What a forwarded request carries besides the client's own headers. */
+export interface ForwardExtras {
+  /** Replaces the request body (a validated, re-serialized JSON body). */
+  body?: string | Buffer
+  /** Content type of `body`. */
+  contentType?: string
+  /** Extra headers for the upstream (identity headers…), already lower-case. */
+  headers?: ReadonlyArray<readonly [string, string]>
+  /** Request headers (lower-case) never forwarded (client-sent identity headers…). */
+  strip?: ReadonlySet<string>
+}
+
+export interface Forwarder {
+  forward: (request: FastifyRequest, reply: FastifyReply, extras?: ForwardExtras) => Promise<void>
+  close: () => Promise<void>
+}
+
+/** Request headers that describe one hop only (RFC 9110 §7.6.1) or that the gateway sets itself. */
+const REQUEST_SKIP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization',
+  'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings', 'expect',
+  'host', 'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port',
+  'x-forwarded-prefix', 'x-real-ip', 'x-request-id'
+])
+/** Response headers that describe one hop only. */
+const RESPONSE_SKIP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'te', 'trailer',
+  'transfer-encoding', 'upgrade', 'http2-settings', 'x-request-id'
+])
+
+/** Connection failures after which a retry cannot have reached the upstream's application. */
+const RETRYABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'UND_ERR_SOCKET', 'EPIPE', 'UND_ERR_CLOSED'])
+
+interface Target { pool: Pool, host: string, origin: string }
+
+/** How upstream `Location` values map back onto the gateway. */
+interface Rewrite { prefix: string, basePath: string, origins: string[] }
+
+export function createForwarder (options: ForwarderOptions): Forwarder {
+  const ca = options.tls?.ca === undefined ? undefined : readFileSync(options.tls.ca)
+  const targets: Target[] = options.upstreams.map((raw) => {
+    const url = new URL(raw)
+    const pool = new Pool(url.origin, {
+      connections: options.connections,
+      pipelining: 1,
+      keepAliveTimeout: options.keepAliveTimeoutMs ?? 4_000,
+      headersTimeout: options.timeoutMs,
+      bodyTimeout: options.timeoutMs,
+      connect: url.protocol === 'https:'
+        ? { rejectUnauthorized: options.tls?.insecureSkipVerify !== true, ca, timeout: Math.min(options.timeoutMs, 10_000) }
+        : { timeout: Math.min(options.timeoutMs, 10_000) }
+    })
+    return { pool, host: url.host, origin: url.origin }
+  })
+  // The config check guarantees every URL of a balanced upstream has the same path.
+  const basePath = new URL(options.upstreams[0]).pathname.replace(/\/+$/, '')
+  const prefix = options.prefix === '/' ? '' : options.prefix
+  const rewrite: Rewrite = { prefix, basePath, origins: targets.map((t) => t.origin) }
+  let next = 0
+
+  function pick (): Target {
+    const target = targets[next]
+    next = (next + 1) % targets.length
+    return target
+  }
+
+  function forward (request: FastifyRequest, reply: FastifyReply, extras: ForwardExtras = {}): Promise<void> {
+    const raw = request.raw
+    const url = raw.url ?? '/'
+    const rest = url.slice(prefix.length) // the route scope checked that the URL starts with the prefix as spelled
+    const path = basePath === '' ? (rest === '' || rest[0] === '?' ? '/' + rest : rest) : basePath + rest
+    let target = pick()
+
+    let body: Readable | string | Buffer | null = null
+    if (extras.body !== undefined) {
+      body = extras.body
+    } else if (hasBody(raw.headers)) {
+      const length = raw.headers['content-length']
+      if (length !== undefined && Number(length) > options.bodyLimit) {
+        return Promise.reject(new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', `The request body is larger than ${options.bodyLimit} bytes.`))
+      }
+      body = length === undefined ? limitBody(raw, options.bodyLimit) : raw
+    }
+    const idempotent = body === null && (raw.method === 'GET' || raw.method === 'HEAD' || raw.method === 'OPTIONS')
+    const attempts = idempotent ? options.retries + 1 : 1
+
+    return new Promise<void>((resolve, reject) => {
+      const started = performance.now()
+      let attempt = 0
+      const dispatch = (): void => {
+        attempt++
+        const headers = upstreamHeaders(request, target.host, extras)
+        const handler = new ResponseHandler(request, reply, started, rewrite, (err) => {
+          if (err === null) return resolve()
+          const code = (err as { code?: string }).code ?? ''
+          if (!handler.started && attempt < attempts && RETRYABLE.has(code) && !reply.raw.destroyed) {
+            request.log.debug({ attempt, code }, 'retrying upstream request')
+            target = pick()
+            return dispatch()
+          }
+          if (handler.started) {
+            // The response has begun: nothing left but to abort it, so the client sees a broken
+            // response and never a clean one.
+            request.log.warn({ code, upstream: target.origin }, 'upstream response aborted')
+            reply.raw.destroy()
+            return resolve()
+          }
+          reject(upstreamError(err, request, target.origin))
+        })
+        target.pool.dispatch({
+          origin: target.origin,
+          path,
+          method: raw.method as Dispatcher.HttpMethod,
+          headers,
+          body,
+          idempotent,
+          blocking: false
+        }, handler)
+      }
+      dispatch()
+    })
+  }
+
+  return {
+    forward,
+    async close () {
+      await Promise.all(targets.map((t) => t.pool.close()))
+    }
+  }
+}
+
+/** A chunked body passes through a counter that fails the upload once it exceeds the limit. */
+function limitBody (source: Readable, limit: number): Readable {
+  let seen = 0
+  const counter = new Transform({
+    transform (chunk: Buffer, _encoding, callback) {
+      seen += chunk.length
+      if (seen > limit) callback(new BodyTooLargeError(limit))
+      else callback(null, chunk)
+    }
+  })
+  source.on('error', (err) => counter.destroy(err))
+  return source.pipe(counter)
+}
+
+class BodyTooLargeError extends Error {
+  readonly code = 'GW_BODY_TOO_LARGE'
+  constructor (readonly limit: number) { super('request body too large') }
+}
+
+function hasBody (headers: IncomingHttpHeaders): boolean {
+  const length = headers['content-length']
+  return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
+}
+
+/** One pass over the client's headers; then the gateway's own. */
+function upstreamHeaders (request: FastifyRequest, host: string, extras: ForwardExtras): string[] {
+  const incoming = request.raw.headers
+  const named = connectionTokens(incoming.connection)
+  const strip = extras.strip
+  const out: string[] = []
+  for (const name in incoming) {
+    if (REQUEST_SKIP.has(name) || (named !== null && named.has(name)) || (strip !== undefined && strip.has(name))) continue
+    if (extras.body !== undefined && (name === 'content-length' || name === 'content-type')) continue
+    const value = incoming[name]
+    if (value === undefined) continue
+    if (typeof value === 'string') out.push(name, value)
+    else for (const v of value) out.push(name, v)
+  }
+  out.push(
+    'host', host,
+    'x-forwarded-for', forwardedFor(request),
+    'x-forwarded-proto', request.protocol,
+    'x-forwarded-host', request.host,
+    'x-request-id', request.id
+  )
+  if (extras.body !== undefined) {
+    out.push('content-type', extras.contentType ?? 'application/json', 'content-length', String(Buffer.byteLength(extras.body)))
+  }
+  if (extras.headers !== undefined) for (const [k, v] of extras.headers) out.push(k, v)
+  return out
+}
+
+function connectionTokens (value: string | undefined): Set<string> | null {
+  if (value === undefined || value === '' || value === 'keep-alive' || value === 'close') return null
+  const set = new Set<string>()
+  for (const token of value.split(',')) {
+    const name = token.trim().toLowerCase()
+    if (name !== '') set.add(name)
+  }
+  return set
+}
+
+/**
+ * The chain the upstream should believe: the addresses Fastify trusted (per server.trustProxy)
+ * from the client to our peer. With trustProxy off this is just the peer's address.
+ */
+function forwardedFor (request: FastifyRequest): string {
+  const ips = request.ips
+  if (ips === undefined || ips.length <= 1) return request.ip
+  let chain = ips[ips.length - 1]
+  for (let i = ips.length - 2; i >= 0; i--) chain += ', ' + ips[i]
+  return chain
+}
+
+function upstreamError (err: Error, request: FastifyRequest, origin: string): GatewayError {
+  if (err instanceof BodyTooLargeError) {
+    return new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', `The request body is larger than ${err.limit} bytes.`)
+  }
+  const code = (err as { code?: string }).code ?? err.name
+  request.log.warn({ code, upstream: origin }, 'upstream request failed')
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ETIMEDOUT') {
+    return new GatewayError('GW_ERR_GATEWAY_TIMEOUT', 'The upstream did not answer in time.', { cause: err })
+  }
+  if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH' || code === 'UND_ERR_ABORTED' || code === 'ECONNABORTED') {
+    return new GatewayError('GW_ERR_BAD_REQUEST', 'The request body ended before its declared length.', { cause: err })
+  }
+  return new GatewayError('GW_ERR_BAD_GATEWAY', 'The upstream could not be reached.', { cause: err })
+}
+
+/**
+ * undici's dispatch handler (the raw-headers interface its client speaks natively): the
+ * upstream's status and headers go to the client as soon as they arrive, the body chunk by
+ * chunk with backpressure both ways.
+ */
+class ResponseHandler implements Dispatcher.DispatchHandler {
+  started = false
+  private abort: ((err?: Error) => void) | null = null
+  private readonly res: ServerResponse
+  private readonly onClose: () => void
+  private done = false
+
+  constructor (
+    private readonly request: FastifyRequest,
+    private readonly reply: FastifyReply,
+    private readonly startedAt: number,
+    private readonly rewrite: Rewrite,
+    private readonly callback: (err: Error | null) => void
+  ) {
+    this.res = reply.raw
+    // The client went away: stop the upstream request too.
+    this.onClose = () => {
+      if (!this.done && this.abort !== null) this.abort(new Error('client closed the connection'))
+    }
+    this.res.once('close', this.onClose)
+  }
+
+  onConnect (abort: (err?: Error) => void): void {
+    this.abort = abort
+    if (this.res.destroyed) abort(new Error('client closed the connection'))
+  }
+
+  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    if (statusCode < 200) return true // 1xx informational: wait for the final response
+    this.started = true
+    this.request.upstreamMs = performance.now() - this.startedAt
+    this.reply.hijack()
+    const headers = responseHeaders(rawHeaders, this.request.id, this.rewrite)
+    this.res.writeHead(statusCode, statusText, headers)
+    this.res.on('drain', resume)
+    return true
+  }
+
+  onData (chunk: Buffer): boolean {
+    return this.res.write(chunk)
+  }
+
+  onComplete (): void {
+    this.finish()
+    this.res.end()
+    this.callback(null)
+  }
+
+  onError (err: Error): void {
+    this.finish()
+    this.callback(err)
+  }
+
+  private finish (): void {
+    this.done = true
+    this.res.removeListener('close', this.onClose)
+  }
+}
+
+function responseHeaders (raw: Buffer[], requestId: string, rewrite: Rewrite): string[] {
+  const out: string[] = []
+  let named: Set<string> | null = null
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i].toString('latin1').toLowerCase()
+    if (name === 'connection') named = connectionTokens(raw[i + 1].toString('latin1'))
+  }
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i].toString('latin1').toLowerCase()
+    if (RESPONSE_SKIP.has(name) || (named !== null && named.has(name))) continue
+    let value = raw[i + 1].toString('latin1')
+    if (name === 'location') value = rewriteLocation(value, rewrite)
+    out.push(name, value)
+  }
+  out.push('x-request-id', requestId)
+  return out
+}
+
+/**
+ * Redirects from the upstream (DRF's APPEND_SLASH 301) must point back through the gateway:
+ * a Location on the upstream's origin, or a path under its base path, is mapped onto the prefix.
+ */
+export function rewriteLocation (location: string, rewrite: Rewrite): string {
+  let path = location
+  if (!location.startsWith('/')) {
+    // Absolute URL: only rewrite the upstream's own origin; other sites are left alone.
+    const origin = rewrite.origins.find((o) => location.startsWith(o + '/') || location === o)
+    if (origin === undefined) return location
+    path = location.slice(origin.length) || '/'
+  } else if (location.startsWith('//')) {
+    return location
+  }
+  if (rewrite.basePath !== '' && path !== rewrite.basePath && !path.startsWith(rewrite.basePath + '/') && !path.startsWith(rewrite.basePath + '?')) {
+    return location // outside the upstream's base path: not ours to map
+  }
+  const mapped = rewrite.prefix + path.slice(rewrite.basePath.length)
+  return mapped === '' ? '/' : (mapped[0] === '/' ? mapped : '/' + mapped)
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Milliseconds from dispatch to the upstream's response headers (undefined if not proxied). */
+    upstreamMs: number | undefined
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * One encapsulated Fastify scope per configured route. The pipeline inside it, in this order:
+ * path guard → (security plugins, added by their own modules) → the route's user plugins →
+ * the proxy routes. Hooks registered here see only this route; registering them before the
+ * proxy routes matters, because a route copies its scope's hooks when it is created.
+ */
+import { pathToFileURL } from 'node:url'
+import type { FastifyInstance, FastifyPluginAsync, FastifyPluginCallback, onRequestHookHandler } from 'fastify'
+import type { RouteConfig, RoutePlugin } from '../schemas/config.js'
+import { GatewayError } from '../schemas/errors.js'
+import type { Forwarder } from './forward.js'
+
+export interface RouteScopeOptions {
+  route: Readonly<RouteConfig>
+  forwarder: Forwarder
+}
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The configured route's name: access log and metrics label (never the raw path). */
+    routeName?: string
+  }
+}
+
+export async function routeScope (scope: FastifyInstance, opts: RouteScopeOptions): Promise<void> {
+  const { route, forwarder } = opts
+  scope.addHook('onRequest', pathGuard(route.prefix))
+
+  for (const entry of route.plugins) {
+    const { plugin, options } = await loadRoutePlugin(entry)
+    await scope.register(plugin, options)
+  }
+
+  // Bodies stay unread streams: the forwarder pipes them to the upstream as they arrive.
+  scope.removeAllContentTypeParsers()
+  scope.addContentTypeParser('*', function passThrough (_request, payload, done) { done(null, payload) })
+
+  const handler = (request: Parameters<Forwarder['forward']>[0], reply: Parameters<Forwarder['forward']>[1]): Promise<void> => forwarder.forward(request, reply)
+  const base = route.prefix === '/' ? '' : route.prefix
+  const urls = base === '' ? ['/', '/*'] : [base, `${base}/*`]
+  for (const url of urls) {
+    scope.route({ method: [...route.methods], url, handler, config: { routeName: route.name } })
+  }
+}
+
+/**
+ * The router matches paths after decoding them, and upstream servers normalise dot segments.
+ * So a route only forwards URLs that start with its prefix exactly as configured, and never
+ * a path with `.`/`..` segments (plain or percent-encoded) that the upstream could resolve to a
+ * resource outside the prefix — under this route's authorization.
+ */
+export function pathGuard (prefix: string): onRequestHookHandler {
+  const base = prefix === '/' ? '' : prefix
+  return function guardPath (request, _reply, done) {
+    const url = request.raw.url ?? '/'
+    if (base !== '') {
+      const next = url.charCodeAt(base.length)
+      if (!url.startsWith(base) || !(Number.isNaN(next) || next === 47 /* / */ || next === 63 /* ? */)) {
+        done(new GatewayError('GW_ERR_NOT_FOUND', 'No route matches this path.'))
+        return
+      }
+    }
+    if (hasDotSegment(url)) {
+      done(new GatewayError('GW_ERR_BAD_REQUEST', 'The path must not contain "." or ".." segments.'))
+      return
+    }
+    done()
+  }
+}
+
+export function hasDotSegment (url: string): boolean {
+  const q = url.indexOf('?')
+  let path = q === -1 ? url : url.slice(0, q)
+  if (!path.includes('.') && !path.includes('%') && !path.includes('\\')) return false
+  path = path.replace(/%2e/gi, '.').replace(/%2f|%5c|\\/gi, '/')
+  return path.split('/').some((segment) => segment === '.' || segment === '..')
+}
+
+type AnyPlugin = FastifyPluginAsync<Record<string, unknown>> | FastifyPluginCallback<Record<string, unknown>>
+
+/** `./x.js` (resolved against the config file at load) or a package name; default export is the plugin. */
+export async function loadRoutePlugin (entry: RoutePlugin): Promise<{ plugin: AnyPlugin, options: Record<string, unknown> }> {
+  const path = typeof entry === 'string' ? entry : entry.path
+  const options = typeof entry === 'string' ? {} : { ...(entry.options ?? {}) }
+  const specifier = path.startsWith('/') ? pathToFileURL(path).href : path
+  let mod: Record<string, unknown>
+  try {
+    mod = await import(specifier) as Record<string, unknown>
+  } catch (err) {
+    throw new Error(`plugin ${path}: cannot be loaded: ${(err as Error).message}`)
+  }
+  let plugin = mod.default ?? mod.plugin
+  if (typeof plugin === 'object' && plugin !== null && 'default' in plugin) plugin = (plugin as { default: unknown }).default
+  if (typeof plugin !== 'function') throw new Error(`plugin ${path}: its default export must be a Fastify plugin function`)
+  return { plugin: plugin as AnyPlugin, options }
+}
