@@ -87,6 +87,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   })
   app.decorate('gatewayConfig', config)
   app.decorateRequest('upstreamMs', undefined)
+  app.decorateRequest('upstream', undefined)
 
   await app.register(problem, { routes: config.routes.map((r) => ({ prefix: r.prefix, methods: r.methods })) })
   await app.register(requestIdPlugin)

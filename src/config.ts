@@ -9,7 +9,7 @@ import { parse as parseYaml } from 'yaml'
 import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
 import { GatewayConfigSchema, RESERVED_PATHS, type GatewayConfig } from '../schemas/config.js'
-import { PATTERN_PHRASES } from '../schemas/common.js'
+import { PATTERN_PHRASES, parseDuration } from '../schemas/common.js'
 
 export class ConfigError extends Error {
   readonly problems: string[]
@@ -192,6 +192,10 @@ function shadows (outer: string, inner: string): boolean {
 function checkSemantics (config: GatewayConfig, problems: string[]): void {
   const names = new Map<string, number>()
   const prefixes: Array<{ prefix: string, index: number }> = []
+  const { timeouts } = config.server
+  if (parseDuration(timeouts.headers) > parseDuration(timeouts.request)) {
+    problems.push('server.timeouts.headers: must not be longer than server.timeouts.request')
+  }
   config.routes.forEach((route, i) => {
     const at = `routes[${i}]`
     const firstName = names.get(route.name)
@@ -200,8 +204,8 @@ function checkSemantics (config: GatewayConfig, problems: string[]): void {
 
     const upstreams = Array.isArray(route.upstream) ? route.upstream : [route.upstream]
     upstreams.forEach((u, j) => checkUrl(u, Array.isArray(route.upstream) ? `${at}.upstream[${j}]` : `${at}.upstream`, problems))
-    if (upstreams.length > 1) {
-      const paths = new Set(upstreams.map((u) => { try { return new URL(u).pathname } catch { return u } }))
+    if (upstreams.length > 1 && upstreams.every((u) => URL.canParse(u))) {
+      const paths = new Set(upstreams.map((u) => new URL(u).pathname.replace(/\/+$/, '')))
       if (paths.size > 1) problems.push(`${at}.upstream: every URL of a balanced upstream must have the same path`)
     }
 

@@ -33,6 +33,11 @@ export interface ForwarderOptions {
   tls?: { insecureSkipVerify?: boolean, ca?: string }
   /** Largest streamed request body in bytes: a larger Content-Length → 413 before any byte is read. */
   bodyLimit: number
+  /**
+   * Request headers (lower-case) never forwarded from the client, on every request of the route:
+   * the identity headers the gateway sets itself, so a client cannot spoof them.
+   */
+  stripHeaders?: readonly string[]
 }
 
 /** What a forwarded request carries besides the client's own headers. */
@@ -41,13 +46,14 @@ export interface ForwardExtras {
   body?: string | Buffer
   /** Content type of `body`. */
   contentType?: string
-  /** Extra headers for the upstream (identity headers…), already lower-case. */
+  /** Extra headers for the upstream (identity headers…), names lower-case. */
   headers?: ReadonlyArray<readonly [string, string]>
-  /** Request headers (lower-case) never forwarded (client-sent identity headers…). */
+  /** More request headers (lower-case) not to forward on this request (e.g. a Basic `authorization`). */
   strip?: ReadonlySet<string>
 }
 
 export interface Forwarder {
+  /** Forwards the request; `extras` defaults to `request.upstream` (what the route's plugins set). */
   forward: (request: FastifyRequest, reply: FastifyReply, extras?: ForwardExtras) => Promise<void>
   close: () => Promise<void>
 }
@@ -67,6 +73,8 @@ const RESPONSE_SKIP = new Set([
 
 /** Connection failures after which a retry cannot have reached the upstream's application. */
 const RETRYABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'UND_ERR_SOCKET', 'EPIPE', 'UND_ERR_CLOSED'])
+
+const NO_EXTRAS: ForwardExtras = Object.freeze({})
 
 interface Target { pool: Pool, host: string, origin: string }
 
@@ -101,7 +109,9 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
     return target
   }
 
-  function forward (request: FastifyRequest, reply: FastifyReply, extras: ForwardExtras = {}): Promise<void> {
+  const skip = new Set([...REQUEST_SKIP, ...(options.stripHeaders ?? []).map((h) => h.toLowerCase())])
+
+  function forward (request: FastifyRequest, reply: FastifyReply, extras: ForwardExtras = request.upstream ?? NO_EXTRAS): Promise<void> {
     const raw = request.raw
     const url = raw.url ?? '/'
     const rest = url.slice(prefix.length) // the route scope checked that the URL starts with the prefix as spelled
@@ -126,7 +136,7 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
       let attempt = 0
       const dispatch = (): void => {
         attempt++
-        const headers = upstreamHeaders(request, target.host, extras)
+        const headers = upstreamHeaders(request, target.host, extras, skip)
         const handler = new ResponseHandler(request, reply, started, rewrite, (err) => {
           if (err === null) return resolve()
           const code = (err as { code?: string }).code ?? ''
@@ -191,13 +201,13 @@ function hasBody (headers: IncomingHttpHeaders): boolean {
 }
 
 /** One pass over the client's headers; then the gateway's own. */
-function upstreamHeaders (request: FastifyRequest, host: string, extras: ForwardExtras): string[] {
+function upstreamHeaders (request: FastifyRequest, host: string, extras: ForwardExtras, skip: ReadonlySet<string>): string[] {
   const incoming = request.raw.headers
   const named = connectionTokens(incoming.connection)
   const strip = extras.strip
   const out: string[] = []
   for (const name in incoming) {
-    if (REQUEST_SKIP.has(name) || (named !== null && named.has(name)) || (strip !== undefined && strip.has(name))) continue
+    if (skip.has(name) || (named !== null && named.has(name)) || (strip !== undefined && strip.has(name))) continue
     if (extras.body !== undefined && (name === 'content-length' || name === 'content-type')) continue
     const value = incoming[name]
     if (value === undefined) continue
@@ -360,6 +370,11 @@ export function rewriteLocation (location: string, rewrite: Rewrite): string {
 
 declare module 'fastify' {
   interface FastifyRequest {
+    /**
+     * What the route's plugins add to the upstream request: identity headers, a validated body…
+     * Set it as a new object (`request.upstream = { ...request.upstream, headers }`); undefined by default.
+     */
+    upstream: ForwardExtras | undefined
     /** Milliseconds from dispatch to the upstream's response headers (undefined if not proxied). */
     upstreamMs: number | undefined
   }

@@ -5,7 +5,7 @@
  * proxy routes matters, because a route copies its scope's hooks when it is created.
  */
 import { pathToFileURL } from 'node:url'
-import type { FastifyInstance, FastifyPluginAsync, FastifyPluginCallback, onRequestHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyPluginAsync, FastifyPluginCallback, onRequestHookHandler } from 'fastify'
 import type { RouteConfig, RoutePlugin } from '../schemas/config.js'
 import { GatewayError } from '../schemas/errors.js'
 import type { Forwarder } from './forward.js'
@@ -35,7 +35,7 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
   scope.removeAllContentTypeParsers()
   scope.addContentTypeParser('*', function passThrough (_request, payload, done) { done(null, payload) })
 
-  const handler = (request: Parameters<Forwarder['forward']>[0], reply: Parameters<Forwarder['forward']>[1]): Promise<void> => forwarder.forward(request, reply)
+  const handler = (request: FastifyRequest, reply: FastifyReply): Promise<void> => forwarder.forward(request, reply)
   const base = route.prefix === '/' ? '' : route.prefix
   const urls = base === '' ? ['/', '/*'] : [base, `${base}/*`]
   for (const url of urls) {

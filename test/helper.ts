@@ -1,0 +1,161 @@
+/**
+ * Test helpers: real servers on 127.0.0.1, port 0, cleaned up by the test that started them.
+ * No mocked network anywhere.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer as createNetServer, type AddressInfo } from 'node:net'
+import type { FastifyInstance } from 'fastify'
+import { parseConfig } from '../src/config.js'
+import { buildGateway } from '../src/app.js'
+
+/** The part of tap's Test these helpers use (so they work for any subtest). */
+export interface T {
+  teardown: (fn: () => unknown) => void
+  fail: (message: string) => unknown
+  skip?: (...args: never[]) => unknown
+  comment: (...args: unknown[]) => void
+}
+
+export interface RecordedRequest {
+  method: string
+  url: string
+  headers: IncomingHttpHeaders
+  /** Raw header pairs as received, to see duplicates and spelling. */
+  rawHeaders: string[]
+  body: Buffer
+}
+
+export interface Upstream {
+  server: Server
+  port: number
+  /** `http://127.0.0.1:PORT` */
+  origin: string
+  requests: RecordedRequest[]
+}
+
+export type UpstreamHandler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => void | Promise<void>
+
+/** Default upstream behaviour: answer 200 with a JSON echo of what arrived. */
+export const echo: UpstreamHandler = (req, res, body) => {
+  const text = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, body: body.toString('utf8') })
+  res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
+  res.end(text)
+}
+
+/**
+ * An upstream on 127.0.0.1:0 that records every request (with its whole body) before calling
+ * `handler`. Pass `{ stream: true }` to get the request unread (for big uploads): then `body` is empty.
+ */
+export async function startUpstream (t: T, handler: UpstreamHandler = echo, options: { stream?: boolean } = {}): Promise<Upstream> {
+  const requests: RecordedRequest[] = []
+  const server = createServer((req, res) => {
+    const record = (body: Buffer): void => {
+      requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, body })
+      Promise.resolve(handler(req, res, body)).catch((err: unknown) => { res.destroy(err as Error) })
+    }
+    if (options.stream === true) { record(Buffer.alloc(0)); return }
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => record(Buffer.concat(chunks)))
+    req.on('error', () => {})
+  })
+  server.keepAliveTimeout = 60_000
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const port = (server.address() as AddressInfo).port
+  t.teardown(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }))
+  return { server, port, origin: `http://127.0.0.1:${port}`, requests }
+}
+
+/** A config object as it would be written in YAML: defaults and checks are applied by parseConfig. */
+export type RawConfig = Record<string, unknown>
+
+/** Build (not listen) a gateway from a raw config; logs off unless `logging` is given. */
+export async function buildTestGateway (t: T, raw: RawConfig): Promise<FastifyInstance> {
+  const config = parseConfig({ logging: { level: 'silent' }, ...raw })
+  const app = await buildGateway(config)
+  t.teardown(() => app.close())
+  await app.ready()
+  return app
+}
+
+/** Build and listen on 127.0.0.1:0; returns the app and its base URL. */
+export async function startTestGateway (t: T, raw: RawConfig): Promise<{ app: FastifyInstance, url: string }> {
+  const app = await buildTestGateway(t, raw)
+  const url = await app.listen({ host: '127.0.0.1', port: 0 })
+  return { app, url }
+}
+
+/** A port that was free a moment ago (for servers that cannot listen on 0 and report back). */
+export async function freePort (): Promise<number> {
+  const srv = createNetServer()
+  srv.listen(0, '127.0.0.1')
+  await once(srv, 'listening')
+  const { port } = srv.address() as AddressInfo
+  await new Promise((resolve) => srv.close(resolve))
+  return port
+}
+
+/**
+ * Whether an external program the test needs is installed. In CI (CI=true) a missing program
+ * fails the test; locally the test is skipped with a loud message saying how to install it.
+ */
+export function requireCommand (t: T, command: string, install: string): boolean {
+  const found = spawnSync('sh', ['-c', `command -v ${command}`], { encoding: 'utf8' }).status === 0
+  if (found) return true
+  const message = `${command} is not installed: ${install}`
+  if (process.env.CI === 'true') {
+    t.fail(`${message} (required in CI)`)
+  } else {
+    process.stderr.write(`\n!!! SKIPPING: ${message}\n\n`)
+    t.comment(`SKIPPED: ${message}`)
+  }
+  return false
+}
+
+export interface RedisServer {
+  port: number
+  url: string
+  process: ChildProcess
+  stop: () => Promise<void>
+  /** Start it again on the same port (after stop). */
+  start: () => Promise<void>
+}
+
+/** A throwaway redis-server on a free loopback port, no persistence. Call requireCommand first. */
+export async function startRedis (t: T): Promise<RedisServer> {
+  const port = await freePort()
+  let child: ChildProcess
+  const start = async (): Promise<void> => {
+    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`redis-server did not start: ${out}`)), 10_000)
+      child.stdout?.on('data', (d: Buffer) => {
+        out += d.toString()
+        if (out.includes('Ready to accept connections')) { clearTimeout(timer); resolve() }
+      })
+      child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`redis-server exited ${String(code)}: ${out}`)) })
+    })
+    child.stdout?.resume()
+  }
+  const stop = async (): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    const exited = once(child, 'exit')
+    child.kill('SIGKILL')
+    await exited
+  }
+  await start()
+  const redis: RedisServer = { port, url: `redis://127.0.0.1:${port}`, get process () { return child }, stop, start }
+  t.teardown(stop)
+  return redis
+}
+
+/** Read a whole stream or response body. */
+export async function readAll (stream: AsyncIterable<Buffer | string>): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  for await (const c of stream) chunks.push(typeof c === 'string' ? Buffer.from(c) : c)
+  return Buffer.concat(chunks)
+}
