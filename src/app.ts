@@ -100,6 +100,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
     const forwarder = createForwarder({
       upstreams: Array.isArray(route.upstream) ? route.upstream : [route.upstream],
       prefix: route.prefix,
+      routeName: route.name,
       timeoutMs: parseDuration(route.timeout),
       retries: route.retries,
       connections: route.connections,
@@ -108,7 +109,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       bodyLimit: parseSize(route.bodyLimit ?? server.bodyLimit)
     })
     forwarders.push(forwarder)
-    await app.register(routeScope, { route, forwarder })
+    await app.register(routeScope, { config, route, forwarder })
   }
   return app
 }

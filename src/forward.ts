@@ -19,6 +19,7 @@ import { Transform, type Readable } from 'node:stream'
 import { Pool, type Dispatcher } from 'undici'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { GatewayError } from '../schemas/errors.js'
+import { channels, publish, type UpstreamErrorEvent } from '../schemas/events.js'
 
 export interface ForwarderOptions {
   /** Upstream URLs; all share the same path, which replaces `prefix`. */
@@ -33,6 +34,8 @@ export interface ForwarderOptions {
   tls?: { insecureSkipVerify?: boolean, ca?: string }
   /** Largest streamed request body in bytes: a larger Content-Length → 413 before any byte is read. */
   bodyLimit: number
+  /** The route's name, for events and logs. */
+  routeName?: string
   /**
    * Request headers (lower-case) never forwarded from the client, on every request of the route:
    * the identity headers the gateway sets itself, so a client cannot spoof them.
@@ -109,6 +112,7 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
     return target
   }
 
+  const routeName = options.routeName ?? options.prefix
   const skip = new Set([...REQUEST_SKIP, ...(options.stripHeaders ?? []).map((h) => h.toLowerCase())])
 
   function forward (request: FastifyRequest, reply: FastifyReply, extras: ForwardExtras = request.upstream ?? NO_EXTRAS): Promise<void> {
@@ -149,9 +153,11 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
             // The response has begun: nothing left but to abort it, so the client sees a broken
             // response and never a clean one.
             request.log.warn({ code, upstream: target.origin }, 'upstream response aborted')
+            publish(channels.upstreamError, () => ({ route: routeName, kind: errorKind(err) }))
             reply.raw.destroy()
             return resolve()
           }
+          publish(channels.upstreamError, () => ({ route: routeName, kind: errorKind(err) }))
           reject(upstreamError(err, request, target.origin))
         })
         target.pool.dispatch({
@@ -248,6 +254,15 @@ function forwardedFor (request: FastifyRequest): string {
   let chain = ips[ips.length - 1]
   for (let i = ips.length - 2; i >= 0; i--) chain += ', ' + ips[i]
   return chain
+}
+
+function errorKind (err: Error): UpstreamErrorEvent['kind'] {
+  const code = (err as { code?: string }).code ?? ''
+  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EHOSTUNREACH') return 'refused'
+  if (code.includes('TIMEOUT') || code === 'ETIMEDOUT') return 'timeout'
+  if (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET' || code === 'EPIPE' || code === 'UND_ERR_CLOSED') return 'reset'
+  if (code.startsWith('ERR_TLS') || code.includes('CERT') || code === 'DEPTH_ZERO_SELF_SIGNED_CERT') return 'tls'
+  return 'other'
 }
 
 function upstreamError (err: Error, request: FastifyRequest, origin: string): GatewayError {

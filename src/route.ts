@@ -6,11 +6,13 @@
  */
 import { pathToFileURL } from 'node:url'
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyPluginAsync, FastifyPluginCallback, onRequestHookHandler } from 'fastify'
-import type { RouteConfig, RoutePlugin } from '../schemas/config.js'
+import type { GatewayConfig, RouteConfig, RoutePlugin } from '../schemas/config.js'
 import { GatewayError } from '../schemas/errors.js'
 import type { Forwarder } from './forward.js'
 
 export interface RouteScopeOptions {
+  /** The whole config (users, jwt, rateLimit… are global sections the route's plugins read). */
+  config: Readonly<GatewayConfig>
   route: Readonly<RouteConfig>
   forwarder: Forwarder
 }
@@ -24,6 +26,18 @@ declare module 'fastify' {
 
 export async function routeScope (scope: FastifyInstance, opts: RouteScopeOptions): Promise<void> {
   const { route, forwarder } = opts
+  // The pipeline. Each stage is a fastify-plugin (not encapsulated), so its hooks land in this
+  // scope, and hooks of one stage run in the order registered here. Every stage before the body
+  // is parsed runs at onRequest, so a request refused there is never parsed.
+  //  1. path guard (canonical prefix, no dot segments)
+  //  2. IP allow/deny                       (edge: plugins/ip-filter)
+  //  3. CORS preflight, rate limit by IP    (edge: plugins/cors, plugins/rate-limit)
+  //  4. authenticate, then authorize        (plugins/authenticate, plugins/authorize)
+  //  5. rate limit by consumer              (plugins/rate-limit)
+  //  6. parse + validate the body           (plugins/validate)
+  //  7. identity headers for the upstream   (plugins/identity)
+  //  8. the route's own plugins (config routes[].plugins)
+  //  9. the proxy routes
   scope.addHook('onRequest', pathGuard(route.prefix))
 
   for (const entry of route.plugins) {

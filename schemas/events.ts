@@ -1,0 +1,29 @@
+/**
+ * What the pipeline reports as it works, on node:diagnostics_channel: the metrics plugin (and
+ * any user plugin or APM) subscribes; the plugins that publish do not know who listens. A
+ * publish with no subscriber costs a property read, so the hot path pays nothing when metrics
+ * are off. Channel names are part of the public contract.
+ *
+ *   import { channels } from 'portcullis/schemas/events'   // or from the package entry
+ *   channels.authFailure.subscribe((msg) => { … })
+ */
+import diagnostics from 'node:diagnostics_channel'
+
+export interface UpstreamErrorEvent { route: string, kind: 'refused' | 'timeout' | 'reset' | 'tls' | 'other' }
+export interface AuthFailureEvent { route: string, scheme: string, reason: string }
+export interface AuthzDeniedEvent { route: string, scope: string }
+export interface ValidationFailureEvent { route: string, part: 'body' | 'querystring' | 'params' | 'headers' | 'content-type', reportOnly: boolean }
+export interface RateLimitedEvent { route: string, by: string }
+
+export const channels = {
+  upstreamError: diagnostics.channel('portcullis:upstream-error'),
+  authFailure: diagnostics.channel('portcullis:auth-failure'),
+  authzDenied: diagnostics.channel('portcullis:authz-denied'),
+  validationFailure: diagnostics.channel('portcullis:validation-failure'),
+  rateLimited: diagnostics.channel('portcullis:rate-limited')
+} as const
+
+/** Publish only when someone listens (avoids building the message otherwise). */
+export function publish<T extends object> (channel: diagnostics.Channel, message: () => T): void {
+  if (channel.hasSubscribers) channel.publish(message())
+}
