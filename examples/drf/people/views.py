@@ -1,0 +1,34 @@
+from rest_framework import permissions, viewsets
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from peopleapi.auth import HasScope, scopes_of
+
+from .models import Person
+from .serializers import PersonSerializer
+
+
+class PersonViewSet(viewsets.ModelViewSet):
+    """People: list and read need the `people:read` scope, changes need `people:write`."""
+
+    queryset = Person.objects.all()
+    serializer_class = PersonSerializer
+    permission_classes = [permissions.IsAuthenticated, HasScope]
+    scope_name = "people"
+
+
+class WhoAmIView(APIView):
+    """Who DRF believes is calling, and how it learnt it (gateway headers or a simplejwt token)."""
+
+    schema = None  # a diagnostic view: not part of the API's OpenAPI document
+
+    def get(self, request):
+        auth = request.auth
+        via = getattr(auth, "via", None) or ("simplejwt" if auth is not None else None)
+        return Response({
+            "username": request.user.get_username(),
+            "scopes": sorted(scopes_of(request)),
+            "via": via,
+            "authenticator": type(request.successful_authenticator).__name__,
+            "known_user": request.user.pk is not None,
+        })
