@@ -4,9 +4,12 @@
  * every key has a `description`, and every default lives here and nowhere else.
  */
 import Type, { type Static } from 'typebox'
-import { Duration, Size } from './common.js'
+import { Duration, HTTP_METHODS, Size } from './common.js'
+import { authConfigProperties, routeAuthProperties } from './auth.js'
+import { MetricsSchema, TracingSchema } from './observability.js'
+import { edgeConfigProperties, routeEdgeProperties, serverEdgeProperties } from './edge.js'
 
-export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const
+export { HTTP_METHODS }
 export const DEFAULT_METHODS = [...HTTP_METHODS]
 
 /** Paths the gateway answers itself; no route may use or shadow them. */
@@ -33,8 +36,10 @@ export const ServerSchema = Type.Object({
   }),
   bodyLimit: Size({ default: '1mb', description: 'largest request body accepted (per-route override: routes[].bodyLimit)' }),
   maxHeaderSize: Size({ default: '16kb', description: 'largest request head (request line + headers) accepted; larger → 431' }),
+  ...serverEdgeProperties,
   timeouts: TimeoutsSchema,
-  shutdownGrace: Duration({ default: '10s', description: 'on SIGTERM/SIGINT, how long in-flight requests get to finish' })
+  shutdownGrace: Duration({ default: '10s', description: 'on SIGTERM/SIGINT, how long in-flight requests get to finish' }),
+  metrics: MetricsSchema
 }, { additionalProperties: false, default: {} })
 
 export const LoggingSchema = Type.Object({
@@ -70,12 +75,17 @@ export const RouteSchema = Type.Object({
   connections: Type.Integer({ minimum: 1, maximum: 4096, default: 128, description: 'keep-alive connections per upstream URL' }),
   bodyLimit: Type.Optional(Size({ description: 'largest request body on this route (default server.bodyLimit)' })),
   tls: RouteTlsSchema,
-  plugins: Type.Array(RoutePluginSchema, { default: [], description: 'your own Fastify plugins, registered in this route\'s scope before the proxy' })
+  plugins: Type.Array(RoutePluginSchema, { default: [], description: 'your own Fastify plugins, registered in this route\'s scope before the proxy' }),
+  ...routeAuthProperties,
+  ...routeEdgeProperties
 }, { additionalProperties: false })
 
 export const GatewayConfigSchema = Type.Object({
   server: ServerSchema,
   logging: LoggingSchema,
+  ...authConfigProperties,
+  ...edgeConfigProperties,
+  tracing: TracingSchema,
   routes: Type.Array(RouteSchema, { minItems: 1 })
 }, { additionalProperties: false })
 
