@@ -4,6 +4,9 @@
  */
 import Type from 'typebox'
 
+/** The methods a route can proxy (and a validation rule can name). */
+export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const
+
 export const DURATION_PATTERN = '^[0-9]+(ms|s|m|h)$'
 export const SIZE_PATTERN = '^[0-9]+(b|kb|mb|gb)$'
 
