@@ -3,6 +3,10 @@
  * No mocked network anywhere.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { once } from 'node:events'
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createNetServer, type AddressInfo } from 'node:net'
@@ -158,4 +162,114 @@ export async function readAll (stream: AsyncIterable<Buffer | string>): Promise<
   const chunks: Buffer[] = []
   for await (const c of stream) chunks.push(typeof c === 'string' ? Buffer.from(c) : c)
   return Buffer.concat(chunks)
+}
+
+export interface DrfUser {
+  username: string
+  password: string
+  /** Group names; a simplejwt token's `scope` claim lists them. */
+  scopes?: string[]
+  superuser?: boolean
+}
+
+export interface DrfServer {
+  port: number
+  /** `http://127.0.0.1:PORT` */
+  origin: string
+  /** The HS256 key simplejwt signs with (DRF_JWT_SIGNING_KEY): give it to the gateway's `jwt.secret`. */
+  signingKey: string
+  /** The SQLite folder (removed at teardown). */
+  dataDir: string
+  /** Stop gunicorn (SIGTERM, waits for exit): the port refuses connections. */
+  stop: () => Promise<void>
+  /** Start it again on the same port with the same database. */
+  start: () => Promise<void>
+  /** SIGSTOP / SIGCONT gunicorn and its workers: connections are accepted but nothing answers. */
+  pause: () => void
+  resume: () => void
+  /** Run `manage.py ARGS` with the app's environment; returns stdout. */
+  manage: (args: string[]) => string
+}
+
+const DRF_DIR = new URL('../examples/drf/', import.meta.url).pathname
+
+/**
+ * The DRF example (examples/drf) under gunicorn on a free loopback port, with a fresh SQLite
+ * database in a temp folder (migrations applied by its start.sh) and `users` seeded. Returns null
+ * when gunicorn or the Python packages are missing (a failure in CI, a loud skip locally).
+ */
+export async function startDrf (t: T, options: { users?: DrfUser[], env?: Record<string, string> } = {}): Promise<DrfServer | null> {
+  const install = 'apt-get install gunicorn python3-djangorestframework python3-djangorestframework-simplejwt'
+  if (!requireCommand(t, 'gunicorn', install)) return null
+  // The interpreter gunicorn runs on is the one that must have Django (pyenv shims may differ).
+  const gunicornPath = spawnSync('sh', ['-c', 'command -v gunicorn'], { encoding: 'utf8' }).stdout.trim()
+  const shebang = /^#!(\S+)/.exec(readFileSync(gunicornPath, 'utf8').split('\n', 1)[0] ?? '')
+  const python = shebang?.[1] ?? 'python3'
+  const probe = spawnSync(python, ['-c', 'import django, rest_framework, rest_framework_simplejwt'], { encoding: 'utf8' })
+  if (probe.status !== 0) {
+    const message = `${python} cannot import Django REST Framework: ${install}`
+    if (process.env.CI === 'true') t.fail(`${message} (required in CI)`)
+    else { process.stderr.write(`\n!!! SKIPPING: ${message}\n\n`); t.comment(`SKIPPED: ${message}`) }
+    return null
+  }
+  const port = await freePort()
+  const dataDir = mkdtempSync(join(tmpdir(), 'portcullis-drf-'))
+  const signingKey = randomBytes(32).toString('base64url')
+  const env = {
+    ...process.env,
+    PYTHON: python,
+    DRF_JWT_SIGNING_KEY: signingKey,
+    DRF_DATA_DIR: dataDir,
+    DRF_BIND: `127.0.0.1:${port}`,
+    DRF_WORKERS: '1',
+    DRF_USERS: JSON.stringify(options.users ?? []),
+    ...options.env
+  }
+  let child: ChildProcess | undefined
+  let log = ''
+  const exited = (): boolean => child === undefined || child.exitCode !== null || child.signalCode !== null
+  const start = async (): Promise<void> => {
+    log = ''
+    // Its own process group, so pause/resume reach the workers too.
+    child = spawn('./start.sh', ['--access-logfile', '/dev/null'], { cwd: DRF_DIR, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+    child.stdout?.on('data', (d: Buffer) => { log += d.toString() })
+    child.stderr?.on('data', (d: Buffer) => { log += d.toString() })
+    const deadline = Date.now() + 30_000
+    for (;;) {
+      if (exited()) throw new Error(`the DRF example exited at start:\n${log}`)
+      if (Date.now() > deadline) throw new Error(`the DRF example did not answer /healthz within 30 s:\n${log}`)
+      const ok = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.ok, () => false)
+      if (ok) return
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+  }
+  const signal = (sig: NodeJS.Signals): void => {
+    if (!exited() && child?.pid !== undefined) process.kill(-child.pid, sig)
+  }
+  const stop = async (): Promise<void> => {
+    if (exited() || child === undefined) return
+    const done = once(child, 'exit')
+    signal('SIGCONT')
+    signal('SIGTERM')
+    const timer = setTimeout(() => { signal('SIGKILL') }, 10_000)
+    await done
+    clearTimeout(timer)
+  }
+  t.teardown(async () => { await stop(); rmSync(dataDir, { recursive: true, force: true }) })
+  await start()
+  return {
+    port,
+    origin: `http://127.0.0.1:${port}`,
+    signingKey,
+    dataDir,
+    stop,
+    start,
+    pause: () => { signal('SIGSTOP') },
+    resume: () => { signal('SIGCONT') },
+    manage: (args) => {
+      const r = spawnSync(python, ['manage.py', ...args], { cwd: DRF_DIR, env, encoding: 'utf8' })
+      if (r.status !== 0) throw new Error(`manage.py ${args.join(' ')} failed:\n${r.stderr}`)
+      return r.stdout
+    }
+  }
 }
