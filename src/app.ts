@@ -4,11 +4,15 @@
  * plugins on the returned instance before listening.
  */
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
-import type { GatewayConfig } from '../schemas/config.js'
+import { RESERVED_PATHS, type GatewayConfig } from '../schemas/config.js'
 import { parseDuration, parseSize } from '../schemas/common.js'
 import problem, { clientErrorResponse } from '../plugins/problem.js'
 import requestIdPlugin, { requestId } from '../plugins/request-id.js'
 import health from '../plugins/health.js'
+import clientLimits from '../plugins/client-limits.js'
+import securityHeaders, { hiddenUpstreamHeaders } from '../plugins/security-headers.js'
+import loadShedding from '../plugins/load-shedding.js'
+import rateLimit from '../plugins/rate-limit.js'
 import { createForwarder, type Forwarder } from './forward.js'
 import { routeScope } from './route.js'
 
@@ -50,6 +54,7 @@ class AccessLog extends LogController {
     const q = url.indexOf('?')
     const line = {
       method: request.method,
+      ip: request.ip,
       route: reply.routeOptions.config.routeName ?? null,
       path: q === -1 ? url : url.slice(0, q),
       status: reply.statusCode,
@@ -75,7 +80,13 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
     keepAliveTimeout: parseDuration(server.timeouts.keepAlive),
     // Socket inactivity: long enough for the slowest route to answer after the request arrived.
     connectionTimeout: requestTimeout + longestRoute,
-    http: { maxHeaderSize: parseSize(server.maxHeaderSize), headersTimeout: parseDuration(server.timeouts.headers) },
+    http: {
+      maxHeaderSize: parseSize(server.maxHeaderSize),
+      headersTimeout: parseDuration(server.timeouts.headers),
+      // How often Node looks for heads and requests past their timeout (default 30 s, far longer
+      // than the timeouts themselves): slow-loris sockets are closed within a second of theirs.
+      connectionsCheckingInterval: Math.min(1000, parseDuration(server.timeouts.headers))
+    },
     return503OnClosing: true,
     forceCloseConnections: 'idle',
     exposeHeadRoutes: false,
@@ -89,13 +100,20 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   app.decorateRequest('upstreamMs', undefined)
   app.decorateRequest('upstream', undefined)
 
+  // Edge protection on every request, before any route's hooks: header count (431), security
+  // headers, load shedding (503). The rate-limit store is shared by the routes' limiters.
+  await app.register(clientLimits, { maxHeaders: server.maxHeaders })
+  await app.register(securityHeaders, { config: config.securityHeaders })
+  await app.register(loadShedding, { config: config.loadShedding, exempt: RESERVED_PATHS })
   await app.register(problem, { routes: config.routes.map((r) => ({ prefix: r.prefix, methods: r.methods })) })
   await app.register(requestIdPlugin)
   await app.register(health)
+  await app.register(rateLimit, { config: config.rateLimit })
 
   const forwarders: Forwarder[] = []
   app.addHook('onClose', async () => { await Promise.all(forwarders.map((f) => f.close())) })
   const keepAliveTimeoutMs = Math.min(4_000, parseDuration(server.timeouts.keepAlive))
+  const hideResponseHeaders = hiddenUpstreamHeaders(config.securityHeaders)
   for (const route of config.routes) {
     const forwarder = createForwarder({
       upstreams: Array.isArray(route.upstream) ? route.upstream : [route.upstream],
@@ -106,6 +124,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       connections: route.connections,
       keepAliveTimeoutMs,
       tls: route.tls,
+      hideResponseHeaders,
       bodyLimit: parseSize(route.bodyLimit ?? server.bodyLimit)
     })
     forwarders.push(forwarder)

@@ -10,6 +10,7 @@ import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
 import { GatewayConfigSchema, RESERVED_PATHS, type GatewayConfig } from '../schemas/config.js'
 import { PATTERN_PHRASES, parseDuration } from '../schemas/common.js'
+import { checkEdgeSemantics } from '../schemas/edge.js'
 
 export class ConfigError extends Error {
   readonly problems: string[]
@@ -190,6 +191,7 @@ function shadows (outer: string, inner: string): boolean {
 }
 
 function checkSemantics (config: GatewayConfig, problems: string[]): void {
+  checkEdgeSemantics(config, problems)
   const names = new Map<string, number>()
   const prefixes: Array<{ prefix: string, index: number }> = []
   const { timeouts } = config.server

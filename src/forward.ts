@@ -41,6 +41,11 @@ export interface ForwarderOptions {
    * the identity headers the gateway sets itself, so a client cannot spoof them.
    */
   stripHeaders?: readonly string[]
+  /**
+   * Upstream response headers (lower-case) never passed to the client, e.g. `server` and
+   * `x-powered-by` (version leaks).
+   */
+  hideResponseHeaders?: readonly string[]
 }
 
 /** What a forwarded request carries besides the client's own headers. */
@@ -73,6 +78,13 @@ const RESPONSE_SKIP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'te', 'trailer',
   'transfer-encoding', 'upgrade', 'http2-settings', 'x-request-id'
 ])
+
+/**
+ * Headers the pipeline set with `reply.header()` before forwarding (RateLimit, CORS, security
+ * headers…) go to the client with the upstream's response and replace the upstream's headers of
+ * the same name (`vary` is merged instead) — except these, which describe the upstream's body.
+ */
+const OWN_SKIP = new Set(['content-length', 'content-type', 'content-encoding', 'transfer-encoding', 'connection', 'keep-alive', 'x-request-id'])
 
 /** Connection failures after which a retry cannot have reached the upstream's application. */
 const RETRYABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'UND_ERR_SOCKET', 'EPIPE', 'UND_ERR_CLOSED'])
@@ -114,6 +126,7 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
 
   const routeName = options.routeName ?? options.prefix
   const skip = new Set([...REQUEST_SKIP, ...(options.stripHeaders ?? []).map((h) => h.toLowerCase())])
+  const hide = new Set([...RESPONSE_SKIP, ...(options.hideResponseHeaders ?? []).map((h) => h.toLowerCase())])
 
   function forward (request: FastifyRequest, reply: FastifyReply, extras: ForwardExtras = request.upstream ?? NO_EXTRAS): Promise<void> {
     const raw = request.raw
@@ -141,7 +154,7 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
       const dispatch = (): void => {
         attempt++
         const headers = upstreamHeaders(request, target.host, extras, skip)
-        const handler = new ResponseHandler(request, reply, started, rewrite, (err) => {
+        const handler = new ResponseHandler(request, reply, started, rewrite, hide, (err) => {
           if (err === null) return resolve()
           const code = (err as { code?: string }).code ?? ''
           if (!handler.started && attempt < attempts && RETRYABLE.has(code) && !reply.raw.destroyed) {
@@ -297,6 +310,7 @@ class ResponseHandler implements Dispatcher.DispatchHandler {
     private readonly reply: FastifyReply,
     private readonly startedAt: number,
     private readonly rewrite: Rewrite,
+    private readonly hide: ReadonlySet<string>,
     private readonly callback: (err: Error | null) => void
   ) {
     this.res = reply.raw
@@ -317,7 +331,7 @@ class ResponseHandler implements Dispatcher.DispatchHandler {
     this.started = true
     this.request.upstreamMs = performance.now() - this.startedAt
     this.reply.hijack()
-    const headers = responseHeaders(rawHeaders, this.request.id, this.rewrite)
+    const headers = responseHeaders(rawHeaders, this.request.id, this.rewrite, this.hide, this.reply.getHeaders())
     this.res.writeHead(statusCode, statusText, headers)
     this.res.on('drain', resume)
     return true
@@ -344,7 +358,9 @@ class ResponseHandler implements Dispatcher.DispatchHandler {
   }
 }
 
-function responseHeaders (raw: Buffer[], requestId: string, rewrite: Rewrite): string[] {
+type OwnHeaders = Record<string, number | string | string[] | undefined>
+
+function responseHeaders (raw: Buffer[], requestId: string, rewrite: Rewrite, hide: ReadonlySet<string>, own: OwnHeaders): string[] {
   const out: string[] = []
   let named: Set<string> | null = null
   for (let i = 0; i < raw.length; i += 2) {
@@ -353,10 +369,17 @@ function responseHeaders (raw: Buffer[], requestId: string, rewrite: Rewrite): s
   }
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i].toString('latin1').toLowerCase()
-    if (RESPONSE_SKIP.has(name) || (named !== null && named.has(name))) continue
+    if (hide.has(name) || (named !== null && named.has(name))) continue
+    if (own[name] !== undefined && name !== 'vary' && !OWN_SKIP.has(name)) continue // the gateway's value wins
     let value = raw[i + 1].toString('latin1')
     if (name === 'location') value = rewriteLocation(value, rewrite)
     out.push(name, value)
+  }
+  for (const name in own) {
+    const value = own[name]
+    if (value === undefined || OWN_SKIP.has(name)) continue
+    if (Array.isArray(value)) for (const v of value) out.push(name, v)
+    else out.push(name, String(value))
   }
   out.push('x-request-id', requestId)
   return out

@@ -9,6 +9,9 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyPluginAsync,
 import type { GatewayConfig, RouteConfig, RoutePlugin } from '../schemas/config.js'
 import { GatewayError } from '../schemas/errors.js'
 import type { Forwarder } from './forward.js'
+import ipFilter from '../plugins/ip-filter.js'
+import cors, { corsRouteMethods } from '../plugins/cors.js'
+import { rateLimitConsumer, rateLimitEdge } from '../plugins/rate-limit.js'
 
 export interface RouteScopeOptions {
   /** The whole config (users, jwt, rateLimit… are global sections the route's plugins read). */
@@ -39,6 +42,11 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
   //  8. the route's own plugins (config routes[].plugins)
   //  9. the proxy routes
   scope.addHook('onRequest', pathGuard(route.prefix))
+  await scope.register(ipFilter, { filters: [opts.config.ipFilter, route.ipFilter] }) // 2
+  if (route.cors !== undefined) await scope.register(cors, { cors: route.cors, methods: route.methods }) // 3
+  if (route.rateLimit !== undefined) await scope.register(rateLimitEdge, { route: route.name, limit: route.rateLimit }) // 3
+  // (4: authentication and authorization, between the two limiters)
+  if (route.rateLimit !== undefined) await scope.register(rateLimitConsumer, { route: route.name, limit: route.rateLimit }) // 5
 
   for (const entry of route.plugins) {
     const { plugin, options } = await loadRoutePlugin(entry)
@@ -53,7 +61,7 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
   const base = route.prefix === '/' ? '' : route.prefix
   const urls = base === '' ? ['/', '/*'] : [base, `${base}/*`]
   for (const url of urls) {
-    scope.route({ method: [...route.methods], url, handler, config: { routeName: route.name } })
+    scope.route({ method: corsRouteMethods(route.methods, route.cors), url, handler, config: { routeName: route.name } })
   }
 }
 

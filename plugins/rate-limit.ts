@@ -1,0 +1,345 @@
+/**
+ * Rate limiting on @fastify/rate-limit, in three pieces:
+ *
+ *  - the default export, registered once on the root: @fastify/rate-limit with `global: false`
+ *    (it adds no hook of its own anywhere) and the counter store: memory (an LRU per route, this
+ *    process only) or Redis (ioredis, shared by every gateway instance), with a bounded timeout,
+ *    `onStoreError: allow | deny`, a warning when the store goes away and a /readyz check;
+ *  - `rateLimitEdge` (pipeline stage 3, before authentication) and `rateLimitConsumer` (stage 5,
+ *    after it): each adds ONE onRequest hook to the route scope, at its place in the pipeline,
+ *    built on `fastify.createRateLimit()`. The order of hooks is ours, not the plugin's (the
+ *    plugin's own per-route hooks would run after every scope-level hook — DESIGN pitfall 2);
+ *  - `routeLimiter()` for a route the gateway answers itself (the token endpoint).
+ *
+ * Counters are keyed by route name + client, never by path, so every spelling of a path and
+ * HEAD/GET share one bucket. `by: ip` and `by: header:NAME` count every request at stage 3, failed
+ * logins included. `by: consumer` counts authenticated requests per subject at stage 5; requests
+ * without an identity count against the client IP, and so do failed authentications: stage 3
+ * refuses an IP whose bucket is spent before credentials are looked at, and a 401 is counted
+ * against the IP when the response is sent.
+ *
+ * Response headers: draft-ietf-httpapi-ratelimit-headers-10 (the current draft), the structured
+ * `RateLimit-Policy: "<route>";q=<max>;w=<window s>` and `RateLimit: "<route>";r=<remaining>;t=<reset s>`,
+ * on every response of a limited route (proxied ones too); 429s add `Retry-After`.
+ */
+import { createHash } from 'node:crypto'
+import { once } from 'node:events'
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
+import fp from 'fastify-plugin'
+import fastifyRateLimit from '@fastify/rate-limit'
+import { Redis } from 'ioredis'
+import { parseDuration } from '../schemas/common.js'
+import { parseLimitBy, type RateLimitStoreConfig, type RouteRateLimit } from '../schemas/edge.js'
+import { GatewayError } from '../schemas/errors.js'
+import { channels, publish } from '../schemas/events.js'
+
+export interface RateLimitPluginOptions {
+  config: RateLimitStoreConfig
+}
+
+/** What the route-level limiters need from the root plugin. */
+interface LimitBackend {
+  onStoreError: 'allow' | 'deny'
+  /** Options for the memory store (per limiter). */
+  cache: number
+  /** Records a store failure (warning log, readiness) — the Redis backend only. */
+  failed: (err: unknown, log: FastifyBaseLogger) => void
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Set by the rate-limit plugin on the root; the route scopes inherit it. */
+    rateLimitBackend: LimitBackend
+  }
+}
+
+// --- the shared Redis store ----------------------------------------------------------------------
+
+/** INCR, and start the window on the first hit (or if the key somehow lost its expiry). */
+const INCR_LUA = `
+local current = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {current, ttl}`
+
+/** The same numbers without counting. */
+const READ_LUA = `
+local current = redis.call('GET', KEYS[1])
+if not current then return {0, 0} end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then ttl = 0 end
+return {tonumber(current), ttl}`
+
+type StoreCallback = (err: Error | null, result?: { current: number, ttl: number }) => void
+
+interface CounterClient extends Redis {
+  portcullisIncr: (key: string, windowMs: number, cb: (err: Error | null | undefined, result?: [number, number]) => void) => void
+  portcullisRead: (key: string, cb: (err: Error | null | undefined, result?: [number, number]) => void) => void
+}
+
+/**
+ * One ioredis connection per process. A dead Redis must not stall requests: commands are not
+ * queued while disconnected (they fail at once), every command has `commandTimeout`, and commands
+ * cut off by a disconnect are not replayed later. ioredis reconnects by itself (backing off up to
+ * 1 s), so limiting resumes when Redis is back, without a restart.
+ */
+export class RedisCounterStore {
+  readonly client: CounterClient
+  /** False after a failure, true again after a success or a reconnect. */
+  healthy = true
+
+  constructor (url: string, private readonly prefix: string, timeoutMs: number, private readonly log: FastifyBaseLogger, private readonly onStoreError: string) {
+    this.client = new Redis(url, {
+      enableOfflineQueue: false,
+      commandTimeout: timeoutMs,
+      maxRetriesPerRequest: 0,
+      autoResendUnfulfilledCommands: false,
+      connectTimeout: Math.max(1000, timeoutMs * 4),
+      retryStrategy: (times) => Math.min(times * 100, 1000),
+      lazyConnect: false
+    }) as CounterClient
+    this.client.defineCommand('portcullisIncr', { numberOfKeys: 1, lua: INCR_LUA })
+    this.client.defineCommand('portcullisRead', { numberOfKeys: 1, lua: READ_LUA })
+    // An 'error' event without a listener would crash the process.
+    this.client.on('error', (err: Error) => { this.down(err) })
+    this.client.on('close', () => { this.down(new Error('connection closed')) })
+    this.client.on('ready', () => { this.up() })
+  }
+
+  down (err: unknown): void {
+    if (!this.healthy) return
+    this.healthy = false
+    this.log.warn({ err: (err as Error).message, onStoreError: this.onStoreError },
+      this.onStoreError === 'allow'
+        ? 'rate-limit store unreachable: requests pass without limits until it is back'
+        : 'rate-limit store unreachable: limited routes answer 503 until it is back')
+  }
+
+  up (): void {
+    if (this.healthy) return
+    this.healthy = true
+    this.log.info('rate-limit store reachable again: limiting resumed')
+  }
+
+  /** The @fastify/rate-limit store contract: incr, read, child. */
+  incr (key: string, cb: StoreCallback, timeWindow: number): void {
+    this.client.portcullisIncr(this.prefix + key, timeWindow, (err, result) => { this.settle(err, result, cb) })
+  }
+
+  read (key: string, cb: StoreCallback): void {
+    this.client.portcullisRead(this.prefix + key, (err, result) => { this.settle(err, result, cb) })
+  }
+
+  child (): RedisCounterStore {
+    return this
+  }
+
+  private settle (err: Error | null | undefined, result: [number, number] | undefined, cb: StoreCallback): void {
+    if (err != null || result === undefined) {
+      cb(err ?? new Error('no reply'))
+      return
+    }
+    if (!this.healthy) this.up()
+    cb(null, { current: Number(result[0]), ttl: Number(result[1]) })
+  }
+
+  /** For /readyz: a PING within the command timeout. */
+  async check (): Promise<string | null> {
+    try {
+      await this.client.ping()
+      this.up()
+      return null
+    } catch (err) {
+      this.down(err)
+      return `unreachable (onStoreError: ${this.onStoreError})`
+    }
+  }
+
+  async close (): Promise<void> {
+    try {
+      if (this.client.status === 'ready') await this.client.quit()
+      else this.client.disconnect()
+    } catch {
+      this.client.disconnect()
+    }
+  }
+
+  /** Wait (bounded) for the first connection, so that a normal start serves with Redis ready. */
+  async connected (withinMs: number): Promise<boolean> {
+    if (this.client.status === 'ready') return true
+    const ac = new AbortController()
+    const timer = setTimeout(() => { ac.abort() }, withinMs)
+    try {
+      await once(this.client, 'ready', { signal: ac.signal })
+      return true
+    } catch {
+      return false
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+}
+
+/** @fastify/rate-limit constructs its store with `new`: a constructor that returns the one store. */
+function sharedStore (store: RedisCounterStore): never {
+  return function SharedStore () { return store } as never
+}
+
+async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitPluginOptions): Promise<void> {
+  const { config } = opts
+  const timeoutMs = parseDuration(config.timeout)
+  let redis: RedisCounterStore | null = null
+  if (config.store === 'redis' && config.redis !== undefined) {
+    const store = new RedisCounterStore(config.redis, config.keyPrefix, timeoutMs, app.log, config.onStoreError)
+    redis = store
+    app.readiness.add('rateLimitStore', () => store.check())
+    app.addHook('onReady', async () => {
+      if (!await store.connected(Math.max(1000, timeoutMs * 4))) {
+        store.down(new Error('no connection at start'))
+      }
+    })
+    app.addHook('onClose', async () => { await store.close() })
+  }
+  await app.register(fastifyRateLimit, {
+    global: false,
+    skipOnError: false,
+    // Every limiter shares the one client (its `child()` returns itself).
+    ...(redis === null ? {} : { store: sharedStore(redis) })
+  })
+  app.decorate('rateLimitBackend', {
+    onStoreError: config.onStoreError,
+    cache: config.maxKeys,
+    failed (err: unknown, log: FastifyBaseLogger) {
+      if (redis !== null) redis.down(err)
+      else log.warn({ err: (err as Error).message }, 'rate-limit store failed')
+    }
+  } satisfies LimitBackend)
+}
+
+export default fp(rateLimitPlugin, { name: 'portcullis-rate-limit', fastify: '5.x', decorators: { fastify: ['readiness'] } })
+
+// --- one route's limiter ---------------------------------------------------------------------
+
+export interface RouteLimitOptions {
+  /** The route's name: the counters' namespace and the policy name in the headers. */
+  route: string
+  limit: RouteRateLimit
+}
+
+interface MaybeIdentity { identity?: { subject?: string } | null }
+
+/** The client's counter key: `ip` normalised (IPv4-mapped → IPv4, IPv6 → its /64). */
+function ipKey (request: FastifyRequest): string {
+  return 'ip:' + fastifyRateLimit.normalizeIP(request.ip)
+}
+
+function digest (value: string): string {
+  return createHash('sha256').update(value).digest('base64url').slice(0, 24)
+}
+
+export interface RouteLimiter {
+  /** Counts the request and refuses it (429) past the limit. */
+  count: onRequestHookHandler
+  /** Refuses the request (429) if its IP bucket is already spent, without counting it. */
+  peek: onRequestHookHandler
+  /** Counts a request against the client IP (a failed authentication). */
+  countIp: (request: FastifyRequest) => Promise<void>
+}
+
+/** A limiter for one route, on the store of the root plugin. */
+export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): RouteLimiter {
+  const { route, limit } = opts
+  const backend = scope.rateLimitBackend
+  const by = parseLimitBy(limit.by)
+  const windowMs = parseDuration(limit.window)
+  const ns = route + '|'
+  const keyGenerator = (request: FastifyRequest): string => {
+    if (by.kind === 'consumer') {
+      const subject = (request as MaybeIdentity).identity?.subject
+      if (typeof subject === 'string' && subject !== '') return ns + 'c:' + (subject.length > 64 ? digest(subject) : subject)
+    } else if (by.kind === 'header') {
+      const value = request.headers[by.name]
+      // Header values may be secrets (API keys): only a digest is stored.
+      if (value !== undefined) return ns + 'h:' + digest(Array.isArray(value) ? value.join(',') : value)
+    }
+    return ns + ipKey(request)
+  }
+  const limiter = scope.createRateLimit({ max: limit.max, timeWindow: windowMs, keyGenerator, cache: backend.cache } as Parameters<FastifyInstance['createRateLimit']>[0])
+  const policy = `"${route}";q=${limit.max};w=${Math.ceil(windowMs / 1000)}`
+
+  async function apply (request: FastifyRequest, reply: FastifyReply | null, increment: boolean): Promise<void> {
+    let result
+    try {
+      result = await limiter(request, increment ? undefined : { increment: false })
+    } catch (err) {
+      backend.failed(err, request.log)
+      if (backend.onStoreError === 'deny' && reply !== null) {
+        throw new GatewayError('GW_ERR_UNAVAILABLE', 'The rate limit cannot be checked right now; try again shortly.', { headers: { 'retry-after': '1' } })
+      }
+      return
+    }
+    if (result.isAllowed || reply === null) return
+    // A peek reports the bucket before this request: spent when nothing remains.
+    const exceeded = increment ? result.isExceeded : result.remaining === 0
+    const reset = Math.max(0, result.ttlInSeconds)
+    reply.header('ratelimit-policy', policy)
+    reply.header('ratelimit', `"${route}";r=${result.remaining};t=${reset}`)
+    if (!exceeded) return
+    publish(channels.rateLimited, () => ({ route, by: by.kind }))
+    throw new GatewayError('GW_ERR_RATE_LIMITED', `Too many requests; retry in ${Math.max(1, reset)} s.`, {
+      headers: { 'retry-after': String(Math.max(1, reset)) }
+    })
+  }
+
+  return {
+    count: async (request, reply) => { await apply(request, reply, true) },
+    peek: async (request, reply) => { await apply(request, reply, false) },
+    countIp: async (request) => { await apply(request, null, true) }
+  }
+}
+
+/** Stage 3: limits by IP or header count every request here, before authentication. */
+async function rateLimitEdgePlugin (scope: FastifyInstance, opts: RouteLimitOptions): Promise<void> {
+  const limiter = routeLimiter(scope, opts)
+  if (parseLimitBy(opts.limit.by).kind !== 'consumer') {
+    scope.addHook('onRequest', limiter.count)
+    return
+  }
+  // by: consumer — an IP whose bucket (failed logins, anonymous calls) is spent is refused
+  // before its credentials are checked; a failed authentication is counted against it.
+  scope.addHook('onRequest', limiter.peek)
+  scope.addHook('onResponse', async (request, reply) => {
+    if (reply.statusCode === 401 && (request as MaybeIdentity).identity == null) await limiter.countIp(request)
+  })
+}
+
+/** Stage 5: `by: consumer` counts here, once authentication has set `request.identity`. */
+async function rateLimitConsumerPlugin (scope: FastifyInstance, opts: RouteLimitOptions): Promise<void> {
+  if (parseLimitBy(opts.limit.by).kind !== 'consumer') return
+  scope.addHook('onRequest', routeLimiter(scope, opts).count)
+}
+
+export const rateLimitEdge = fp(rateLimitEdgePlugin, { name: 'portcullis-rate-limit-edge', fastify: '5.x', dependencies: ['portcullis-rate-limit'] })
+export const rateLimitConsumer = fp(rateLimitConsumerPlugin, { name: 'portcullis-rate-limit-consumer', fastify: '5.x', dependencies: ['portcullis-rate-limit'] })
+
+// --- scale-out warning -------------------------------------------------------------------------
+
+interface ScaleView {
+  rateLimit: { store: string }
+  routes: ReadonlyArray<{ name: string, rateLimit?: { max: number } }>
+}
+
+/**
+ * For `portcullis start --workers N` (and anything else that runs several processes): the warning
+ * to log when limits would be counted per process, or null. With N processes on the memory store
+ * a client gets up to N × max per window.
+ */
+export function rateLimitScaleWarning (config: ScaleView, processes: number): string | null {
+  if (config.rateLimit.store !== 'memory' || processes <= 1) return null
+  const limited = config.routes.filter((r) => r.rateLimit !== undefined).map((r) => r.name)
+  if (limited.length === 0) return null
+  return `rateLimit.store is memory: each of the ${processes} processes counts on its own, so a client may get up to ${processes} × max per window on ${limited.join(', ')}; set rateLimit.store: redis to share the counters`
+}

@@ -1,0 +1,182 @@
+/**
+ * Edge protection: the config sections `rateLimit`, `ipFilter`, `securityHeaders`,
+ * `loadShedding` and the per-route `rateLimit`, `ipFilter`, `cors`; plus the small parsers
+ * (CIDR, rate-limit key) that both the config check and the plugins use.
+ */
+import { isIP } from 'node:net'
+import Type, { type Static } from 'typebox'
+import { Duration, Size } from './common.js'
+
+/** A header field name (RFC 9110 token). */
+const TOKEN = '[A-Za-z0-9!#$%&\'*+.^_`|~-]+'
+
+// --- rate limiting -----------------------------------------------------------------------
+
+export const RateLimitStoreSchema = Type.Object({
+  store: Type.Union([Type.Literal('memory'), Type.Literal('redis')], {
+    default: 'memory',
+    description: 'where counters live: memory (this process only) or redis (shared by every instance)'
+  }),
+  redis: Type.Optional(Type.String({ minLength: 1, description: 'redis:// or rediss:// URL of the shared store (required with store: redis)' })),
+  onStoreError: Type.Union([Type.Literal('allow'), Type.Literal('deny')], {
+    default: 'allow',
+    description: 'when the store cannot answer in time: allow the request unlimited, or deny it with 503'
+  }),
+  timeout: Duration({ default: '250ms', description: 'longest wait for the store on a request; after it, onStoreError decides' }),
+  keyPrefix: Type.String({ pattern: '^[A-Za-z0-9:_.-]{0,64}$', default: 'portcullis:rl:', description: 'prefix of every Redis key (to share one Redis between gateways with different limits)' }),
+  maxKeys: Type.Integer({ minimum: 100, default: 10000, description: 'memory store: clients remembered per route (least recently seen are forgotten first)' })
+}, { additionalProperties: false, default: {} })
+
+export const RATE_LIMIT_BY_PATTERN = `^(ip|consumer|header:${TOKEN})$`
+
+export const RouteRateLimitSchema = Type.Object({
+  max: Type.Integer({ minimum: 1, description: 'requests allowed per window and per client' }),
+  window: Duration({ default: '1m', description: 'the window (fixed, starting at a client\'s first request)' }),
+  by: Type.String({
+    pattern: RATE_LIMIT_BY_PATTERN,
+    default: 'ip',
+    description: 'who a counter belongs to: ip, consumer (the authenticated subject; the IP when unauthenticated) or header:NAME (the IP when absent)'
+  })
+}, { additionalProperties: false })
+
+// --- IP allow/deny -----------------------------------------------------------------------
+
+export const IpFilterSchema = Type.Object({
+  allow: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'only these addresses/CIDRs may call (IPv4 and IPv6)' })),
+  deny: Type.Array(Type.String({ minLength: 1 }), { default: [], description: 'these addresses/CIDRs get 403 (deny wins over allow)' })
+}, { additionalProperties: false })
+
+// --- CORS --------------------------------------------------------------------------------
+
+export const CorsSchema = Type.Object({
+  origins: Type.Array(Type.String({ pattern: '^(\\*|https?://[^/\\s]+)$' }), {
+    minItems: 1,
+    description: 'allowed origins, exactly as browsers send them (https://app.example.com), or "*"'
+  }),
+  methods: Type.Optional(Type.Array(Type.String({ pattern: `^${TOKEN}$` }), { minItems: 1, description: 'methods a preflight allows (default: the route\'s methods)' })),
+  allowedHeaders: Type.Optional(Type.Array(Type.String({ pattern: `^${TOKEN}$` }), { description: 'request headers a preflight allows (default: those the preflight asks for)' })),
+  exposedHeaders: Type.Array(Type.String({ pattern: `^${TOKEN}$` }), {
+    default: ['RateLimit', 'RateLimit-Policy', 'Retry-After', 'X-Request-Id'],
+    description: 'response headers scripts may read'
+  }),
+  credentials: Type.Boolean({ default: false, description: 'allow cookies / Authorization from the browser (not with origin "*")' }),
+  maxAge: Duration({ default: '10m', description: 'how long a browser may cache a preflight answer' })
+}, { additionalProperties: false })
+
+// --- security headers ----------------------------------------------------------------------
+
+export const HstsSchema = Type.Object({
+  maxAge: Duration({ default: '8760h', description: 'Strict-Transport-Security max-age (8760h = one year)' }),
+  includeSubDomains: Type.Boolean({ default: false, description: 'add includeSubDomains' }),
+  preload: Type.Boolean({ default: false, description: 'add preload' })
+}, { additionalProperties: false })
+
+export const SecurityHeadersSchema = Type.Object({
+  contentTypeOptions: Type.Boolean({ default: true, description: 'send X-Content-Type-Options: nosniff' }),
+  referrerPolicy: Type.Union([Type.String({ pattern: '^[a-z-]+(, *[a-z-]+)*$' }), Type.Literal(false)], {
+    default: 'no-referrer',
+    description: 'Referrer-Policy value, or false to leave it to the upstream'
+  }),
+  frameOptions: Type.Union([Type.Literal('DENY'), Type.Literal('SAMEORIGIN'), Type.Literal(false)], {
+    default: 'DENY',
+    description: 'X-Frame-Options value, or false to leave it to the upstream'
+  }),
+  hsts: Type.Optional(HstsSchema),
+  hideUpstreamHeaders: Type.Array(Type.String({ pattern: `^${TOKEN}$` }), {
+    default: ['server', 'x-powered-by'],
+    description: 'upstream response headers never passed to the client (version leaks); [] passes them all'
+  })
+}, { additionalProperties: false, default: {} })
+
+// --- load shedding ---------------------------------------------------------------------------
+
+export const LoadSheddingSchema = Type.Object({
+  maxEventLoopDelay: Type.Optional(Duration({ description: 'shed while the mean event-loop delay over a sample exceeds this' })),
+  maxHeapUsed: Type.Optional(Size({ description: 'shed while the V8 heap in use exceeds this' })),
+  maxRss: Type.Optional(Size({ description: 'shed while the resident set size exceeds this' })),
+  sampleInterval: Duration({ default: '1s', description: 'how often the delay and memory are sampled' }),
+  retryAfter: Duration({ default: '10s', description: 'Retry-After on a shed request' })
+}, { additionalProperties: false, default: {} })
+
+// --- spread into schemas/config.ts --------------------------------------------------------
+
+export const edgeConfigProperties = {
+  rateLimit: RateLimitStoreSchema,
+  ipFilter: Type.Optional(IpFilterSchema),
+  securityHeaders: SecurityHeadersSchema,
+  loadShedding: LoadSheddingSchema
+}
+
+export const routeEdgeProperties = {
+  rateLimit: Type.Optional(RouteRateLimitSchema),
+  ipFilter: Type.Optional(IpFilterSchema),
+  cors: Type.Optional(CorsSchema)
+}
+
+export const serverEdgeProperties = {
+  maxHeaders: Type.Integer({ minimum: 8, maximum: 2000, default: 100, description: 'most request header lines accepted; more → 431' })
+}
+
+export type RateLimitStoreConfig = Static<typeof RateLimitStoreSchema>
+export type RouteRateLimit = Static<typeof RouteRateLimitSchema>
+export type IpFilterConfig = Static<typeof IpFilterSchema>
+export type CorsConfig = Static<typeof CorsSchema>
+export type SecurityHeadersConfig = Static<typeof SecurityHeadersSchema>
+export type LoadSheddingConfig = Static<typeof LoadSheddingSchema>
+
+// --- parsers -----------------------------------------------------------------------------------
+
+export interface Cidr { address: string, prefix: number, family: 'ipv4' | 'ipv6' }
+
+/** `10.0.0.0/8`, `2001:db8::/32`, or a single address; null when not valid. */
+export function parseCidr (value: string): Cidr | null {
+  const slash = value.indexOf('/')
+  const address = slash === -1 ? value : value.slice(0, slash)
+  const version = isIP(address)
+  if (version === 0) return null
+  const bits = version === 4 ? 32 : 128
+  if (slash === -1) return { address, prefix: bits, family: version === 4 ? 'ipv4' : 'ipv6' }
+  const text = value.slice(slash + 1)
+  if (!/^[0-9]{1,3}$/.test(text) || Number(text) > bits) return null
+  return { address, prefix: Number(text), family: version === 4 ? 'ipv4' : 'ipv6' }
+}
+
+/** What `by` counts: `ip`, `consumer`, or a header (lower-case name). */
+export type LimitKey = { kind: 'ip' } | { kind: 'consumer' } | { kind: 'header', name: string }
+
+export function parseLimitBy (by: string): LimitKey {
+  if (by === 'ip' || by === 'consumer') return { kind: by }
+  return { kind: 'header', name: by.slice('header:'.length).toLowerCase() }
+}
+
+// --- checks a schema cannot express (called by src/config.ts checkSemantics) ----------------
+
+interface EdgeConfigView {
+  rateLimit: RateLimitStoreConfig
+  ipFilter?: IpFilterConfig
+  routes: ReadonlyArray<{ ipFilter?: IpFilterConfig, cors?: CorsConfig, rateLimit?: RouteRateLimit }>
+}
+
+function checkIpFilter (filter: IpFilterConfig | undefined, at: string, problems: string[]): void {
+  if (filter === undefined) return
+  for (const list of ['allow', 'deny'] as const) {
+    filter[list]?.forEach((entry, i) => {
+      if (parseCidr(entry) === null) problems.push(`${at}.${list}[${i}]: must be an IP address or CIDR (10.0.0.0/8, 2001:db8::/32)`)
+    })
+  }
+}
+
+export function checkEdgeSemantics (config: EdgeConfigView, problems: string[]): void {
+  const { rateLimit } = config
+  if (rateLimit.store === 'redis') {
+    if (rateLimit.redis === undefined) problems.push('rateLimit.redis: required with store: redis')
+    else if (!/^rediss?:\/\/[^\s]+$/.test(rateLimit.redis) || !URL.canParse(rateLimit.redis)) problems.push('rateLimit.redis: must be a redis:// or rediss:// URL')
+  }
+  checkIpFilter(config.ipFilter, 'ipFilter', problems)
+  config.routes.forEach((route, i) => {
+    checkIpFilter(route.ipFilter, `routes[${i}].ipFilter`, problems)
+    if (route.cors?.credentials === true && route.cors.origins.includes('*')) {
+      problems.push(`routes[${i}].cors.origins: "*" cannot be combined with credentials: true (list the origins)`)
+    }
+  })
+}

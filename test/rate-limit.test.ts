@@ -1,0 +1,177 @@
+/**
+ * Rate limiting with the memory store, against a real upstream: per IP, per header, per consumer
+ * (falling back to the IP), the 429 contract and the RateLimit headers (draft-10) on proxied and
+ * refused responses, one bucket for every spelling of a path and for HEAD/GET, the
+ * rateLimited event, config checks and the scale-out warning.
+ */
+import t, { type Test } from 'tap'
+import { request } from 'undici'
+import { startTestGateway, startUpstream, type RawConfig } from './helper.js'
+import { channels, type RateLimitedEvent } from '../schemas/events.js'
+import { ConfigError, parseConfig } from '../src/config.js'
+import { rateLimitScaleWarning } from '../plugins/rate-limit.js'
+
+interface CallResult { status: number, headers: Record<string, string | string[] | undefined>, body: Buffer, json: unknown }
+
+/** One request, the path sent as spelled (undici does not normalise it). */
+async function call (url: string, options: { method?: string, headers?: Record<string, string> } = {}): Promise<CallResult> {
+  const res = await request(url, { method: (options.method ?? 'GET') as 'GET', headers: options.headers })
+  const body = Buffer.from(await res.body.arrayBuffer())
+  let json: unknown
+  try { json = JSON.parse(body.toString()) } catch { json = undefined }
+  return { status: res.statusCode, headers: res.headers, body, json }
+}
+
+async function gateway (t: Test, rateLimit: Record<string, unknown>, extra: RawConfig = {}, route: Record<string, unknown> = {}): Promise<{ url: string, requests: unknown[] }> {
+  const up = await startUpstream(t)
+  const { url } = await startTestGateway(t, {
+    ...extra,
+    routes: [{ name: 'people', prefix: '/api/people', upstream: `${up.origin}/api/people`, rateLimit, ...route }]
+  })
+  return { url, requests: up.requests }
+}
+
+function assert429 (t: Test, res: CallResult): void {
+  t.equal(res.status, 429)
+  t.match(res.headers['content-type'], /^application\/problem\+json/)
+  t.match(res.json, { type: 'urn:portcullis:problem:rate-limited', status: 429, title: 'Too Many Requests' })
+  t.match(res.headers['retry-after'], /^[1-9][0-9]*$/, 'Retry-After in whole seconds')
+}
+
+/** `"people";r=2;t=60` → { r: 2, t: 60 } */
+function parseRateLimit (value: unknown): { name: string, r: number, t: number } {
+  const m = /^"([^"]+)";r=([0-9]+);t=([0-9]+)$/.exec(String(value))
+  if (m === null) throw new Error(`not a RateLimit field: ${String(value)}`)
+  return { name: m[1], r: Number(m[2]), t: Number(m[3]) }
+}
+
+t.test('by ip: max requests pass, then 429 problem+json with Retry-After; the upstream sees only max', async (t) => {
+  const { url, requests } = await gateway(t, { max: 3, window: '1m', by: 'ip' })
+  const seen: CallResult[] = []
+  for (let i = 0; i < 3; i++) seen.push(await call(`${url}/api/people/`))
+  t.same(seen.map((r) => r.status), [200, 200, 200])
+  t.same(seen.map((r) => parseRateLimit(r.headers.ratelimit).r), [2, 1, 0], 'remaining counts down on proxied responses')
+  for (const r of seen) {
+    t.equal(r.headers['ratelimit-policy'], '"people";q=3;w=60')
+    const reset = parseRateLimit(r.headers.ratelimit).t
+    t.ok(reset >= 1 && reset <= 60, `reset ${reset} s is within the window`)
+  }
+  const refused = await call(`${url}/api/people/`)
+  assert429(t, refused)
+  t.equal(parseRateLimit(refused.headers.ratelimit).r, 0)
+  t.equal(refused.headers['ratelimit-policy'], '"people";q=3;w=60')
+  const retry = Number(refused.headers['retry-after'])
+  t.ok(retry >= 1 && retry <= 60, `Retry-After ${retry} is within the window`)
+  t.equal(requests.length, 3, 'the refused request never reached the upstream')
+})
+
+t.test('the gateway\'s RateLimit headers replace an upstream\'s own', async (t) => {
+  const up = await startUpstream(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain', ratelimit: '"upstream";r=999;t=1', 'ratelimit-policy': '"upstream";q=1000' })
+    res.end('ok')
+  })
+  const { url } = await startTestGateway(t, {
+    routes: [{ name: 'people', prefix: '/api/people', upstream: up.origin, rateLimit: { max: 5, window: '10s' } }]
+  })
+  const res = await call(`${url}/api/people/x`)
+  t.equal(res.status, 200)
+  t.equal(res.body.toString(), 'ok')
+  t.equal(res.headers.ratelimit, '"people";r=4;t=10')
+  t.equal(res.headers['ratelimit-policy'], '"people";q=5;w=10')
+})
+
+t.test('every spelling of a path, the query string and HEAD share one bucket', async (t) => {
+  const { url, requests } = await gateway(t, { max: 7, window: '1m' })
+  const variants: Array<[string, string]> = [
+    ['GET', '/api/people'],
+    ['GET', '/api/people/'],
+    ['GET', '/api/people//'],
+    ['GET', '/api/people/?page=2'],
+    ['GET', '/api/people/%31'],
+    ['HEAD', '/api/people/'],
+    ['GET', '/api/people/1?x=%20']
+  ]
+  for (const [method, path] of variants) {
+    const res = await call(url + path, { method })
+    t.equal(res.status, 200, `${method} ${path} passes`)
+  }
+  // Spellings that do not reach the route are not forwarded at all (so they cannot dodge it).
+  for (const path of ['/API/people/', '/api/%70eople/', '/api/People']) {
+    const res = await call(url + path)
+    t.equal(res.status, 404, `${path} is not this route`)
+  }
+  for (const [method, path] of [['GET', '/api/people/?fresh=1'], ['HEAD', '/api/people'], ['GET', '/api/people///']]) {
+    const res = await call(url + path, { method })
+    t.equal(res.status, 429, `${method} ${path} is refused: the bucket is spent`)
+  }
+  t.equal(requests.length, 7, 'exactly max requests reached the upstream')
+})
+
+t.test('by header: one bucket per header value, the IP when the header is absent', async (t) => {
+  const { url } = await gateway(t, { max: 2, window: '1m', by: 'header:X-Tenant' })
+  const tenant = async (name?: string): Promise<number> =>
+    (await call(`${url}/api/people/`, { headers: name === undefined ? {} : { 'x-tenant': name } })).status
+  t.same([await tenant('a'), await tenant('a'), await tenant('a')], [200, 200, 429], 'tenant a: 2 then 429')
+  t.same([await tenant('b'), await tenant('b'), await tenant('b')], [200, 200, 429], 'tenant b has its own bucket')
+  t.same([await tenant(), await tenant(), await tenant()], [200, 200, 429], 'no header: the client IP\'s bucket')
+})
+
+t.test('by consumer without an identity: counted against the client IP', async (t) => {
+  const { url, requests } = await gateway(t, { max: 2, window: '1m', by: 'consumer' })
+  const statuses = []
+  for (let i = 0; i < 4; i++) statuses.push((await call(`${url}/api/people/`)).status)
+  t.same(statuses, [200, 200, 429, 429])
+  t.equal(requests.length, 2)
+})
+
+t.test('routes have separate buckets', async (t) => {
+  const up = await startUpstream(t)
+  const { url } = await startTestGateway(t, {
+    routes: [
+      { name: 'a', prefix: '/a', upstream: up.origin, rateLimit: { max: 1 } },
+      { name: 'b', prefix: '/b', upstream: up.origin, rateLimit: { max: 1 } },
+      { name: 'open', prefix: '/open', upstream: up.origin }
+    ]
+  })
+  t.same([(await call(`${url}/a`)).status, (await call(`${url}/a`)).status], [200, 429])
+  t.same([(await call(`${url}/b`)).status, (await call(`${url}/b`)).status], [200, 429])
+  const open = await call(`${url}/open`)
+  t.equal(open.status, 200)
+  t.equal(open.headers.ratelimit, undefined, 'an unlimited route sends no RateLimit header')
+})
+
+t.test('a 429 publishes a rateLimited event', async (t) => {
+  const events: RateLimitedEvent[] = []
+  const listener = (msg: unknown): void => { events.push(msg as RateLimitedEvent) }
+  channels.rateLimited.subscribe(listener)
+  t.teardown(() => { channels.rateLimited.unsubscribe(listener) })
+  const { url } = await gateway(t, { max: 1, window: '1m' })
+  await call(`${url}/api/people`)
+  t.same(events, [], 'no event while under the limit')
+  await call(`${url}/api/people`)
+  t.same(events, [{ route: 'people', by: 'ip' }])
+})
+
+t.test('config: checks and defaults', async (t) => {
+  const route = { name: 'p', prefix: '/p', upstream: 'http://127.0.0.1:9/p' }
+  const problems = (raw: unknown): string[] => {
+    try { parseConfig(raw, { env: {} }) } catch (err) { if (err instanceof ConfigError) return err.problems; throw err }
+    return []
+  }
+  const config = parseConfig({ routes: [{ ...route, rateLimit: { max: 5 } }] }, { env: {} })
+  t.same(config.rateLimit, { store: 'memory', onStoreError: 'allow', timeout: '250ms', keyPrefix: 'portcullis:rl:', maxKeys: 10000 })
+  t.same(config.routes[0].rateLimit, { max: 5, window: '1m', by: 'ip' })
+  t.same(problems({ rateLimit: { store: 'redis' }, routes: [route] }), ['rateLimit.redis: required with store: redis'])
+  t.same(problems({ rateLimit: { store: 'redis', redis: 'http://x' }, routes: [route] }), ['rateLimit.redis: must be a redis:// or rediss:// URL'])
+  t.match(problems({ routes: [{ ...route, rateLimit: { max: 5, by: 'cookie' } }] }), [/^routes\[0\]\.rateLimit\.by: /])
+  t.match(problems({ routes: [{ ...route, rateLimit: { max: 0 } }] }), [/^routes\[0\]\.rateLimit\.max: /])
+  t.match(problems({ routes: [{ ...route, rateLimit: { max: 5, window: 'soon' } }] }), ['routes[0].rateLimit.window: must be a duration such as 500ms, 10s, 15m or 1h'])
+})
+
+t.test('scale-out warning for several processes on the memory store', async (t) => {
+  const routes = [{ name: 'people', rateLimit: { max: 100 } }, { name: 'open' }]
+  t.equal(rateLimitScaleWarning({ rateLimit: { store: 'memory' }, routes }, 1), null, 'one process: fine')
+  t.equal(rateLimitScaleWarning({ rateLimit: { store: 'redis' }, routes }, 4), null, 'redis: shared')
+  t.equal(rateLimitScaleWarning({ rateLimit: { store: 'memory' }, routes: [{ name: 'open' }] }, 4), null, 'nothing limited')
+  t.match(rateLimitScaleWarning({ rateLimit: { store: 'memory' }, routes }, 4), /4 processes.*4 × max.*people.*rateLimit\.store: redis/)
+})
