@@ -8,7 +8,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { once } from 'node:events'
-import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import { parseConfig } from '../src/config.js'
@@ -162,6 +164,64 @@ export async function readAll (stream: AsyncIterable<Buffer | string>): Promise<
   const chunks: Buffer[] = []
   for await (const c of stream) chunks.push(typeof c === 'string' ? Buffer.from(c) : c)
   return Buffer.concat(chunks)
+}
+
+export interface CallResult {
+  status: number
+  headers: IncomingHttpHeaders
+  body: Buffer
+  /** The body as parsed JSON (undefined when it is not JSON). */
+  json: unknown
+}
+
+export interface CallOptions {
+  method?: string
+  /** Header object, or raw `[name, value, name, value…]` pairs for exact control. */
+  headers?: Record<string, string | string[]> | string[]
+  body?: string | Buffer | AsyncIterable<Buffer> | Readable
+}
+
+/**
+ * One HTTP request with node:http, on a fresh connection, with the path sent exactly as written
+ * (no URL normalisation, so `/a/../b` and odd encodings reach the server as spelled). Rejects
+ * when the connection breaks before the whole response has arrived (an aborted response).
+ */
+export async function call (url: string, options: CallOptions = {}): Promise<CallResult> {
+  const m = /^(https?):\/\/([^/:]+):([0-9]+)(\/.*)?$/.exec(url)
+  if (m === null) throw new Error(`call: not an http URL: ${url}`)
+  const body = options.body
+  let headers = options.headers ?? {}
+  // node:http frames no body for GET, HEAD, DELETE, OPTIONS unless told how: say it.
+  const raw = Array.isArray(headers) ? headers : Object.entries(headers).flatMap(([k, v]) => Array.isArray(v) ? v.flatMap((x) => [k, x]) : [k, v])
+  const framed = raw.some((v, i) => i % 2 === 0 && /^(content-length|transfer-encoding)$/i.test(v))
+  if (body !== undefined && !framed) {
+    headers = typeof body === 'string' || Buffer.isBuffer(body)
+      ? [...raw, 'content-length', String(Buffer.byteLength(body))]
+      : [...raw, 'transfer-encoding', 'chunked']
+  }
+  // Given raw pairs, node:http adds no Host header of its own.
+  if (Array.isArray(headers) && !headers.some((v, i) => i % 2 === 0 && v.toLowerCase() === 'host')) headers = ['host', `${m[2]}:${m[3]}`, ...headers]
+  const req = httpRequest({ host: m[2], port: Number(m[3]), path: m[4] ?? '/', method: options.method ?? 'GET', headers, agent: false })
+  const responded = new Promise<IncomingMessage>((resolve, reject) => {
+    req.once('response', resolve)
+    req.once('error', reject)
+  })
+  if (body === undefined) req.end()
+  else if (typeof body === 'string' || Buffer.isBuffer(body)) req.end(body)
+  else pipeline(Readable.from(body), req).catch(() => {}) // a refused upload surfaces as the response (or its error)
+  const res = await responded
+  const chunks: Buffer[] = []
+  await new Promise<void>((resolve, reject) => {
+    res.on('data', (c: Buffer) => chunks.push(c))
+    res.once('end', resolve)
+    res.once('error', reject)
+    res.once('aborted', () => reject(new Error('response aborted')))
+    res.once('close', () => { if (!res.complete) reject(new Error('response aborted')) })
+  })
+  const buf = Buffer.concat(chunks)
+  let json: unknown
+  try { json = JSON.parse(buf.toString('utf8')) } catch { json = undefined }
+  return { status: res.statusCode ?? 0, headers: res.headers, body: buf, json }
 }
 
 export interface DrfUser {

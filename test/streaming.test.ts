@@ -1,0 +1,211 @@
+/**
+ * Bodies are streamed, not buffered: 50 MB each way through the gateway arrives intact (sha256
+ * compared at the other end) while the process's memory stays flat; bodies over the limit are
+ * refused before (honest Content-Length) or while (chunked) they arrive, and the upstream never
+ * gets a complete one.
+ */
+import t, { type Test } from 'tap'
+import { createHash, randomBytes } from 'node:crypto'
+import { once } from 'node:events'
+import { request as httpRequest, type IncomingMessage } from 'node:http'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
+import { call, startTestGateway, startUpstream } from './helper.js'
+
+const MB = 1024 * 1024
+const SIZE = 50 * MB
+const CHUNK = 64 * 1024
+
+/** SIZE bytes of random data in CHUNK pieces, hashed as they are produced. */
+function source (size: number, hash: ReturnType<typeof createHash>): AsyncGenerator<Buffer> {
+  return (async function * () {
+    const block = randomBytes(CHUNK)
+    for (let sent = 0; sent < size; sent += CHUNK) {
+      // A different chunk each time (so a repeated or dropped chunk changes the hash), cheaply.
+      block.writeUInt32BE(sent / CHUNK, 0)
+      const chunk = Buffer.from(block.subarray(0, Math.min(CHUNK, size - sent)))
+      hash.update(chunk)
+      yield chunk
+    }
+  })()
+}
+
+// A full GC on demand, so that what is measured is memory held, not garbage awaiting collection.
+setFlagsFromString('--expose-gc')
+const gc = runInNewContext('gc') as () => void
+
+interface Growth { rss: number, held: number }
+
+/**
+ * Samples this process's memory (gateway, upstream and client all live here) while `work` runs,
+ * collecting garbage before each sample. Returns the largest growth over the starting values of
+ * RSS and of the memory actually held (V8 heap + Buffers). RSS also moves with the allocator
+ * (freed Buffers are not always handed back to the OS), so its bound is loose; the held memory
+ * is what a buffered body would show up in.
+ */
+async function growthDuring (work: () => Promise<void>): Promise<Growth> {
+  const held = (): number => { const m = process.memoryUsage(); return m.heapUsed + m.arrayBuffers }
+  gc()
+  const start = { rss: process.memoryUsage().rss, held: held() }
+  const peak = { ...start }
+  const sample = (): void => {
+    gc()
+    peak.rss = Math.max(peak.rss, process.memoryUsage().rss)
+    peak.held = Math.max(peak.held, held())
+  }
+  const timer = setInterval(sample, 100)
+  try {
+    await work()
+  } finally {
+    clearInterval(timer)
+  }
+  sample()
+  return { rss: peak.rss - start.rss, held: peak.held - start.held }
+}
+
+// Buffering a 50 MB body would add at least 50 MB to both; streaming stays far below.
+const MAX_RSS_GROWTH = 40 * MB
+const MAX_HELD_GROWTH = 25 * MB
+
+function assertFlat (t: Test, growth: Growth, what: string): void {
+  const mb = (n: number): string => (n / MB).toFixed(1)
+  t.comment(`${what}: RSS grew ${mb(growth.rss)} MB, heap + buffers grew ${mb(growth.held)} MB while 50 MB passed`)
+  t.ok(growth.held < MAX_HELD_GROWTH, `${what}: held memory stays flat (${mb(growth.held)} MB < ${mb(MAX_HELD_GROWTH)} MB)`)
+  t.ok(growth.rss < MAX_RSS_GROWTH, `${what}: RSS stays well under the body size (${mb(growth.rss)} MB < ${mb(MAX_RSS_GROWTH)} MB)`)
+}
+
+t.test('a 50 MB upload reaches the upstream intact, streamed', async (t) => {
+  const up = await startUpstream(t, async (req, res) => {
+    const hash = createHash('sha256')
+    let bytes = 0
+    for await (const chunk of req) { hash.update(chunk as Buffer); bytes += (chunk as Buffer).length }
+    const text = JSON.stringify({ bytes, sha256: hash.digest('hex') })
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
+    res.end(text)
+  }, { stream: true })
+  const { url: gw } = await startTestGateway(t, {
+    routes: [{ name: 'files', prefix: '/files', upstream: `${up.origin}/store`, bodyLimit: '64mb' }]
+  })
+
+  for (const framing of ['content-length', 'chunked'] as const) {
+    const sent = createHash('sha256')
+    let res: Awaited<ReturnType<typeof call>> | undefined
+    const growth = await growthDuring(async () => {
+      res = await call(`${gw}/files/big.bin`, {
+        method: 'PUT',
+        headers: framing === 'content-length'
+          ? { 'content-type': 'application/octet-stream', 'content-length': String(SIZE) }
+          : { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' },
+        body: source(SIZE, sent)
+      })
+    })
+    t.equal(res?.status, 200, `${framing}: 200`)
+    t.same(res?.json, { bytes: SIZE, sha256: sent.digest('hex') }, `${framing}: the upstream got every byte, in order`)
+    t.equal(up.requests.at(-1)?.url, '/store/big.bin')
+    assertFlat(t, growth, `${framing} upload`)
+  }
+})
+
+t.test('a 50 MB download reaches the client intact, streamed', async (t) => {
+  let sentHash = ''
+  const up = await startUpstream(t, async (req, res) => {
+    const hash = createHash('sha256')
+    const chunked = req.url?.includes('chunked') === true
+    res.writeHead(200, chunked ? { 'content-type': 'application/octet-stream' } : { 'content-type': 'application/octet-stream', 'content-length': SIZE })
+    for await (const chunk of source(SIZE, hash)) {
+      if (!res.write(chunk)) await once(res, 'drain')
+    }
+    sentHash = hash.digest('hex')
+    res.end()
+  })
+  const { url: gw } = await startTestGateway(t, { routes: [{ name: 'files', prefix: '/files', upstream: up.origin }] })
+
+  for (const path of ['/files/big.bin', '/files/big.bin?chunked']) {
+    const received = createHash('sha256')
+    let bytes = 0
+    let status = 0
+    let length: string | undefined
+    const growth = await growthDuring(async () => {
+      const req = httpRequest(`${gw}${path}`, { agent: false })
+      req.end()
+      const [res] = await once(req, 'response') as [IncomingMessage]
+      status = res.statusCode ?? 0
+      length = res.headers['content-length']
+      for await (const chunk of res) { received.update(chunk as Buffer); bytes += (chunk as Buffer).length }
+    })
+    t.equal(status, 200)
+    t.equal(bytes, SIZE, `${path}: every byte arrived`)
+    t.equal(received.digest('hex'), sentHash, `${path}: sha256 matches what the upstream sent`)
+    if (!path.includes('chunked')) t.equal(length, String(SIZE), 'the upstream\'s Content-Length passes')
+    assertFlat(t, growth, `download ${path}`)
+  }
+})
+
+t.test('a body over the limit with an honest Content-Length is 413 before the upstream is contacted', async (t) => {
+  let connections = 0
+  const up = await startUpstream(t)
+  up.server.on('connection', () => { connections++ })
+  const { url: gw } = await startTestGateway(t, {
+    server: { bodyLimit: '1mb' },
+    routes: [
+      { name: 'small', prefix: '/small', upstream: up.origin },
+      { name: 'tiny', prefix: '/tiny', upstream: up.origin, bodyLimit: '1kb' }
+    ]
+  })
+
+  for (const [path, length] of [['/small/x', 1024 * 1024 + 1], ['/tiny/x', 1025], ['/small/x', 50 * MB]] as const) {
+    // Only the headers are sent: the answer must come without the gateway waiting for the body.
+    const req = httpRequest(`${gw}${path}`, { method: 'POST', agent: false, headers: { 'content-type': 'application/octet-stream', 'content-length': String(length) } })
+    req.flushHeaders()
+    req.on('error', () => {})
+    const [res] = await once(req, 'response') as [IncomingMessage]
+    const chunks: Buffer[] = []
+    for await (const c of res) chunks.push(c as Buffer)
+    req.destroy()
+    const body = JSON.parse(Buffer.concat(chunks).toString()) as Record<string, unknown>
+    t.equal(res.statusCode, 413, `${path} with Content-Length ${length}: 413`)
+    t.match(res.headers['content-type'], /^application\/problem\+json/)
+    t.match(body, { type: 'urn:portcullis:problem:payload-too-large', status: 413, instance: path })
+  }
+  // At the limit exactly, it passes.
+  const ok = await call(`${gw}/tiny/x`, { method: 'POST', body: Buffer.alloc(1024, 97) })
+  t.equal(ok.status, 200, 'a body of exactly the limit passes')
+  t.equal(up.requests.length, 1, 'only that one reached the upstream')
+  t.equal(connections, 1, 'the refused ones never opened a connection to the upstream')
+})
+
+t.test('a chunked body over the limit is refused and the upstream never gets it whole', async (t) => {
+  const seen: Array<{ bytes: number, complete: boolean }> = []
+  const up = await startUpstream(t, (req, res) => {
+    const record = { bytes: 0, complete: false }
+    seen.push(record)
+    req.on('data', (c: Buffer) => { record.bytes += c.length })
+    req.on('end', () => { record.complete = true; res.end('got it all') })
+    req.on('error', () => {})
+  }, { stream: true })
+  const { url: gw } = await startTestGateway(t, {
+    routes: [{ name: 'upload', prefix: '/upload', upstream: up.origin, bodyLimit: '1mb' }]
+  })
+
+  const result = await call(`${gw}/upload/x`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' },
+    body: source(4 * MB, createHash('sha256'))
+  }).then((res) => ({ status: res.status, json: res.json }), (err: Error) => ({ status: 0, error: err.message }))
+  if (result.status === 0) {
+    t.pass(`the upload was aborted (${(result as { error: string }).error})`)
+  } else {
+    t.equal(result.status, 413, 'chunked body over the limit: 413')
+    t.match((result as { json: unknown }).json, { type: 'urn:portcullis:problem:payload-too-large', status: 413 })
+  }
+  // Give a partial upload time to be noticed upstream.
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  t.notOk(seen.some((r) => r.complete), 'the upstream never received a complete body')
+  t.ok(seen.every((r) => r.bytes <= 1 * MB), `the upstream received at most the limit (${seen.map((r) => r.bytes).join(', ') || 'nothing'})`)
+
+  // A chunked body under the limit passes, and the gateway is still serving.
+  const small = await call(`${gw}/upload/y`, { method: 'POST', headers: { 'transfer-encoding': 'chunked' }, body: source(512 * 1024, createHash('sha256')) })
+  t.equal(small.status, 200)
+  t.equal(small.body.toString(), 'got it all')
+  t.equal(seen.at(-1)?.bytes, 512 * 1024)
+})
