@@ -6,7 +6,7 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { codeForStatus, ERRORS, GatewayError, problemType, type ErrorCode, type ProblemViolation } from '../schemas/errors.js'
-import { PROBLEM_CONTENT_TYPE, type Problem } from '../schemas/problem.js'
+import { escapePointer, PROBLEM_CONTENT_TYPE, type Problem } from '../schemas/problem.js'
 
 export interface ProblemPluginOptions {
   /** Prefix → allowed methods, to answer 405 (with `Allow`) instead of 404 under a route. */
@@ -37,17 +37,28 @@ export function sendProblem (reply: FastifyReply, code: ErrorCode, detail: strin
   return reply.code(body.status).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
 }
 
-/** ajv / TypeBox error → `{ pointer, message }`, without schema internals. */
-function violations (err: FastifyError): ProblemViolation[] {
-  const part = err.validationContext ?? 'body'
-  return (err.validation ?? []).map((v) => {
+/** What a schema validator reports per violation (ajv's ErrorObject, TypeBox's errors). */
+export interface SchemaErrorLike { instancePath: string, keyword: string, params: unknown, message?: string }
+
+/**
+ * ajv / TypeBox errors → `{ pointer, message }`, without schema internals (a `pattern`'s regex is
+ * not echoed). Pointers into parts other than the body are prefixed: `/querystring/page`.
+ */
+export function schemaViolations (errors: readonly SchemaErrorLike[], part: string): ProblemViolation[] {
+  return errors.map((v) => {
     let pointer = v.instancePath
-    const params = v.params as Record<string, unknown>
-    if (v.keyword === 'required' && typeof params.missingProperty === 'string') pointer += '/' + params.missingProperty
-    if (v.keyword === 'additionalProperties' && typeof params.additionalProperty === 'string') pointer += '/' + params.additionalProperty
-    const message = v.keyword === 'additionalProperties' ? 'is not allowed' : (v.message ?? 'is invalid')
+    const params = (v.params ?? {}) as Record<string, unknown>
+    if (v.keyword === 'required' && typeof params.missingProperty === 'string') pointer += '/' + escapePointer(params.missingProperty)
+    if (v.keyword === 'additionalProperties' && typeof params.additionalProperty === 'string') pointer += '/' + escapePointer(params.additionalProperty)
+    const message = v.keyword === 'additionalProperties'
+      ? 'is not allowed'
+      : v.keyword === 'required' ? 'is required' : v.keyword === 'pattern' ? 'does not match the expected pattern' : (v.message ?? 'is invalid')
     return { pointer: part === 'body' ? pointer : `/${part}${pointer}`, message }
   })
+}
+
+function violations (err: FastifyError): ProblemViolation[] {
+  return schemaViolations(err.validation ?? [], err.validationContext ?? 'body')
 }
 
 /** Safe words for the errors Fastify raises itself, which may otherwise name internals. */

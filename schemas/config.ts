@@ -8,6 +8,7 @@ import { Duration, HTTP_METHODS, Size } from './common.js'
 import { authConfigProperties, routeAuthProperties } from './auth.js'
 import { MetricsSchema, TracingSchema } from './observability.js'
 import { edgeConfigProperties, routeEdgeProperties, serverEdgeProperties } from './edge.js'
+import { routeValidateProperties } from './validate.js'
 
 export { HTTP_METHODS }
 export const DEFAULT_METHODS = [...HTTP_METHODS]
@@ -75,6 +76,7 @@ export const RouteSchema = Type.Object({
   connections: Type.Integer({ minimum: 1, maximum: 4096, default: 128, description: 'keep-alive connections per upstream URL' }),
   bodyLimit: Type.Optional(Size({ description: 'largest request body on this route (default server.bodyLimit)' })),
   tls: RouteTlsSchema,
+  ...routeValidateProperties,
   plugins: Type.Array(RoutePluginSchema, { default: [], description: 'your own Fastify plugins, registered in this route\'s scope before the proxy' }),
   ...routeAuthProperties,
   ...routeEdgeProperties

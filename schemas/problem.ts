@@ -19,3 +19,8 @@ export const ProblemSchema = Type.Object({
 export type Problem = Static<typeof ProblemSchema>
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json; charset=utf-8'
+
+/** One key as a JSON Pointer (RFC 6901) token: `~` → `~0`, `/` → `~1`. */
+export function escapePointer (key: string): string {
+  return key.includes('~') || key.includes('/') ? key.replaceAll('~', '~0').replaceAll('/', '~1') : key
+}

@@ -10,6 +10,7 @@ import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
 import { GatewayConfigSchema, RESERVED_PATHS, type GatewayConfig } from '../schemas/config.js'
 import { PATTERN_PHRASES, parseDuration } from '../schemas/common.js'
+import { checkValidateSemantics, resolveValidatePaths } from '../schemas/validate.js'
 import { checkEdgeSemantics } from '../schemas/edge.js'
 
 export class ConfigError extends Error {
@@ -230,6 +231,7 @@ function checkSemantics (config: GatewayConfig, problems: string[]): void {
         problems.push(`${at}.prefix: "${prefix}" shadows routes[${other.index}].prefix "${other.prefix}"`)
       }
     }
+    if (route.validate !== undefined) checkValidateSemantics(route.validate, `${at}.validate`, problems)
     prefixes.push({ prefix, index: i })
   })
 }
@@ -244,6 +246,7 @@ function resolvePaths (config: GatewayConfig, baseDir: string): void {
       return { ...p, path: isPath(p.path) ? abs(p.path) : p.path }
     })
     if (route.tls.ca !== undefined) route.tls.ca = abs(route.tls.ca)
+    if (route.validate !== undefined) route.validate = resolveValidatePaths(route.validate, abs)
   }
 }
 

@@ -9,6 +9,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyPluginAsync,
 import type { GatewayConfig, RouteConfig, RoutePlugin } from '../schemas/config.js'
 import { GatewayError } from '../schemas/errors.js'
 import type { Forwarder } from './forward.js'
+import validate from '../plugins/validate.js'
+import { parseSize } from '../schemas/common.js'
 import ipFilter from '../plugins/ip-filter.js'
 import cors, { corsRouteMethods } from '../plugins/cors.js'
 import { rateLimitConsumer, rateLimitEdge } from '../plugins/rate-limit.js'
@@ -47,6 +49,17 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
   if (route.rateLimit !== undefined) await scope.register(rateLimitEdge, { route: route.name, limit: route.rateLimit }) // 3
   // (4: authentication and authorization, between the two limiters)
   if (route.rateLimit !== undefined) await scope.register(rateLimitConsumer, { route: route.name, limit: route.rateLimit }) // 5
+  if (route.validate !== undefined) { // 6 (preValidation: after every onRequest stage, so never before auth)
+    const upstream = Array.isArray(route.upstream) ? route.upstream[0] : route.upstream
+    await scope.register(validate, {
+      validate: route.validate,
+      at: `routes[${opts.config.routes.indexOf(route)}].validate`,
+      routeName: route.name,
+      prefix: route.prefix,
+      upstreamPath: new URL(upstream).pathname.replace(/\/+$/, ''),
+      bodyLimit: parseSize(route.bodyLimit ?? opts.config.server.bodyLimit)
+    })
+  }
 
   for (const entry of route.plugins) {
     const { plugin, options } = await loadRoutePlugin(entry)

@@ -1,0 +1,286 @@
+/**
+ * Request validation (pipeline stage 6, after authentication): per method and sub-path, the
+ * route's schemas for the body, query string, path parameters and headers, given in the config
+ * or imported from an OpenAPI document. Everything is compiled when the route is registered.
+ *
+ * The route scope streams bodies through untouched; on a request that a rule with a body schema
+ * matches, this plugin reads the body itself (media type first, then the size limit while
+ * reading, then nesting depth, then JSON.parse, then dangerous keys, then the schema) and hands
+ * the forwarder the re-serialized value it validated: the upstream never gets bytes the
+ * validator did not see. Query strings and headers are validated on copies (with coercion);
+ * the upstream gets them as the client sent them.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import { GatewayError, type ErrorCode, type ProblemViolation } from '../schemas/errors.js'
+import { channels, publish, type ValidationFailureEvent } from '../schemas/events.js'
+import { normalizeValidate, type ValidateConfig, type ValidateOptions } from '../schemas/validate.js'
+import { BodyError, BodyTooLarge, findUnsafe, jsonMediaType, readBody, scanJson } from './json-body.js'
+import { importOpenApi, OPENAPI_ID, readOpenApi } from './openapi.js'
+import {
+  Compiler, compilePath, matchPath, pathSegments, resolveSchemaRef, ValidateConfigError,
+  type CompiledSchema, type Part, type PathTemplate
+} from './validate-compile.js'
+
+export interface ValidatePluginOptions {
+  /** The route's `validate` key, as loaded (paths already absolute). */
+  validate: ValidateConfig
+  /** Where it is in the config, for errors: `routes[0].validate`. */
+  at: string
+  routeName: string
+  /** The route prefix (`/api/people`, or `/`). */
+  prefix: string
+  /** The upstream URL's path (`/api/people`), which OpenAPI paths are matched against. */
+  upstreamPath: string
+  /** Largest body in bytes (the route's bodyLimit, else server.bodyLimit). */
+  bodyLimit: number
+}
+
+interface Rule {
+  /** `POST /` (config rule) or `POST /api/people/` (OpenAPI operation), for logs. */
+  name: string
+  methods: ReadonlySet<string>
+  template: PathTemplate
+  body?: { schema: CompiledSchema, required: boolean }
+  querystring?: CompiledSchema
+  params?: CompiledSchema
+  headers?: CompiledSchema
+}
+
+type FailPart = ValidationFailureEvent['part']
+
+const DRF_NON_FIELD = 'non_field_errors'
+
+async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptions): Promise<void> {
+  const { options, rulesPath } = normalizeValidate(opts.validate)
+  const compiler = new Compiler()
+  const problems: string[] = []
+  const rules = await compileRules(options, `${opts.at}${rulesPath}`, compiler, problems)
+  const operations = options.openapi === undefined ? [] : await compileOpenApi(options.openapi, `${opts.at}.openapi`, compiler, problems)
+  if (problems.length > 0) throw new ValidateConfigError(problems)
+
+  const report = options.mode === 'report'
+  const maxErrors = options.maxErrors
+  const prefixLength = opts.prefix === '/' ? 0 : opts.prefix.length
+  const upstreamSegments = pathSegments(opts.upstreamPath) ?? []
+  const route = opts.routeName
+
+  /** Refuses (enforce) or records (report) one failure; true when the request must stop here. */
+  function fail (request: FastifyRequest, reply: FastifyReply, part: FailPart, code: ErrorCode, detail: string, errors?: ProblemViolation[]): boolean {
+    publish(channels.validationFailure, () => ({ route, part, reportOnly: report }))
+    if (report && code !== 'GW_ERR_PAYLOAD_TOO_LARGE') {
+      request.log.info({ validation: { route, part, detail, errors } }, 'request failed validation (report only, let through)')
+      return false
+    }
+    request.log.debug({ validation: { route, part, detail, errors } }, 'request failed validation')
+    const raw = request.raw
+    // A body we did not read is never read: close the connection after the answer.
+    if (!raw.readableEnded && hasBody(request)) reply.header('connection', 'close')
+    if (options.errorFormat === 'drf' && code === 'GW_ERR_VALIDATION') {
+      reply.code(400).type('application/json; charset=utf-8').send(JSON.stringify(drfBody(errors ?? [], detail)))
+      return true
+    }
+    throw new GatewayError(code, detail, { errors })
+  }
+
+  scope.addHook('preValidation', async function validateRequest (request, reply) {
+    const url = request.raw.url ?? '/'
+    const q = url.indexOf('?')
+    const segments = pathSegments((q === -1 ? url : url.slice(0, q)).slice(prefixLength))
+    if (segments === null) throw new GatewayError('GW_ERR_BAD_REQUEST', 'The path is not validly percent-encoded.')
+    const method = request.method
+    let found = findRule(rules, method, segments)
+    if (found === null && operations.length > 0) found = findRule(operations, method, [...upstreamSegments, ...segments])
+    if (found === null) {
+      if (options.unmatched === 'reject') {
+        publish(channels.validationFailure, () => ({ route, part: 'params' as const, reportOnly: report }))
+        if (!report) throw new GatewayError('GW_ERR_NOT_FOUND', 'No operation of this API matches the request.')
+        request.log.info({ validation: { route, detail: 'no matching operation' } }, 'request failed validation (report only, let through)')
+      }
+      return
+    }
+    const { rule, params } = found
+
+    // Parts that arrive with the head first: a request refused here never has its body read.
+    const violations: ProblemViolation[] = []
+    let firstPart: FailPart | null = null
+    const check = (part: Part, schema: CompiledSchema | undefined, source: () => unknown): void => {
+      if (schema === undefined) return
+      const errors = schema.check(source(), maxErrors, source)
+      if (errors !== null) { violations.push(...errors); firstPart ??= part }
+    }
+    check('params', rule.params, () => ({ ...params }))
+    check('headers', rule.headers, () => ({ ...request.headers }))
+    check('querystring', rule.querystring, () => ({ ...(request.query as Record<string, unknown>) }))
+    if (firstPart !== null && fail(request, reply, firstPart, 'GW_ERR_VALIDATION', 'The request does not match the schema of this route.', violations.slice(0, maxErrors))) return reply
+
+    if (rule.body === undefined) return
+    await validateBody(request, reply, rule.body)
+    return reply.sent ? reply : undefined
+  })
+
+  async function validateBody (request: FastifyRequest, reply: FastifyReply, body: NonNullable<Rule['body']>): Promise<void> {
+    const raw = request.raw
+    const present = hasBody(request)
+    if (!present && !body.required) return
+    const contentType = raw.headers['content-type']
+    const mediaType = jsonMediaType(contentType)
+    if (mediaType === null) {
+      fail(request, reply, 'content-type', 'GW_ERR_UNSUPPORTED_MEDIA_TYPE', 'This route accepts only JSON bodies (application/json or application/*+json, UTF-8).')
+      return
+    }
+    const encoding = raw.headers['content-encoding']
+    if (encoding !== undefined && encoding.toLowerCase() !== 'identity') {
+      fail(request, reply, 'content-type', 'GW_ERR_UNSUPPORTED_MEDIA_TYPE', 'This route does not accept encoded (compressed) bodies.')
+      return
+    }
+    if (!present) {
+      fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The JSON body is empty.')
+      return
+    }
+    const length = raw.headers['content-length']
+    if (length !== undefined && Number(length) > opts.bodyLimit) {
+      fail(request, reply, 'body', 'GW_ERR_PAYLOAD_TOO_LARGE', `The request body is larger than ${opts.bodyLimit} bytes.`)
+      return
+    }
+    let bytes: Buffer
+    try {
+      bytes = await readBody(raw, opts.bodyLimit)
+    } catch (err) {
+      if (err instanceof BodyTooLarge) {
+        reply.header('connection', 'close')
+        fail(request, reply, 'body', 'GW_ERR_PAYLOAD_TOO_LARGE', err.message)
+        return
+      }
+      if (err instanceof BodyError) throw new GatewayError('GW_ERR_BAD_REQUEST', err.message)
+      throw err
+    }
+    // Report mode forwards what the client sent, valid or not; enforce mode what it validated.
+    const passOriginal = (): void => { request.upstream = { ...request.upstream, body: bytes, contentType } }
+
+    const text = bytes.toString('utf8')
+    if (text.trim() === '') { if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The JSON body is empty.')) passOriginal(); return }
+    const scan = scanJson(text, options.maxDepth)
+    if (scan.tooDeep) {
+      if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', `The JSON body is nested deeper than ${options.maxDepth} levels.`, [{ pointer: '', message: `must not be nested deeper than ${options.maxDepth} levels` }])) passOriginal()
+      return
+    }
+    let value: unknown
+    try {
+      value = JSON.parse(text)
+    } catch {
+      if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The body is not valid JSON.')) passOriginal()
+      return
+    }
+    if (scan.suspectKeys || scan.longInteger) {
+      const unsafe = findUnsafe(value, scan.suspectKeys, scan.longInteger)
+      if (unsafe !== null) {
+        if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The request does not match the schema of this route.', [unsafe])) passOriginal()
+        return
+      }
+    }
+    const errors = body.schema.check(value, maxErrors)
+    if (errors !== null) {
+      if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The request does not match the schema of this route.', errors)) passOriginal()
+      return
+    }
+    if (report) passOriginal()
+    else request.upstream = { ...request.upstream, body: JSON.stringify(value), contentType: mediaType }
+  }
+}
+
+function hasBody (request: FastifyRequest): boolean {
+  const headers = request.raw.headers
+  const length = headers['content-length']
+  return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
+}
+
+function findRule (rules: readonly Rule[], method: string, segments: readonly string[]): { rule: Rule, params: Record<string, string> } | null {
+  for (const rule of rules) {
+    if (!rule.methods.has(method)) continue
+    const params = matchPath(rule.template, segments)
+    if (params !== null) return { rule, params }
+  }
+  return null
+}
+
+async function compileRules (options: ValidateOptions, at: string, compiler: Compiler, problems: string[]): Promise<Rule[]> {
+  const rules: Rule[] = []
+  for (const [i, r] of options.rules.entries()) {
+    const methods = Array.isArray(r.method) ? r.method : [r.method]
+    const rule: Rule = { name: `${methods.join(',')} ${r.path}`, methods: new Set(methods), template: compilePath(r.path) }
+    for (const part of ['body', 'querystring', 'params', 'headers'] as const) {
+      const ref = r[part]
+      if (ref === undefined) continue
+      try {
+        const compiled = compiler.compile(await resolveSchemaRef(ref), part)
+        if (part === 'body') rule.body = { schema: compiled, required: true }
+        else rule[part] = compiled
+      } catch (err) {
+        problems.push(`${at}[${i}].${part}: ${(err as Error).message}`)
+      }
+    }
+    rules.push(rule)
+  }
+  // Literal paths before templated ones, as a router would.
+  return rules.sort((a, b) => paramCount(a.template) - paramCount(b.template))
+}
+
+function paramCount (t: PathTemplate): number {
+  return t.segments.filter((s) => !('literal' in s)).length
+}
+
+async function compileOpenApi (location: string, at: string, compiler: Compiler, problems: string[]): Promise<Rule[]> {
+  try {
+    const { document, operations } = importOpenApi(await readOpenApi(location))
+    compiler.addDocument(OPENAPI_ID, document)
+    const rules: Rule[] = []
+    for (const op of operations) {
+      const rule: Rule = { name: op.name, methods: new Set([op.method]), template: op.template }
+      for (const part of ['querystring', 'params', 'headers'] as const) {
+        const schema = op[part]
+        if (schema !== undefined) rule[part] = compileOperationPart(compiler, schema, part, op.name)
+      }
+      if (op.body !== undefined) rule.body = { schema: compileOperationPart(compiler, op.body.schema, 'body', op.name), required: op.body.required }
+      rules.push(rule)
+    }
+    return rules
+  } catch (err) {
+    problems.push(`${at}: ${(err as Error).message}`)
+    return []
+  }
+}
+
+function compileOperationPart (compiler: Compiler, schema: Record<string, unknown>, part: Part, name: string): CompiledSchema {
+  try {
+    return compiler.compile(schema, part, true)
+  } catch (err) {
+    throw new Error(`${name} ${part}: ${(err as Error).message}`)
+  }
+}
+
+/** DRF's error shape: `{ "age": ["must be integer"], "address": { "city": ["is required"] } }`. */
+export function drfBody (errors: readonly ProblemViolation[], detail: string): Record<string, unknown> {
+  if (errors.length === 0) return { detail }
+  const out: Record<string, unknown> = {}
+  for (const { pointer, message } of errors) {
+    const keys = pointer.split('/').slice(1).map((k) => k.replaceAll('~1', '/').replaceAll('~0', '~'))
+    if (keys.length === 0) keys.push(DRF_NON_FIELD)
+    let node = out
+    for (const key of keys.slice(0, -1)) {
+      const next = Object.hasOwn(node, key) ? node[key] : undefined
+      if (next === undefined || Array.isArray(next)) {
+        const created: Record<string, unknown> = {}
+        Object.defineProperty(node, key, { value: created, enumerable: true, writable: true, configurable: true })
+        node = created
+      } else node = next as Record<string, unknown>
+    }
+    const leaf = keys[keys.length - 1]
+    const existing = Object.hasOwn(node, leaf) ? node[leaf] : undefined
+    if (Array.isArray(existing)) existing.push(message)
+    else if (existing === undefined) Object.defineProperty(node, leaf, { value: [message], enumerable: true, writable: true, configurable: true })
+  }
+  return out
+}
+
+export default fp(validatePlugin, { name: 'portcullis-validate', fastify: '5.x' })
