@@ -1,0 +1,117 @@
+/**
+ * The benchmark runner, end to end in --quick mode with 1 s runs: every scenario is either
+ * measured without a single error or skipped with a reason, and the JSON report is well formed.
+ * Nothing here looks at how fast anything is.
+ */
+import t from 'tap'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { parseWrk, wrkScript } from '../bench/lib.js'
+import { transpileProject } from './helper.js'
+
+t.test('wrk output is parsed: requests, latency units, socket errors, non-2xx', async (t) => {
+  const out = `Running 5s test @ http://127.0.0.1:1/
+  1 threads and 50 connections
+  Latency Distribution
+     50%  812.00us
+     75%    1.20ms
+     90%    2.01ms
+     99%    1.50s
+  40123 requests in 5.00s, 6.12MB read
+  Socket errors: connect 1, read 2, write 3, timeout 4
+  Non-2xx or 3xx responses: 7
+Requests/sec:   8024.60
+Transfer/sec:      1.22MB
+`
+  const r = parseWrk(out, 5)
+  t.equal(r.requests, 40123)
+  t.equal(r.rps, 8024.6)
+  t.equal(r.p50Ms, 0.812)
+  t.equal(r.p99Ms, 1500)
+  t.equal(r.errors, 10)
+  t.same(r.errorDetail, { connect: 1, read: 2, write: 3, timeout: 4 })
+  t.equal(r.non2xx, 7)
+  t.throws(() => parseWrk('wrk: connection refused', 5), /cannot read wrk's output/)
+})
+
+t.test('the wrk POST script carries method, body and headers, quoted for Lua', async (t) => {
+  const script = wrkScript('POST', { 'content-type': 'application/json', authorization: 'Bearer a.b.c' }, '{"name":"A \\"q\\""}')
+  t.match(script, /^wrk\.method = "POST"$/m)
+  t.match(script, /^wrk\.body = "\{\\"name\\":\\"A \\\\\\"q\\\\\\"\\"\}"$/m)
+  t.match(script, /^wrk\.headers\["authorization"\] = "Bearer a\.b\.c"$/m)
+  t.throws(() => wrkScript('POST', {}, 'caf\u00e9'), /not plain ASCII/)
+})
+
+interface Report {
+  kind: string
+  ok: boolean
+  command: string
+  options: { rounds: number, duration: number }
+  tool: { name: string, version: string }
+  scenarios: Array<{ id: string, label: string, status: string, reason?: string, protections: string[] }>
+  summary: Array<{ scenario: string, method: string, rps: number, p50Ms: number, p99Ms: number, errors: number, non2xx: number, vsUpstream: { median: number, rounds: number[] }, vsBare: { median: number, rounds: number[] } }>
+  runs: Array<{ scenario: string, method: string, round: number, requests: number, errors: number, non2xx: number }>
+  problems: string[]
+}
+
+t.test('--quick runs every scenario, with zero errors, and writes a well-formed report', async (t) => {
+  // The current sources, transpiled (no dependence on a fresh `npm run build`).
+  const build = transpileProject(t, ['bench'])
+  const dir = mkdtempSync(join(tmpdir(), 'bench-test-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const out = join(dir, 'report.json')
+  const child = spawn(process.execPath, [join(build, 'bench/run.js'), '--quick', '--duration', '1', '--warmup', '0', '--connections', '10', '--out', out], {
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c })
+  child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c })
+  const [code] = await once(child, 'close') as [number | null]
+  t.equal(code, 0, 'the runner exits 0', { stdout, stderr })
+
+  const report = JSON.parse(readFileSync(out, 'utf8')) as Report
+  t.equal(report.kind, 'pinned-comparison')
+  t.equal(report.ok, true)
+  t.same(report.problems, [])
+  t.equal(report.options.rounds, 1)
+  t.equal(report.options.duration, 1)
+  t.ok(report.tool.name === 'wrk' || report.tool.name === 'autocannon')
+
+  const ids = report.scenarios.map((s) => s.id)
+  t.same(ids.slice(0, 6), ['upstream', 'nginx', 'fast-gateway', 'bare-proxy', 'portcullis', 'portcullis-full'])
+  t.ok(ids.includes('portcullis-full-redis') && ids.includes('portcullis-full-metrics'))
+  for (const s of report.scenarios) {
+    t.ok(s.status === 'measured' || (s.status === 'skipped' && typeof s.reason === 'string' && s.reason.length > 10), `${s.id}: measured, or skipped with a reason`)
+  }
+  t.equal(report.scenarios.find((s) => s.id === 'fast-gateway')?.status, 'skipped')
+  t.match(report.scenarios.find((s) => s.id === 'fast-gateway')?.reason, /fast-proxy-lite/)
+  for (const id of ['upstream', 'bare-proxy', 'portcullis', 'portcullis-full']) {
+    t.equal(report.scenarios.find((s) => s.id === id)?.status, 'measured', `${id} is measured`)
+  }
+  t.ok(report.scenarios.find((s) => s.id === 'portcullis-full')?.protections.includes('access log'))
+
+  const measured = report.scenarios.filter((s) => s.status === 'measured')
+  for (const s of measured) {
+    for (const method of ['GET', 'POST']) {
+      const runs = report.runs.filter((r) => r.scenario === s.id && r.method === method)
+      t.equal(runs.length, 1, `${s.id} ${method}: one run`)
+      for (const r of runs) {
+        t.ok(r.requests > 0, `${s.id} ${method}: requests were served`)
+        t.equal(r.errors, 0, `${s.id} ${method}: no socket errors`)
+        t.equal(r.non2xx, 0, `${s.id} ${method}: no non-2xx responses`)
+      }
+      const row = report.summary.find((x) => x.scenario === s.id && x.method === method)
+      t.ok(row !== undefined, `${s.id} ${method}: a summary row`)
+      if (row === undefined) continue
+      for (const key of ['rps', 'p50Ms', 'p99Ms'] as const) t.ok(Number.isFinite(row[key]), `${s.id} ${method}: ${key} is a number`)
+      t.ok(Number.isFinite(row.vsUpstream.median) && Number.isFinite(row.vsBare.median), `${s.id} ${method}: both ratios`)
+      t.equal(row.vsUpstream.rounds.length, 1)
+    }
+  }
+  t.match(stdout, /\| scenario +\| method \| req\/s/, 'the table is printed')
+  t.match(stdout, /fast-gateway cannot be installed here/, 'the fast-gateway skip is said in the output')
+})
