@@ -46,7 +46,7 @@ function addOpenApiVocabulary (ajv: Ajv2020): void {
   for (const name of ['float', 'double']) ajv.addFormat(name, { type: 'number', validate: () => true })
   ajv.addFormat('byte', /^[A-Za-z0-9+/]*={0,2}$/)
   for (const name of ['binary', 'password']) ajv.addFormat(name, () => true)
-  for (const keyword of ['example', 'xml', 'externalDocs', 'discriminator', 'nullable']) ajv.addKeyword({ keyword, schemaType: ['boolean', 'object', 'string', 'number', 'array', 'null'] })
+  for (const keyword of ['example', 'xml', 'externalDocs', 'discriminator']) ajv.addKeyword({ keyword, schemaType: ['boolean', 'object', 'string', 'number', 'array', 'null'] })
 }
 
 /**
