@@ -13,6 +13,8 @@ import clientLimits from '../plugins/client-limits.js'
 import securityHeaders, { hiddenUpstreamHeaders } from '../plugins/security-headers.js'
 import loadShedding from '../plugins/load-shedding.js'
 import rateLimit from '../plugins/rate-limit.js'
+import tokenEndpoint from '../plugins/token-endpoint.js'
+import { routeStripHeaders } from '../plugins/identity.js'
 import { createForwarder, type Forwarder } from './forward.js'
 import { routeScope } from './route.js'
 
@@ -99,6 +101,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   app.decorate('gatewayConfig', config)
   app.decorateRequest('upstreamMs', undefined)
   app.decorateRequest('upstream', undefined)
+  app.decorateRequest('identity', undefined)
 
   // Edge protection on every request, before any route's hooks: header count (431), security
   // headers, load shedding (503). The rate-limit store is shared by the routes' limiters.
@@ -109,6 +112,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   await app.register(requestIdPlugin)
   await app.register(health)
   await app.register(rateLimit, { config: config.rateLimit })
+  if (config.tokenEndpoint !== undefined) await app.register(tokenEndpoint, { config })
 
   const forwarders: Forwarder[] = []
   app.addHook('onClose', async () => { await Promise.all(forwarders.map((f) => f.close())) })
@@ -125,7 +129,10 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       keepAliveTimeoutMs,
       tls: route.tls,
       hideResponseHeaders,
-      bodyLimit: parseSize(route.bodyLimit ?? server.bodyLimit)
+      bodyLimit: parseSize(route.bodyLimit ?? server.bodyLimit),
+      // The client's copies of the identity headers never reach the upstream, on any route;
+      // nor do the credentials routes[].forwardAuthorization keeps back.
+      stripHeaders: routeStripHeaders(config, route)
     })
     forwarders.push(forwarder)
     await app.register(routeScope, { config, route, forwarder })

@@ -10,6 +10,7 @@ import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
 import { GatewayConfigSchema, RESERVED_PATHS, type GatewayConfig } from '../schemas/config.js'
 import { PATTERN_PHRASES, parseDuration } from '../schemas/common.js'
+import { checkAuthSemantics, prepareAuthSecrets } from './auth-config.js'
 import { checkValidateSemantics, resolveValidatePaths } from '../schemas/validate.js'
 import { checkEdgeSemantics } from '../schemas/edge.js'
 
@@ -53,7 +54,8 @@ export interface ParseOptions {
 export function parseConfig (raw: unknown, options: ParseOptions = {}): Readonly<GatewayConfig> {
   const env = options.env ?? process.env
   const problems: string[] = []
-  const substituted = substituteEnv(structuredClone(raw ?? {}), env, '', problems)
+  const fromEnv = new Set<string>()
+  const substituted = substituteEnv(structuredClone(raw ?? {}), env, '', problems, fromEnv)
   if (problems.length > 0) throw new ConfigError(problems, options.source)
 
   const withDefaults = Value.Default(GatewayConfigSchema, substituted)
@@ -63,9 +65,12 @@ export function parseConfig (raw: unknown, options: ParseOptions = {}): Readonly
     throw new ConfigError(formatSchemaErrors([...validator.Errors(converted)]), options.source)
   }
   const config = converted as GatewayConfig
+  const baseDir = options.baseDir ?? process.cwd()
   checkSemantics(config, problems)
+  checkAuthSemantics(config, problems, { fromEnv, baseDir })
   if (problems.length > 0) throw new ConfigError(problems, options.source)
-  resolvePaths(config, options.baseDir ?? process.cwd())
+  resolvePaths(config, baseDir)
+  prepareAuthSecrets(config, baseDir)
   return deepFreeze(config)
 }
 
@@ -73,9 +78,17 @@ export function parseConfig (raw: unknown, options: ParseOptions = {}): Readonly
 
 const ENV_REF = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g
 
-function substituteEnv (node: unknown, env: NodeJS.ProcessEnv, path: string, problems: string[]): unknown {
+/** A value that is one whole `${VAR}` / `${VAR:-default}` reference (recorded in `fromEnv`). */
+const WHOLE_ENV_REF = /^\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}$/
+
+/**
+ * Replaces `${VAR}` references; the paths of values that were one whole reference go into
+ * `fromEnv`, so that checks can insist a secret (a plain password) came from the environment.
+ */
+function substituteEnv (node: unknown, env: NodeJS.ProcessEnv, path: string, problems: string[], fromEnv?: Set<string>): unknown {
   if (typeof node === 'string') {
     if (!node.includes('${')) return node
+    if (fromEnv !== undefined && WHOLE_ENV_REF.test(node)) fromEnv.add(path)
     return node.replace(ENV_REF, (whole, name: string | undefined, fallback: string | undefined) => {
       if (name === undefined) return '${' // `$${` escapes a literal `${`
       const value = env[name]
@@ -86,12 +99,12 @@ function substituteEnv (node: unknown, env: NodeJS.ProcessEnv, path: string, pro
     })
   }
   if (Array.isArray(node)) {
-    for (let i = 0; i < node.length; i++) node[i] = substituteEnv(node[i], env, `${path}[${i}]`, problems)
+    for (let i = 0; i < node.length; i++) node[i] = substituteEnv(node[i], env, `${path}[${i}]`, problems, fromEnv)
     return node
   }
   if (node !== null && typeof node === 'object') {
     const obj = node as Record<string, unknown>
-    for (const key of Object.keys(obj)) obj[key] = substituteEnv(obj[key], env, path === '' ? key : `${path}.${key}`, problems)
+    for (const key of Object.keys(obj)) obj[key] = substituteEnv(obj[key], env, path === '' ? key : `${path}.${key}`, problems, fromEnv)
     return obj
   }
   return node

@@ -14,6 +14,9 @@ import { parseSize } from '../schemas/common.js'
 import ipFilter from '../plugins/ip-filter.js'
 import cors, { corsRouteMethods } from '../plugins/cors.js'
 import { rateLimitConsumer, rateLimitEdge } from '../plugins/rate-limit.js'
+import authenticate from '../plugins/authenticate.js'
+import authorize from '../plugins/authorize.js'
+import identity from '../plugins/identity.js'
 
 export interface RouteScopeOptions {
   /** The whole config (users, jwt, rateLimit… are global sections the route's plugins read). */
@@ -47,7 +50,10 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
   await scope.register(ipFilter, { filters: [opts.config.ipFilter, route.ipFilter] }) // 2
   if (route.cors !== undefined) await scope.register(cors, { cors: route.cors, methods: route.methods }) // 3
   if (route.rateLimit !== undefined) await scope.register(rateLimitEdge, { route: route.name, limit: route.rateLimit }) // 3
-  // (4: authentication and authorization, between the two limiters)
+  if (route.auth.length > 0) { // 4 (onRequest, between the two limiters)
+    await scope.register(authenticate, { config: opts.config, route })
+    await scope.register(authorize, { route, realm: opts.config.authRealm })
+  }
   if (route.rateLimit !== undefined) await scope.register(rateLimitConsumer, { route: route.name, limit: route.rateLimit }) // 5
   if (route.validate !== undefined) { // 6 (preValidation: after every onRequest stage, so never before auth)
     const upstream = Array.isArray(route.upstream) ? route.upstream[0] : route.upstream
@@ -60,6 +66,7 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
       bodyLimit: parseSize(route.bodyLimit ?? opts.config.server.bodyLimit)
     })
   }
+  await scope.register(identity, { config: opts.config, route }) // 7
 
   for (const entry of route.plugins) {
     const { plugin, options } = await loadRoutePlugin(entry)

@@ -1,0 +1,98 @@
+/**
+ * Pipeline stage 4a: authentication. One `onRequest` hook per route tries the route's schemes
+ * (`routes[].auth`) in order. The first scheme for which the request carries credentials decides:
+ * valid → `request.identity`; invalid → 401. No credentials for any → 401. Every 401 carries a
+ * `WWW-Authenticate` challenge for each scheme the route accepts. Because it runs at onRequest,
+ * a refused request's body is never read and the upstream never sees it; and an IP rate limiter
+ * registered earlier at onRequest has already counted it.
+ *
+ * The schemes (plugins/jwt.ts, plugins/basic-auth.ts, plugins/api-key.ts) are built once per
+ * gateway (JWKS caches, user tables) and shared by every route.
+ */
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import type { GatewayConfig, RouteConfig } from '../schemas/config.js'
+import type { Identity } from '../schemas/auth.js'
+import { GatewayError } from '../schemas/errors.js'
+import { channels, publish } from '../schemas/events.js'
+import { createJwtAuthenticator } from './jwt.js'
+import { BasicVerifier, registerBasicAuth } from './basic-auth.js'
+import { createApiKeyAuthenticator } from './api-key.js'
+import { AuthFailure, type Authenticator } from './auth-common.js'
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /**
+     * Who made the request, once a scheme verified it (undefined on public routes and before
+     * authentication). Your own plugins read it: `request.identity?.scopes.includes('admin')`.
+     */
+    identity: Identity | undefined
+  }
+}
+
+export type { Identity }
+export { AuthFailure, parseAuthorization, quote, type AuthResult, type Authenticator } from './auth-common.js'
+
+/** The gateway-wide state of the schemes, built once per config and shared by all routes. */
+interface SharedSchemes {
+  jwt?: Authenticator
+  apiKey?: Authenticator
+  basic?: BasicVerifier
+}
+const shared = new WeakMap<object, SharedSchemes>()
+
+export function sharedSchemes (config: Readonly<GatewayConfig>): SharedSchemes {
+  let schemes = shared.get(config)
+  if (schemes === undefined) {
+    schemes = {}
+    if (config.jwt !== undefined) schemes.jwt = createJwtAuthenticator(config.jwt, config.authRealm)
+    if (config.apiKeys.length > 0) schemes.apiKey = createApiKeyAuthenticator(config.apiKeys, config.apiKeyHeader, config.authRealm)
+    if (config.users.length > 0) schemes.basic = new BasicVerifier(config.users)
+    shared.set(config, schemes)
+  }
+  return schemes
+}
+
+export interface AuthenticateOptions {
+  config: Readonly<GatewayConfig>
+  route: Readonly<RouteConfig>
+}
+
+async function authenticatePlugin (scope: FastifyInstance, opts: AuthenticateOptions): Promise<void> {
+  const { config, route } = opts
+  if (route.auth.length === 0) return
+  const schemes = sharedSchemes(config)
+  const authenticators: Authenticator[] = []
+  for (const name of route.auth) {
+    if (name === 'basic') authenticators.push(await registerBasicAuth(scope, schemes.basic as BasicVerifier, config.authRealm))
+    else if (name === 'jwt') authenticators.push(schemes.jwt as Authenticator)
+    else authenticators.push(schemes.apiKey as Authenticator)
+  }
+  const challenges = authenticators.map((a) => a.challenge())
+  const routeName = route.name
+
+  function refuse (failed: Authenticator | null, failure: AuthFailure): never {
+    publish(channels.authFailure, () => ({ route: routeName, scheme: failed?.scheme ?? 'none', reason: failure.reason }))
+    if (failure.unavailable) {
+      throw new GatewayError('GW_ERR_UNAVAILABLE', failure.detail, { headers: { 'retry-after': '5' } })
+    }
+    const list = failed === null ? challenges : authenticators.map((a) => a === failed ? a.challenge(failure) : a.challenge())
+    const headers = { 'www-authenticate': list.length === 1 ? list[0] : list }
+    throw new GatewayError('GW_ERR_UNAUTHORIZED', failure.detail, { headers })
+  }
+
+  const missing = new AuthFailure('missing', `Credentials are required (${route.auth.join(' or ')}).`)
+
+  scope.addHook('onRequest', async function authenticate (request, reply) {
+    for (const authenticator of authenticators) {
+      const result = await authenticator.authenticate(request, reply)
+      if (result === null) continue
+      if (result instanceof AuthFailure) refuse(authenticator, result)
+      request.identity = result
+      return
+    }
+    refuse(null, missing)
+  })
+}
+
+export default fp(authenticatePlugin, { name: 'portcullis-authenticate', fastify: '5.x' })

@@ -1,0 +1,104 @@
+/**
+ * The token endpoint (the seed's Flask-JWT `/auth` flow): `POST {tokenEndpoint.path}` with JSON
+ * `{ "username", "password" }` checks the gateway's `users` and answers
+ * `{ "access_token", "token_type": "Bearer", "expires_in" }`, a JWT signed with the configured
+ * key (sub = username, scope = the user's scopes, iss/aud when configured, jti, token_type=access).
+ *
+ * - Wrong credentials cost the same as right ones: an unknown user is checked against a dummy
+ *   hash, the verified-password cache is not used here, and a token is signed either way.
+ * - Rate-limited per client IP (tokenEndpoint.rateLimit; every attempt counts), on the shared
+ *   rate-limit store (plugins/rate-limit.ts), before the body is read.
+ * - The body is JSON only (else 415), at most 8 KB, and validated against TokenRequestSchema.
+ */
+import { randomUUID } from 'node:crypto'
+import type { FastifyInstance } from 'fastify'
+import { createSigner } from 'fast-jwt'
+import { Compile } from 'typebox/compile'
+import type { GatewayConfig } from '../schemas/config.js'
+import { TokenRequestSchema, type TokenRequest, type TokenResponse } from '../schemas/auth.js'
+import { parseDuration } from '../schemas/common.js'
+import { GatewayError } from '../schemas/errors.js'
+import { channels, publish } from '../schemas/events.js'
+import { routeLimiter } from './rate-limit.js'
+import { sharedSchemes } from './authenticate.js'
+import { BasicVerifier } from './basic-auth.js'
+import { isHmac } from './jwt-keys.js'
+
+export interface TokenEndpointOptions {
+  config: Readonly<GatewayConfig>
+}
+
+const BODY_LIMIT = 8 * 1024
+const ROUTE_NAME = 'token-endpoint'
+const validator = Compile(TokenRequestSchema)
+
+/** Registered (encapsulated) on the root by src/app.ts when `tokenEndpoint` is configured. */
+export default async function tokenEndpoint (scope: FastifyInstance, opts: TokenEndpointOptions): Promise<void> {
+  const { config } = opts
+  const te = config.tokenEndpoint
+  const jwt = config.jwt
+  if (te === undefined || jwt === undefined) return
+  const verifier = sharedSchemes(config).basic ?? new BasicVerifier(config.users)
+  const algorithm: string = te.algorithm ?? jwt.algorithms[0]
+  const expiresInMs = parseDuration(te.expiresIn)
+  const audience = Array.isArray(jwt.audience) ? jwt.audience[0] : jwt.audience
+  const sign = createSigner({
+    key: (isHmac(algorithm) ? jwt.secret : te.privateKey) as string,
+    algorithm: algorithm as never,
+    expiresIn: expiresInMs,
+    ...(jwt.issuer === undefined ? {} : { iss: jwt.issuer }),
+    ...(audience === undefined ? {} : { aud: audience })
+  })
+  const scopeClaim = jwt.scopeClaim
+  const subjectClaim = jwt.subjectClaim
+
+  const limiter = routeLimiter(scope, { route: ROUTE_NAME, limit: { max: te.rateLimit.max, window: te.rateLimit.window, by: 'ip' } })
+  scope.addHook('onRequest', limiter.count)
+
+  scope.removeAllContentTypeParsers()
+  scope.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: BODY_LIMIT }, scope.getDefaultJsonParser('error', 'error'))
+
+  const path = te.path.length > 1 ? te.path.replace(/\/+$/, '') : te.path
+  scope.route({
+    method: 'POST',
+    url: path,
+    bodyLimit: BODY_LIMIT,
+    config: { routeName: ROUTE_NAME },
+    async handler (request, reply) {
+      const body = request.body
+      if (!validator.Check(body)) {
+        const errors = [...validator.Errors(body)].slice(0, 10).map((e) => ({
+          pointer: e.instancePath + (e.keyword === 'required' ? `/${String((e.params as { requiredProperties?: string[] }).requiredProperties?.[0] ?? '')}` : ''),
+          message: e.keyword === 'additionalProperties' ? 'is not allowed' : e.message
+        }))
+        throw new GatewayError('GW_ERR_VALIDATION', 'The body must be {"username": string, "password": string}.', { errors })
+      }
+      const { username, password } = body as TokenRequest
+      const identity = await verifier.verify(username, password, { cached: false })
+      // Signed either way, so that a wrong password costs what a right one does.
+      const claims = {
+        [subjectClaim]: identity?.subject ?? username,
+        [scopeClaim]: (identity?.scopes ?? []).join(' '),
+        token_type: 'access',
+        jti: randomUUID()
+      }
+      const token = sign(claims)
+      if (identity === null) {
+        publish(channels.authFailure, () => ({ route: ROUTE_NAME, scheme: 'password', reason: 'invalid' }))
+        throw new GatewayError('GW_ERR_UNAUTHORIZED', 'Invalid username or password.')
+      }
+      reply.header('cache-control', 'no-store').header('pragma', 'no-cache')
+      const answer: TokenResponse = { access_token: token, token_type: 'Bearer', expires_in: Math.floor(expiresInMs / 1000) }
+      return answer
+    }
+  })
+  // Other methods on the path: 405 with Allow, not 404.
+  scope.route({
+    method: ['GET', 'HEAD', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'],
+    url: path,
+    config: { routeName: ROUTE_NAME },
+    handler () {
+      throw new GatewayError('GW_ERR_METHOD_NOT_ALLOWED', 'Only POST is allowed here.', { headers: { allow: 'POST' } })
+    }
+  })
+}
