@@ -1,26 +1,16 @@
 /**
  * Rate limiting with the memory store, against a real upstream: per IP, per header, per consumer
  * (falling back to the IP), the 429 contract and the RateLimit headers (draft-10) on proxied and
- * refused responses, one bucket for every spelling of a path and for HEAD/GET, the
- * rateLimited event, config checks and the scale-out warning.
+ * refused responses, one bucket for every spelling of a path and for HEAD/GET, brute force on
+ * HTTP Basic and on the token endpoint cut off before credentials are checked, the rateLimited
+ * event, config checks and the scale-out warning.
  */
 import t, { type Test } from 'tap'
-import { request } from 'undici'
-import { startTestGateway, startUpstream, type RawConfig } from './helper.js'
+import { call, startTestGateway, startUpstream, type CallResult, type RawConfig } from './helper.js'
+import { basic, cheapHash, hsToken, SECRET } from './auth-helper.js'
 import { channels, type RateLimitedEvent } from '../schemas/events.js'
 import { ConfigError, parseConfig } from '../src/config.js'
 import { rateLimitScaleWarning } from '../plugins/rate-limit.js'
-
-interface CallResult { status: number, headers: Record<string, string | string[] | undefined>, body: Buffer, json: unknown }
-
-/** One request, the path sent as spelled (undici does not normalise it). */
-async function call (url: string, options: { method?: string, headers?: Record<string, string> } = {}): Promise<CallResult> {
-  const res = await request(url, { method: (options.method ?? 'GET') as 'GET', headers: options.headers })
-  const body = Buffer.from(await res.body.arrayBuffer())
-  let json: unknown
-  try { json = JSON.parse(body.toString()) } catch { json = undefined }
-  return { status: res.statusCode, headers: res.headers, body, json }
-}
 
 async function gateway (t: Test, rateLimit: Record<string, unknown>, extra: RawConfig = {}, route: Record<string, unknown> = {}): Promise<{ url: string, requests: unknown[] }> {
   const up = await startUpstream(t)
@@ -122,6 +112,61 @@ t.test('by consumer without an identity: counted against the client IP', async (
   for (let i = 0; i < 4; i++) statuses.push((await call(`${url}/api/people/`)).status)
   t.same(statuses, [200, 200, 429, 429])
   t.equal(requests.length, 2)
+})
+
+const users = [
+  { username: 'alice', passwordHash: cheapHash('alice-pw'), scopes: ['people:read'] },
+  { username: 'bob', passwordHash: cheapHash('bob-pw'), scopes: ['people:read'] }
+]
+
+t.test('brute force on HTTP Basic (by ip): cut off at the limit, even the right password then', async (t) => {
+  const { url, requests } = await gateway(t, { max: 5, window: '1m', by: 'ip' }, { users }, { auth: ['basic'] })
+  for (let i = 0; i < 5; i++) {
+    const res = await call(`${url}/api/people/`, { headers: { authorization: basic('alice', `guess-${i}`) } })
+    t.equal(res.status, 401, `guess ${i + 1}: 401`)
+    t.equal(parseRateLimit(res.headers.ratelimit).r, 4 - i, 'and it counted')
+  }
+  const right = await call(`${url}/api/people/`, { headers: { authorization: basic('alice', 'alice-pw') } })
+  assert429(t, right)
+  t.equal(right.headers['www-authenticate'], undefined, 'refused before credentials were looked at')
+  t.equal(requests.length, 0, 'nothing reached the upstream')
+})
+
+t.test('by consumer: one bucket per identity; failed logins count against the IP and cut it off', async (t) => {
+  const { url, requests } = await gateway(t, { max: 3, window: '1m', by: 'consumer' },
+    { users, jwt: { algorithms: ['HS256'], secret: SECRET } }, { auth: ['jwt', 'basic'] })
+  const as = async (authorization: string): Promise<CallResult> => await call(`${url}/api/people/`, { headers: { authorization } })
+  const alice = basic('alice', 'alice-pw')
+  t.same([(await as(alice)).status, (await as(alice)).status, (await as(alice)).status, (await as(alice)).status], [200, 200, 200, 429], 'alice: 3 then 429')
+  const carol = 'Bearer ' + hsToken({ sub: 'carol', scope: 'people:read' })
+  const carolRes = await as(carol)
+  t.equal(carolRes.status, 200, 'carol (JWT) has her own bucket, from the same IP')
+  t.equal(parseRateLimit(carolRes.headers.ratelimit).r, 2)
+  t.equal((await as(basic('bob', 'bob-pw'))).status, 200, 'bob too')
+  t.equal(requests.length, 5)
+
+  // Three failed logins spend this IP's bucket: then the IP is refused before credentials.
+  for (let i = 0; i < 3; i++) t.equal((await as(basic('bob', `guess-${i}`))).status, 401, `failed login ${i + 1}: 401`)
+  const guess = await as(basic('bob', 'guess-4'))
+  assert429(t, guess)
+  t.equal((await as(basic('bob', 'bob-pw'))).status, 429, 'the right password is refused too: a guess cannot be confirmed')
+  t.equal((await call(`${url}/api/people/`)).status, 429, 'so is an anonymous request')
+  t.equal(requests.length, 5, 'none of them reached the upstream')
+})
+
+t.test('brute force on the token endpoint: cut off at tokenEndpoint.rateLimit.max', async (t) => {
+  const { url } = await gateway(t, { max: 100 }, {
+    users,
+    jwt: { algorithms: ['HS256'], secret: SECRET },
+    tokenEndpoint: { path: '/auth/token', rateLimit: { max: 3, window: '1m' } }
+  })
+  const login = async (password: string): Promise<CallResult> => await call(`${url}/auth/token`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: 'alice', password })
+  })
+  t.same([(await login('a')).status, (await login('b')).status, (await login('c')).status], [401, 401, 401])
+  const right = await login('alice-pw')
+  assert429(t, right)
+  t.notOk(JSON.stringify(right.json).includes('access_token'), 'no token after the cut-off')
 })
 
 t.test('routes have separate buckets', async (t) => {
