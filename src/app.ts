@@ -13,6 +13,8 @@ import clientLimits from '../plugins/client-limits.js'
 import securityHeaders, { hiddenUpstreamHeaders } from '../plugins/security-headers.js'
 import loadShedding from '../plugins/load-shedding.js'
 import rateLimit from '../plugins/rate-limit.js'
+import metricsPlugin, { GatewayMetrics } from '../plugins/metrics.js'
+import tracingPlugin, { Tracer, TRACE_HEADERS } from '../plugins/tracing.js'
 import tokenEndpoint from '../plugins/token-endpoint.js'
 import { routeStripHeaders } from '../plugins/identity.js'
 import { createForwarder, type Forwarder } from './forward.js'
@@ -36,18 +38,25 @@ declare module 'fastify' {
   }
 }
 
+/** What sees every request from its start (metrics, tracing), with no hook on the routes. */
+interface RequestObserver { start: (request: FastifyRequest, reply: FastifyReply) => void }
+
 /**
  * Fastify's per-request log lines, replaced by one access line per request: method, route name,
- * path (never the query string, which may carry secrets), status, duration and upstream time.
- * Fastify calls it when the response finishes, proxied (hijacked) responses included, so no
- * onResponse hook is needed on the hot path.
+ * path (never the query string, which may carry secrets), status, duration, upstream time and
+ * trace id. Fastify calls it when the response finishes, proxied (hijacked) responses included,
+ * so no onResponse hook is needed on the hot path. Its `incomingRequest` (called for every
+ * request before any hook) starts the observers.
  */
 class AccessLog extends LogController {
-  constructor (private readonly enabled: boolean) {
+  constructor (private readonly enabled: boolean, private readonly observers: readonly RequestObserver[] = []) {
     super({ disableRequestLogging: false })
   }
 
-  override incomingRequest (): void {}
+  override incomingRequest (request: FastifyRequest, reply: FastifyReply): void {
+    for (const observer of this.observers) observer.start(request, reply)
+  }
+
   override routeNotFound (): void {}
 
   override requestCompleted (error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
@@ -61,7 +70,8 @@ class AccessLog extends LogController {
       path: q === -1 ? url : url.slice(0, q),
       status: reply.statusCode,
       ms: Math.round(reply.elapsedTime * 100) / 100,
-      upstreamMs: request.upstreamMs === undefined ? null : Math.round(request.upstreamMs * 100) / 100
+      upstreamMs: request.upstreamMs === undefined ? null : Math.round(request.upstreamMs * 100) / 100,
+      traceId: request.trace?.traceId ?? null
     }
     if (error) request.log.warn({ ...line, err: error }, 'request errored')
     else request.log.info(line, 'request completed')
@@ -72,9 +82,11 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   const { server, logging } = config
   const requestTimeout = parseDuration(server.timeouts.request)
   const longestRoute = Math.max(...config.routes.map((r) => parseDuration(r.timeout)))
+  const tracer = config.tracing.enabled ? new Tracer(config.tracing) : null
+  const metrics = config.server.metrics.enabled ? new GatewayMetrics(config) : null
   const app = Fastify({
     logger: options.logger ?? (logging.level === 'silent' ? false : { level: logging.level, redact: { paths: REDACT, censor: '[redacted]' } }),
-    logController: new AccessLog(logging.accessLog),
+    logController: new AccessLog(logging.accessLog, [tracer, metrics].filter((o) => o !== null)),
     genReqId: requestId,
     trustProxy: server.trustProxy as FastifyServerOptions['trustProxy'],
     bodyLimit: parseSize(server.bodyLimit),
@@ -110,6 +122,8 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   await app.register(loadShedding, { config: config.loadShedding, exempt: RESERVED_PATHS })
   await app.register(problem, { routes: config.routes.map((r) => ({ prefix: r.prefix, methods: r.methods })) })
   await app.register(requestIdPlugin)
+  if (tracer !== null) await app.register(tracingPlugin, { tracer })
+  if (metrics !== null) await app.register(metricsPlugin, { metrics, host: server.host })
   await app.register(health)
   await app.register(rateLimit, { config: config.rateLimit })
   if (config.tokenEndpoint !== undefined) await app.register(tokenEndpoint, { config })
@@ -130,9 +144,10 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       tls: route.tls,
       hideResponseHeaders,
       bodyLimit: parseSize(route.bodyLimit ?? server.bodyLimit),
+      // The client's trace headers are replaced by the gateway's own (request.upstream).
       // The client's copies of the identity headers never reach the upstream, on any route;
       // nor do the credentials routes[].forwardAuthorization keeps back.
-      stripHeaders: routeStripHeaders(config, route)
+      stripHeaders: [...(tracer === null ? [] : TRACE_HEADERS), ...routeStripHeaders(config, route)]
     })
     forwarders.push(forwarder)
     await app.register(routeScope, { config, route, forwarder })

@@ -13,6 +13,7 @@ import { PATTERN_PHRASES, parseDuration } from '../schemas/common.js'
 import { checkAuthSemantics, prepareAuthSecrets } from './auth-config.js'
 import { checkValidateSemantics, resolveValidatePaths } from '../schemas/validate.js'
 import { checkEdgeSemantics } from '../schemas/edge.js'
+import { checkObservabilitySemantics } from '../schemas/observability.js'
 
 export class ConfigError extends Error {
   readonly problems: string[]
@@ -206,6 +207,7 @@ function shadows (outer: string, inner: string): boolean {
 
 function checkSemantics (config: GatewayConfig, problems: string[]): void {
   checkEdgeSemantics(config, problems)
+  checkObservabilitySemantics(config, problems)
   const names = new Map<string, number>()
   const prefixes: Array<{ prefix: string, index: number }> = []
   const { timeouts } = config.server

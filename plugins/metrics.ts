@@ -1,0 +1,462 @@
+/**
+ * Prometheus metrics (`server.metrics`): the text exposition on `/metrics` (or on a port of
+ * its own), optionally behind HTTP Basic and/or an address allow list.
+ *
+ * Cost on the hot path: `GatewayMetrics.start` is called by the app's LogController for every
+ * request (no hook on the routes), adds one `close` listener to the response, and at close
+ * bumps a few numbers in per-route typed arrays (no label hashing, no allocation). prom-client
+ * turns them into the exposition when scraped. Everything else — authentication failures,
+ * denials, validation failures, 429s, upstream errors — arrives on the diagnostics channels
+ * of schemas/events.ts, which cost the publishers nothing while metrics are off.
+ *
+ * Label values are configured route names (or the gateway's own endpoint names, or
+ * `unmatched`), never paths, and every label taken from an event is bounded, so no client can
+ * grow the number of series.
+ */
+import { createHash, timingSafeEqual, randomUUID } from 'node:crypto'
+import type { Channel } from 'node:diagnostics_channel'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { isIP, type AddressInfo, type BlockList } from 'node:net'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import client from 'prom-client'
+import type { GatewayConfig } from '../schemas/config.js'
+import { UNMATCHED_ROUTE, type MetricsConfig } from '../schemas/observability.js'
+import { ERRORS, GatewayError, problemType, type ErrorCode } from '../schemas/errors.js'
+import { PROBLEM_CONTENT_TYPE } from '../schemas/problem.js'
+import { blockList, unmapIPv4 } from './ip-filter.js'
+import { parsePasswordHash, verifyPassword, type ParsedHash } from './password-hash.js'
+import {
+  channels, type AuthFailureEvent, type AuthzDeniedEvent, type RateLimitedEvent, type UpstreamErrorEvent, type ValidationFailureEvent
+} from '../schemas/events.js'
+
+/** The route label of a request no configured route matched (404s, bad URLs). */
+export const UNMATCHED = UNMATCHED_ROUTE
+/** What a label taken from an event becomes when it is malformed or one value too many. */
+export const OTHER = 'other'
+
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'other'] as const
+const METHOD_INDEX = new Map<string, number>(METHODS.slice(0, -1).map((m, i) => [m, i]))
+const OTHER_METHOD = METHODS.length - 1
+/** Status classes; `aborted` = the response never finished (client went away, upstream died mid-body). */
+const CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx', 'aborted'] as const
+const ABORTED = CLASSES.length - 1
+
+/** Every metric the gateway exports itself (the dashboard test checks its queries against these). */
+export const METRIC_NAMES = {
+  requests: 'portcullis_requests_total',
+  requestDuration: 'portcullis_request_duration_seconds',
+  upstreamDuration: 'portcullis_upstream_duration_seconds',
+  inFlight: 'portcullis_requests_in_flight',
+  upstreamErrors: 'portcullis_upstream_errors_total',
+  authFailures: 'portcullis_auth_failures_total',
+  authzDenials: 'portcullis_authz_denials_total',
+  validationFailures: 'portcullis_validation_failures_total',
+  validationReported: 'portcullis_validation_report_violations_total',
+  rateLimited: 'portcullis_rate_limited_total'
+} as const
+
+/** A latency histogram as plain numbers: `counts[i]` holds values ≤ bounds[i] (and > bounds[i-1]). */
+class Buckets {
+  readonly counts: Float64Array
+  sum = 0
+  count = 0
+  constructor (private readonly bounds: readonly number[]) {
+    this.counts = new Float64Array(bounds.length + 1)
+  }
+
+  observe (seconds: number): void {
+    const b = this.bounds
+    let i = 0
+    while (i < b.length && seconds > b[i]) i++
+    this.counts[i]++
+    this.sum += seconds
+    this.count++
+  }
+}
+
+class RouteStats {
+  /** Requests by method × status class. */
+  readonly requests = new Float64Array(METHODS.length * CLASSES.length)
+  readonly latency: Buckets
+  readonly upstream: Buckets
+  constructor (readonly route: string, bounds: readonly number[]) {
+    this.latency = new Buckets(bounds)
+    this.upstream = new Buckets(bounds)
+  }
+}
+
+interface HistogramValue { labels: Record<string, string | number>, value: number, metricName: string }
+
+/**
+ * A histogram registered in prom-client whose numbers live in RouteStats: prom-client only
+ * asks for them (`get`) when scraped.
+ */
+class RouteHistogram {
+  readonly type = 'histogram'
+  readonly aggregator = 'sum'
+  constructor (
+    readonly name: string,
+    readonly help: string,
+    private readonly stats: ReadonlyMap<string, RouteStats>,
+    private readonly pick: (s: RouteStats) => Buckets,
+    private readonly bounds: readonly number[]
+  ) {}
+
+  async get (): Promise<{ name: string, help: string, type: string, aggregator: string, values: HistogramValue[] }> {
+    const values: HistogramValue[] = []
+    for (const s of this.stats.values()) {
+      const h = this.pick(s)
+      if (h.count === 0) continue
+      let cumulative = 0
+      for (let i = 0; i < this.bounds.length; i++) {
+        cumulative += h.counts[i]
+        values.push({ metricName: `${this.name}_bucket`, labels: { route: s.route, le: this.bounds[i] }, value: cumulative })
+      }
+      values.push({ metricName: `${this.name}_bucket`, labels: { route: s.route, le: '+Inf' }, value: h.count })
+      values.push({ metricName: `${this.name}_sum`, labels: { route: s.route }, value: h.sum })
+      values.push({ metricName: `${this.name}_count`, labels: { route: s.route }, value: h.count })
+    }
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values }
+  }
+
+  reset (): void {}
+}
+
+const LABEL_VALUE = /^[A-Za-z0-9_.:@-]{1,64}$/
+const MAX_LABEL_VALUES = 64
+
+/** Bounds the values one label of one metric may take: well-formed, and at most 64 distinct. */
+class LabelGuard {
+  private readonly seen = new Set<string>()
+  value (raw: unknown): string {
+    if (typeof raw !== 'string' || !LABEL_VALUE.test(raw)) return OTHER
+    if (this.seen.has(raw)) return raw
+    if (this.seen.size >= MAX_LABEL_VALUES) return OTHER
+    this.seen.add(raw)
+    return raw
+  }
+}
+
+/** Node's process metrics: one set per process, however many gateways it runs. */
+let processRegistry: client.Registry | undefined
+function processMetrics (): client.Registry {
+  if (processRegistry === undefined) {
+    processRegistry = new client.Registry()
+    client.collectDefaultMetrics({ register: processRegistry })
+  }
+  return processRegistry
+}
+
+const kReply = Symbol('portcullis.metrics.reply')
+const kStart = Symbol('portcullis.metrics.start')
+/** Fastify measures `reply.elapsedTime` only when logging is on: the start is kept here instead. */
+type TrackedResponse = ServerResponse & { [kReply]?: FastifyReply, [kStart]?: number }
+
+/**
+ * The gateway's metrics: built from the config before the Fastify instance (the LogController
+ * needs it), attached to the instance by the plugin below.
+ */
+export class GatewayMetrics {
+  readonly registry = new client.Registry()
+  readonly config: Readonly<MetricsConfig>
+  private readonly stats = new Map<string, RouteStats>()
+  /** Route names that events may use as labels: configured routes and every named Fastify route. */
+  private readonly known = new Set<string>([UNMATCHED])
+  private readonly bounds: readonly number[]
+  private inFlight = 0
+  private readonly onClose: (this: TrackedResponse) => void
+  private readonly subscriptions: Array<[Channel, (message: unknown) => void]> = []
+  private readonly requests: client.Counter<'route' | 'method' | 'status_class'>
+  private readonly inFlightGauge: client.Gauge
+  readonly upstreamErrors: client.Counter<'route' | 'kind'>
+  readonly authFailures: client.Counter<'route' | 'scheme' | 'reason'>
+  readonly authzDenials: client.Counter<'route'>
+  readonly validationFailures: client.Counter<'route' | 'part'>
+  readonly validationReported: client.Counter<'route' | 'part'>
+  readonly rateLimited: client.Counter<'route' | 'by'>
+
+  constructor (config: Readonly<GatewayConfig>) {
+    this.config = config.server.metrics
+    this.bounds = [...this.config.buckets].sort((a, b) => a - b)
+    for (const route of config.routes) this.routeStats(route.name)
+
+    const metrics = this
+    this.onClose = function onResponseClose (this: TrackedResponse) { metrics.finish(this) }
+    const registers = [this.registry]
+    const stats = this.stats
+    this.requests = new client.Counter({
+      name: METRIC_NAMES.requests,
+      help: 'Requests answered, by route, method and status class (aborted: the response never finished).',
+      labelNames: ['route', 'method', 'status_class'] as const,
+      registers,
+      collect () {
+        this.reset()
+        for (const s of stats.values()) {
+          for (let i = 0; i < s.requests.length; i++) {
+            const n = s.requests[i]
+            if (n === 0) continue
+            this.inc({ route: s.route, method: METHODS[Math.floor(i / CLASSES.length)], status_class: CLASSES[i % CLASSES.length] }, n)
+          }
+        }
+      }
+    })
+    this.registry.registerMetric(new RouteHistogram(METRIC_NAMES.requestDuration,
+      'Time from the request\'s arrival to the end of the response, by route.', stats, (s) => s.latency, this.bounds) as unknown as client.Metric)
+    this.registry.registerMetric(new RouteHistogram(METRIC_NAMES.upstreamDuration,
+      'The upstream\'s share: time from dispatch to its response headers, by route.', stats, (s) => s.upstream, this.bounds) as unknown as client.Metric)
+    this.inFlightGauge = new client.Gauge({
+      name: METRIC_NAMES.inFlight,
+      help: 'Requests being handled right now.',
+      registers,
+      collect () { this.set(metrics.inFlight) }
+    })
+    this.upstreamErrors = new client.Counter({
+      name: METRIC_NAMES.upstreamErrors, help: 'Upstream failures by route and kind (refused, timeout, reset, tls, other).', labelNames: ['route', 'kind'], registers
+    })
+    this.authFailures = new client.Counter({
+      name: METRIC_NAMES.authFailures, help: 'Failed authentications by route, scheme and reason.', labelNames: ['route', 'scheme', 'reason'], registers
+    })
+    this.authzDenials = new client.Counter({
+      name: METRIC_NAMES.authzDenials, help: 'Requests refused for a missing scope (403), by route.', labelNames: ['route'], registers
+    })
+    this.validationFailures = new client.Counter({
+      name: METRIC_NAMES.validationFailures, help: 'Requests refused by validation, by route and request part.', labelNames: ['route', 'part'], registers
+    })
+    this.validationReported = new client.Counter({
+      name: METRIC_NAMES.validationReported, help: 'Validation violations let through in report mode, by route and request part.', labelNames: ['route', 'part'], registers
+    })
+    this.rateLimited = new client.Counter({
+      name: METRIC_NAMES.rateLimited, help: 'Requests refused with 429, by route and what the limit counts by.', labelNames: ['route', 'by'], registers
+    })
+  }
+
+  /** Called by the LogController for every request, before any hook. */
+  start (_request: FastifyRequest, reply: FastifyReply): void {
+    this.inFlight++
+    const res = reply.raw as TrackedResponse
+    res[kReply] = reply
+    res[kStart] = performance.now()
+    res.on('close', this.onClose)
+  }
+
+  private finish (res: TrackedResponse): void {
+    const reply = res[kReply]
+    if (reply === undefined) return
+    res[kReply] = undefined
+    this.inFlight--
+    const stats = this.routeStats(reply.routeOptions.config.routeName ?? UNMATCHED)
+    const cls = res.writableEnded ? statusClass(res.statusCode) : ABORTED
+    stats.requests[(METHOD_INDEX.get(reply.request.method) ?? OTHER_METHOD) * CLASSES.length + cls]++
+    stats.latency.observe((performance.now() - (res[kStart] as number)) / 1000)
+    const upstreamMs = reply.request.upstreamMs
+    if (upstreamMs !== undefined) stats.upstream.observe(upstreamMs / 1000)
+  }
+
+  /** Route names come from route definitions (code and config), never from the request. */
+  private routeStats (route: string): RouteStats {
+    let stats = this.stats.get(route)
+    if (stats === undefined) {
+      stats = new RouteStats(route, this.bounds)
+      this.stats.set(route, stats)
+      this.known.add(route)
+    }
+    return stats
+  }
+
+  /** A route name named in an event: one we know, or `unmatched`. */
+  routeLabel (route: unknown): string {
+    return typeof route === 'string' && this.known.has(route) ? route : UNMATCHED
+  }
+
+  /** A name some Fastify route uses (collected by the plugin's onRoute hook). */
+  knowRoute (route: string): void {
+    this.known.add(route)
+  }
+
+  /** Subscribe to the pipeline's events; `unsubscribe` undoes it (at close). */
+  subscribe (): void {
+    if (this.subscriptions.length > 0) return
+    const kind = new LabelGuard()
+    const scheme = new LabelGuard()
+    const reason = new LabelGuard()
+    const part = new LabelGuard()
+    const by = new LabelGuard()
+    const on = <T>(channel: Channel, handler: (message: Partial<T>) => void): void => {
+      const listener = (message: unknown): void => {
+        if (message !== null && typeof message === 'object') handler(message as Partial<T>)
+      }
+      channel.subscribe(listener)
+      this.subscriptions.push([channel, listener])
+    }
+    on<UpstreamErrorEvent>(channels.upstreamError, (m) => {
+      this.upstreamErrors.inc({ route: this.routeLabel(m.route), kind: kind.value(m.kind) })
+    })
+    on<AuthFailureEvent>(channels.authFailure, (m) => {
+      this.authFailures.inc({ route: this.routeLabel(m.route), scheme: scheme.value(m.scheme), reason: reason.value(m.reason) })
+    })
+    on<AuthzDeniedEvent>(channels.authzDenied, (m) => {
+      this.authzDenials.inc({ route: this.routeLabel(m.route) })
+    })
+    on<ValidationFailureEvent>(channels.validationFailure, (m) => {
+      const counter = m.reportOnly === true ? this.validationReported : this.validationFailures
+      counter.inc({ route: this.routeLabel(m.route), part: part.value(m.part) })
+    })
+    on<RateLimitedEvent>(channels.rateLimited, (m) => {
+      this.rateLimited.inc({ route: this.routeLabel(m.route), by: by.value(m.by) })
+    })
+  }
+
+  unsubscribe (): void {
+    for (const [channel, listener] of this.subscriptions) channel.unsubscribe(listener)
+    this.subscriptions.length = 0
+  }
+
+  /** The Prometheus text exposition. */
+  async render (): Promise<string> {
+    const own = await this.registry.metrics()
+    return this.config.defaultMetrics ? own + '\n' + await processMetrics().metrics() : own
+  }
+
+  get contentType (): string {
+    return this.registry.contentType
+  }
+}
+
+function statusClass (status: number): number {
+  const cls = Math.floor(status / 100) - 1
+  return cls >= 0 && cls < ABORTED ? cls : 4
+}
+
+// --- who may scrape ----------------------------------------------------------------------------
+
+export type ScrapeVerdict = 'ok' | 'unauthorized' | 'forbidden'
+
+const sha256 = (value: string): Buffer => createHash('sha256').update(value).digest()
+
+/** The allow list, then HTTP Basic; a verified Authorization header is remembered (scrypt is slow on purpose). */
+export class ScrapeGuard {
+  private readonly allow: BlockList | null
+  private readonly password: ParsedHash | null
+  private verified: Buffer | null = null
+  constructor (private readonly config: Readonly<MetricsConfig>) {
+    this.allow = config.allow === undefined ? null : blockList(config.allow)
+    this.password = config.basic === undefined ? null : parsePasswordHash(config.basic.passwordHash)
+    if (config.basic !== undefined && this.password === null) throw new TypeError('server.metrics.basic.passwordHash: not a valid scrypt hash')
+  }
+
+  async check (rawIp: string | undefined, authorization: string | undefined): Promise<ScrapeVerdict> {
+    if (this.allow !== null) {
+      const ip = unmapIPv4(rawIp ?? '')
+      const family = isIP(ip)
+      if (family === 0 || !this.allow.check(ip, family === 4 ? 'ipv4' : 'ipv6')) return 'forbidden'
+    }
+    const basic = this.config.basic
+    if (basic === undefined || this.password === null) return 'ok'
+    if (authorization === undefined || !/^basic /i.test(authorization)) return 'unauthorized'
+    const digest = sha256(authorization)
+    if (this.verified !== null && timingSafeEqual(digest, this.verified)) return 'ok'
+    const decoded = Buffer.from(authorization.slice(6).trim(), 'base64').toString('utf8')
+    const colon = decoded.indexOf(':')
+    if (colon === -1) return 'unauthorized'
+    const userOk = timingSafeEqual(sha256(decoded.slice(0, colon)), sha256(basic.username))
+    const passwordOk = await verifyPassword(decoded.slice(colon + 1), this.password)
+    if (!userOk || !passwordOk) return 'unauthorized'
+    this.verified = digest
+    return 'ok'
+  }
+}
+
+const WWW_AUTHENTICATE = 'Basic realm="metrics", charset="UTF-8"'
+
+// --- the plugin -------------------------------------------------------------------------------
+
+export interface MetricsPluginOptions {
+  metrics: GatewayMetrics
+  /** Address of the separate metrics listener when `server.metrics.host` is not set. */
+  host: string
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The gateway's metrics (undefined when `server.metrics.enabled` is false). */
+    metrics: GatewayMetrics | undefined
+    /** The separate metrics listener, when `server.metrics.port` is set and the gateway is ready. */
+    metricsServer: Server | undefined
+  }
+}
+
+async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions): Promise<void> {
+  const { metrics } = opts
+  const config = metrics.config
+  const guard = new ScrapeGuard(config)
+  app.decorate('metrics', metrics)
+  app.decorate('metricsServer', undefined)
+  app.addHook('onRoute', (route) => {
+    const name = route.config?.routeName
+    if (typeof name === 'string') metrics.knowRoute(name)
+  })
+  metrics.subscribe()
+  app.addHook('onClose', async () => { metrics.unsubscribe() })
+
+  if (config.port === undefined) {
+    app.get(config.path, { config: { routeName: 'metrics' } }, async (request, reply) => {
+      const verdict = await guard.check(request.ip, request.headers.authorization)
+      if (verdict === 'forbidden') throw new GatewayError('GW_ERR_FORBIDDEN', 'This address may not read the metrics.')
+      if (verdict === 'unauthorized') {
+        throw new GatewayError('GW_ERR_UNAUTHORIZED', 'Credentials are required to read the metrics.', { headers: { 'www-authenticate': WWW_AUTHENTICATE } })
+      }
+      const body = await metrics.render()
+      return reply.header('cache-control', 'no-store').type(metrics.contentType).send(body)
+    })
+    return
+  }
+
+  const server = createServer((req, res) => { serveScrape(req, res, metrics, guard).catch(() => { res.destroy() }) })
+  server.headersTimeout = 10_000
+  server.requestTimeout = 10_000
+  app.addHook('onReady', async () => {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(config.port, config.host ?? opts.host, () => { server.off('error', reject); resolve() })
+    })
+    app.metricsServer = server
+    app.log.info({ url: `http://${formatHost(server.address() as AddressInfo)}${config.path}` }, 'metrics listening')
+  })
+  app.addHook('onClose', async () => {
+    if (!server.listening) return
+    server.closeAllConnections()
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+  })
+}
+
+function formatHost (address: AddressInfo): string {
+  return address.family === 'IPv6' ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`
+}
+
+/** The separate listener: GET `path` and nothing else, in the same problem+json contract. */
+async function serveScrape (req: IncomingMessage, res: ServerResponse, metrics: GatewayMetrics, guard: ScrapeGuard): Promise<void> {
+  const url = req.url ?? '/'
+  const q = url.indexOf('?')
+  const path = q === -1 ? url : url.slice(0, q)
+  if (path !== metrics.config.path) return sendProblem(res, 'GW_ERR_NOT_FOUND', 'No route matches this path.', path)
+  if (req.method !== 'GET') return sendProblem(res, 'GW_ERR_METHOD_NOT_ALLOWED', `${req.method ?? ''} is not allowed here.`, path, { allow: 'GET' })
+  const authorization = req.headers.authorization
+  const verdict = await guard.check(req.socket.remoteAddress, authorization)
+  if (verdict === 'forbidden') return sendProblem(res, 'GW_ERR_FORBIDDEN', 'This address may not read the metrics.', path)
+  if (verdict === 'unauthorized') {
+    return sendProblem(res, 'GW_ERR_UNAUTHORIZED', 'Credentials are required to read the metrics.', path, { 'www-authenticate': WWW_AUTHENTICATE })
+  }
+  const body = await metrics.render()
+  res.writeHead(200, { 'content-type': metrics.contentType, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' })
+  res.end(body)
+}
+
+function sendProblem (res: ServerResponse, code: ErrorCode, detail: string, instance: string, headers: Record<string, string> = {}): void {
+  const { status, title } = ERRORS[code]
+  const body = JSON.stringify({ type: problemType(code), title, status, detail, instance, requestId: randomUUID() })
+  res.writeHead(status, { ...headers, 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': Buffer.byteLength(body) })
+  res.end(body)
+}
+
+export default fp(metricsPlugin, { name: 'portcullis-metrics', fastify: '5.x' })
