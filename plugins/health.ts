@@ -1,9 +1,11 @@
 /**
  * /healthz: 200 while the process serves. /readyz: 200 once the gateway is ready and every
  * readiness check passes (Redis reachable, …); 503 while starting, draining or degraded.
+ * While draining, every other request gets 503 problem+json with `Connection: close`.
  */
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import { GatewayError } from '../schemas/errors.js'
 import { PROBLEM_CONTENT_TYPE } from '../schemas/problem.js'
 import { problemBody } from './problem.js'
 
@@ -44,6 +46,14 @@ async function healthPlugin (app: FastifyInstance): Promise<void> {
   app.decorate('readiness', readiness)
   app.addHook('onReady', async () => { if (readiness.state === 'starting') readiness.state = 'ready' })
   app.addHook('preClose', async () => { readiness.state = 'draining' })
+  // While draining, a request that arrives on a kept-alive connection is refused in the error
+  // contract (Fastify's own return503OnClosing answers in another shape, and would hide /readyz),
+  // and its connection closed; /healthz and /readyz still answer, so the drain can be observed.
+  app.addHook('onRequest', function refuseWhileDraining (request, reply, done) {
+    if (readiness.state !== 'draining' || request.url === '/healthz' || request.url === '/readyz') return done()
+    reply.header('connection', 'close')
+    done(new GatewayError('GW_ERR_UNAVAILABLE', 'The gateway is shutting down; retry on a new connection.'))
+  })
 
   app.get('/healthz', { config: { routeName: 'healthz' } }, async (_request, reply) => {
     reply.header('cache-control', 'no-store')

@@ -101,7 +101,8 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       // than the timeouts themselves): slow-loris sockets are closed within a second of theirs.
       connectionsCheckingInterval: Math.min(1000, parseDuration(server.timeouts.headers))
     },
-    return503OnClosing: true,
+    // plugins/health answers requests that arrive while draining (problem+json, /readyz 503).
+    return503OnClosing: false,
     forceCloseConnections: 'idle',
     exposeHeadRoutes: false,
     routerOptions: { maxParamLength: 2048 },

@@ -332,6 +332,9 @@ class ResponseHandler implements Dispatcher.DispatchHandler {
     this.request.upstreamMs = performance.now() - this.startedAt
     this.reply.hijack()
     const headers = responseHeaders(rawHeaders, this.request.id, this.rewrite, this.hide, this.reply.getHeaders())
+    // Draining (plugins/health): this response closes its connection, so the client does not
+    // send another request on a connection the gateway is about to close.
+    if ((this.request.server as { readiness?: { state: string } }).readiness?.state === 'draining') this.res.shouldKeepAlive = false
     this.res.writeHead(statusCode, statusText, headers)
     this.res.on('drain', resume)
     return true

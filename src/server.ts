@@ -29,6 +29,13 @@ export async function startServer (config: Readonly<GatewayConfig>, options: Sta
   const app = await buildGateway(config, options)
   let uninstall = (): void => {}
   app.addHook('onClose', async () => { uninstall() })
+  // server.close() closes the connections that are idle when it is called; one that finishes its
+  // in-flight request later would stay open until its keep-alive timeout and hold the exit past
+  // the grace. So while draining, idle connections are closed as they become idle.
+  app.addHook('preClose', async () => {
+    const reaper = setInterval(() => { app.server.closeIdleConnections() }, 50).unref()
+    app.server.once('close', () => { clearInterval(reaper) })
+  })
   if (options.setup !== undefined) await options.setup(app)
   const host = options.host ?? config.server.host
   const port = options.port ?? config.server.port
