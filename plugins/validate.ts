@@ -283,4 +283,23 @@ export function drfBody (errors: readonly ProblemViolation[], detail: string): R
   return out
 }
 
+/**
+ * Loads and compiles every route's validation without building the gateway, for
+ * `portcullis validate`: throws a ValidateConfigError listing every problem (`path: message`).
+ */
+export async function checkValidation (config: { routes: ReadonlyArray<{ validate?: ValidateConfig }> }): Promise<void> {
+  const problems: string[] = []
+  for (const [i, route] of config.routes.entries()) {
+    if (route.validate === undefined) continue
+    const at = `routes[${i}].validate`
+    const { options, rulesPath } = normalizeValidate(route.validate)
+    const compiler = new Compiler()
+    await compileRules(options, `${at}${rulesPath}`, compiler, problems)
+    if (options.openapi !== undefined) await compileOpenApi(options.openapi, `${at}.openapi`, compiler, problems)
+  }
+  if (problems.length > 0) throw new ValidateConfigError(problems)
+}
+
+export { ValidateConfigError }
+
 export default fp(validatePlugin, { name: 'portcullis-validate', fastify: '5.x' })

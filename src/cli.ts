@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { ConfigError, loadConfig } from './config.js'
+import { checkValidation, ValidateConfigError } from '../plugins/validate.js'
 import { startServer } from './server.js'
 
 const USAGE = `Usage: portcullis <command> [options]
@@ -62,9 +63,10 @@ export async function main (argv: string[]): Promise<void> {
     case 'validate': {
       if (values.port !== undefined || values.host !== undefined) usageError('validate takes only --config')
       try {
-        loadConfig(file)
+        // Schemas named in routes[].validate are loaded and compiled too, as at start.
+        await checkValidation(loadConfig(file))
       } catch (err) {
-        if (err instanceof ConfigError) { process.stderr.write(err.message + '\n'); process.exit(1) }
+        if (err instanceof ConfigError || err instanceof ValidateConfigError) { process.stderr.write(err.message + '\n'); process.exit(1) }
         throw err
       }
       process.stdout.write('ok\n')

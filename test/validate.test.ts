@@ -53,7 +53,7 @@ function recordEvents (t: Test): ValidationFailureEvent[] {
 }
 
 /** One request over a raw socket, for what node:http will not send (lying lengths, odd headers). */
-async function rawExchange (url: string, head: string, body: Buffer | string = '', options: { endAfter?: boolean } = {}): Promise<string> {
+async function rawExchange (url: string, head: string, body: Buffer | string = '', options: { endAfter?: boolean, firstData?: boolean } = {}): Promise<string> {
   const { hostname, port } = new URL(url)
   const socket = connect(Number(port), hostname)
   await once(socket, 'connect')
@@ -62,7 +62,8 @@ async function rawExchange (url: string, head: string, body: Buffer | string = '
   if (options.endAfter === true) socket.end()
   let text = ''
   socket.on('data', (d: Buffer) => { text += d.toString('latin1') })
-  await Promise.race([once(socket, 'close'), new Promise((resolve) => setTimeout(resolve, 3000))])
+  const done = options.firstData === true ? once(socket, 'data') : once(socket, 'close')
+  await Promise.race([done, new Promise((resolve) => setTimeout(resolve, 3000))])
   socket.destroy()
   return text
 }
@@ -408,4 +409,54 @@ t.test('default gateway.yaml validates POST /api/people/ with Person', async (t)
   const { loadConfig } = await import('../src/config.js')
   const config = loadConfig(fileURLToPath(new URL('../gateway.yaml', import.meta.url)), { PEOPLE_API_URL: 'http://127.0.0.1:8000/api/people' })
   t.match(config.routes[0].validate, [{ method: 'POST', path: '/', body: 'Person' }])
+})
+
+t.test('README quick start: gateway.yaml in front of the example people API accepts the POST and refuses "36"', async (t) => {
+  const { createPeopleApi } = await import('../examples/people-api.js')
+  const api = createPeopleApi()
+  api.listen(0, '127.0.0.1')
+  await once(api, 'listening')
+  t.teardown(() => new Promise<void>((resolve) => { api.closeAllConnections(); api.close(() => resolve()) }))
+  const { loadConfig } = await import('../src/config.js')
+  const port = (api.address() as { port: number }).port
+  const config = loadConfig(fileURLToPath(new URL('../gateway.yaml', import.meta.url)), { PEOPLE_API_URL: `http://127.0.0.1:${port}/api/people` })
+  const app = await buildGateway(config, { logger: false })
+  t.teardown(() => app.close())
+  const gw = await app.listen({ host: '127.0.0.1', port: 0 })
+  const created = await post(`${gw}/api/people/`, '{"name":"Ada","age":36}')
+  t.equal(created.status, 201, created.body.toString())
+  t.match(created.json, { id: Number, name: 'Ada', age: 36 })
+  const refused = problem(t, await post(`${gw}/api/people/`, '{"name":"Ada","age":"36"}'), 400)
+  t.same(refused.errors, [{ pointer: '/age', message: 'must be integer' }])
+})
+
+t.test('authentication runs first: a request without valid credentials never has its body read', async (t) => {
+  const up = await startUpstream(t)
+  const config = parseConfig({
+    logging: { level: 'silent' },
+    users: [{ username: 'alice', password: '${VALIDATE_TEST_PW}', scopes: ['people:write'] }],
+    routes: [{ name: 'people', prefix: '/api/people', upstream: `${up.origin}/api/people`, auth: ['basic'], validate: PERSON_RULES }]
+  }, { env: { VALIDATE_TEST_PW: 'alice-pw-1' } })
+  const app = await buildGateway(config)
+  t.teardown(() => app.close())
+  const gw = await app.listen({ host: '127.0.0.1', port: 0 })
+  const good = `Basic ${Buffer.from('alice:alice-pw-1').toString('base64')}`
+  const bad = `Basic ${Buffer.from('alice:wrong').toString('base64')}`
+  t.equal((await post(`${gw}/api/people/`, '{"name":"Ada","age":36}', 'application/json', { authorization: good })).status, 200)
+  t.equal((await post(`${gw}/api/people/`, '{"name":"Ada"}', 'application/json', { authorization: good })).status, 400, 'authenticated, then validated')
+  t.equal((await post(`${gw}/api/people/`, 'not json', 'text/plain', { authorization: bad })).status, 401, '401, not 415: auth came first')
+  // The headers promise a large body that is never sent: the 401 arrives anyway.
+  const head = `POST /api/people/ HTTP/1.1\r\nHost: x\r\nAuthorization: ${bad}\r\nContent-Type: application/json\r\nContent-Length: 500000\r\n\r\n`
+  t.match(await rawExchange(gw, head, '', { firstData: true }), /^HTTP\/1\.1 401/, 'answered without reading the body')
+  t.equal(up.requests.length, 1)
+})
+
+t.test('checkValidation (portcullis validate) compiles every route\'s schemas without starting', async (t) => {
+  const { checkValidation } = await import('../plugins/validate.js')
+  const route = { name: 'people', prefix: '/api/people', upstream: 'http://127.0.0.1:9/api/people' }
+  await t.resolves(checkValidation(parseConfig({ routes: [{ ...route, validate: PERSON_RULES }] })))
+  await t.rejects(checkValidation(parseConfig({ routes: [{ ...route, validate: [{ method: 'POST', path: '/', body: 'Persn' }] }] })), {
+    name: 'ConfigError',
+    problems: ['routes[0].validate[0].body: unknown schema "Persn"']
+  })
 })
