@@ -28,6 +28,8 @@ const FORBIDDEN_HEADERS = ['jku', 'x5u', 'jwk', 'x5c', 'crit'] as const
 const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/
 const TOKEN68 = /^[A-Za-z0-9._~+/-]+=*$/
 
+const CACHEABLE_ERRORS = new Set<string>([TokenError.codes.invalidSignature, TokenError.codes.malformed, TokenError.codes.invalidAlgorithm])
+
 type VerifyFn = (token: string) => Record<string, unknown> | Promise<Record<string, unknown>>
 
 interface IssuerVerifier {
@@ -127,7 +129,10 @@ export function createJwtAuthenticator (config: Readonly<JwtConfig>, realm: stri
       allowedAud: entry.audience === undefined ? undefined : (Array.isArray(entry.audience) ? [...entry.audience] : [entry.audience as string]),
       // Verified tokens are remembered (by hash, bounded by their exp) so a repeat skips the signature check.
       cache: 1000,
-      cacheTTL: 60_000
+      cacheTTL: 60_000,
+      // fast-jwt keeps a failed result for clockTolerance ms: fine for a bad signature, wrong for
+      // what can change (a JWKS that was unreachable, a token about to become valid).
+      errorCacheTTL: (err: TokenError) => CACHEABLE_ERRORS.has(err.code) ? -1 : -clockTolerance - 1
     }
     if (entry.jwksUrl !== undefined) {
       let client = jwksClients.get(entry.jwksUrl)

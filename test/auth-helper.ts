@@ -77,7 +77,7 @@ export interface JwksServer {
 }
 
 /** A real JWKS endpoint on 127.0.0.1:0 serving the given public keys. */
-export async function startJwks (t: T, keys: Array<{ pair: KeyPair, kid: string, alg?: string }>): Promise<JwksServer> {
+export async function startJwks (t: T, keys: Array<{ pair: KeyPair, kid: string, alg?: string }>, port = 0): Promise<JwksServer> {
   let served = keys
   let hits = 0
   const server = createServer((_req, res) => {
@@ -88,11 +88,11 @@ export async function startJwks (t: T, keys: Array<{ pair: KeyPair, kid: string,
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
     res.end(body)
   })
-  server.listen(0, '127.0.0.1')
+  server.listen(port, '127.0.0.1')
   await once(server, 'listening')
   t.teardown(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }))
-  const port = (server.address() as AddressInfo).port
-  return { url: `http://127.0.0.1:${port}/.well-known/jwks.json`, hits: () => hits, serve: (k) => { served = k }, server }
+  const bound = (server.address() as AddressInfo).port
+  return { url: `http://127.0.0.1:${bound}/.well-known/jwks.json`, hits: () => hits, serve: (k) => { served = k }, server }
 }
 
 /** A TCP listener that counts connections: a URL on it must never be contacted. */
