@@ -23,6 +23,15 @@ export interface CorsOptions {
 }
 
 /**
+ * On a route with CORS the gateway's policy is the only one: these upstream response headers are
+ * dropped (by the forwarder), whether or not the gateway sets its own on that response.
+ */
+export const CORS_RESPONSE_HEADERS = [
+  'access-control-allow-origin', 'access-control-allow-credentials', 'access-control-allow-methods',
+  'access-control-allow-headers', 'access-control-expose-headers', 'access-control-max-age'
+] as const
+
+/**
  * The methods a route's handlers must accept: its own, plus OPTIONS when CORS is on (so that a
  * preflight reaches the route's hooks; a plain OPTIONS is still 405 unless the route proxies it).
  */

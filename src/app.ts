@@ -11,6 +11,7 @@ import requestIdPlugin, { requestId } from '../plugins/request-id.js'
 import health from '../plugins/health.js'
 import clientLimits from '../plugins/client-limits.js'
 import securityHeaders, { hiddenUpstreamHeaders } from '../plugins/security-headers.js'
+import { CORS_RESPONSE_HEADERS } from '../plugins/cors.js'
 import loadShedding from '../plugins/load-shedding.js'
 import rateLimit from '../plugins/rate-limit.js'
 import metricsPlugin, { GatewayMetrics } from '../plugins/metrics.js'
@@ -78,6 +79,17 @@ class AccessLog extends LogController {
   }
 }
 
+/**
+ * `server.trustProxy` for Fastify. A hop count N trusts the N nearest proxies, whoever they are
+ * (Express semantics): Fastify 5.12 turned counts into "trust nothing", since a count cannot check
+ * who the peer is. Use a count only when the gateway is reachable through those proxies alone;
+ * a list of CIDRs is the safer choice.
+ */
+export function trustProxyOption (value: boolean | number | readonly string[]): FastifyServerOptions['trustProxy'] {
+  if (typeof value === 'number') return (_address: string, hop: number) => hop < value
+  return value as FastifyServerOptions['trustProxy']
+}
+
 export async function buildGateway (config: Readonly<GatewayConfig>, options: BuildOptions = {}): Promise<FastifyInstance> {
   const { server, logging } = config
   const requestTimeout = parseDuration(server.timeouts.request)
@@ -88,7 +100,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
     logger: options.logger ?? (logging.level === 'silent' ? false : { level: logging.level, redact: { paths: REDACT, censor: '[redacted]' } }),
     logController: new AccessLog(logging.accessLog, [tracer, metrics].filter((o) => o !== null)),
     genReqId: requestId,
-    trustProxy: server.trustProxy as FastifyServerOptions['trustProxy'],
+    trustProxy: trustProxyOption(server.trustProxy),
     bodyLimit: parseSize(server.bodyLimit),
     requestTimeout,
     keepAliveTimeout: parseDuration(server.timeouts.keepAlive),
@@ -143,7 +155,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       connections: route.connections,
       keepAliveTimeoutMs,
       tls: route.tls,
-      hideResponseHeaders,
+      hideResponseHeaders: route.cors === undefined ? hideResponseHeaders : [...hideResponseHeaders, ...CORS_RESPONSE_HEADERS],
       bodyLimit: parseSize(route.bodyLimit ?? server.bodyLimit),
       // The client's trace headers are replaced by the gateway's own (request.upstream).
       // The client's copies of the identity headers never reach the upstream, on any route;

@@ -1,0 +1,81 @@
+/**
+ * Security headers (`securityHeaders`) on proxied responses and on everything the gateway answers
+ * itself (errors, 429, /healthz), the upstream's own values replaced, and no Server / X-Powered-By
+ * version leaks from the upstream unless configured.
+ */
+import t, { type Test } from 'tap'
+import { call, startTestGateway, startUpstream, type CallResult } from './helper.js'
+import { parseConfig } from '../src/config.js'
+
+async function gateway (t: Test, securityHeaders?: Record<string, unknown>): Promise<string> {
+  const up = await startUpstream(t, (_req, res) => {
+    res.writeHead(200, {
+      'content-type': 'text/html',
+      server: 'Apache/2.4.1 (Unix) OpenSSL/1.0.2',
+      'x-powered-by': 'PHP/5.6.40',
+      'referrer-policy': 'unsafe-url',
+      'x-frame-options': 'ALLOWALL',
+      'x-total-count': '42'
+    })
+    res.end('<p>hi</p>')
+  })
+  const { url } = await startTestGateway(t, {
+    ...(securityHeaders === undefined ? {} : { securityHeaders }),
+    routes: [
+      { name: 'people', prefix: '/api/people', upstream: up.origin, rateLimit: { max: 1 } },
+      { name: 'down', prefix: '/down', upstream: 'http://127.0.0.1:9', retries: 0 }
+    ]
+  })
+  return url
+}
+
+function assertDefaults (t: Test, res: CallResult, what: string): void {
+  t.equal(res.headers['x-content-type-options'], 'nosniff', `${what}: nosniff`)
+  t.equal(res.headers['referrer-policy'], 'no-referrer', `${what}: Referrer-Policy`)
+  t.equal(res.headers['x-frame-options'], 'DENY', `${what}: X-Frame-Options`)
+  t.equal(res.headers['strict-transport-security'], undefined, `${what}: no HSTS unless configured`)
+}
+
+t.test('defaults: on proxied responses, the upstream\'s values replaced and its version leaks removed', async (t) => {
+  const url = await gateway(t)
+  const res = await call(`${url}/api/people/`)
+  t.equal(res.status, 200)
+  t.equal(res.body.toString(), '<p>hi</p>')
+  assertDefaults(t, res, 'proxied')
+  t.equal(res.headers.server, undefined, 'no Server header')
+  t.equal(res.headers['x-powered-by'], undefined, 'no X-Powered-By header')
+  t.equal(res.headers['x-total-count'], '42', 'other upstream headers pass')
+  t.equal(res.headers['content-type'], 'text/html', 'the upstream\'s content type is kept')
+})
+
+t.test('defaults: on what the gateway answers itself', async (t) => {
+  const url = await gateway(t)
+  await call(`${url}/api/people/`)
+  assertDefaults(t, await call(`${url}/api/people/`), '429')
+  assertDefaults(t, await call(`${url}/nowhere`), '404')
+  assertDefaults(t, await call(`${url}/down/`), '502')
+  assertDefaults(t, await call(`${url}/healthz`), '/healthz')
+})
+
+t.test('HSTS when configured; upstream headers passed when asked', async (t) => {
+  const url = await gateway(t, {
+    hsts: { maxAge: '8760h', includeSubDomains: true, preload: true },
+    referrerPolicy: 'strict-origin-when-cross-origin',
+    frameOptions: false,
+    hideUpstreamHeaders: ['x-powered-by']
+  })
+  const res = await call(`${url}/api/people/`)
+  t.equal(res.headers['strict-transport-security'], 'max-age=31536000; includeSubDomains; preload')
+  t.equal(res.headers['referrer-policy'], 'strict-origin-when-cross-origin')
+  t.equal(res.headers['x-frame-options'], 'ALLOWALL', 'frameOptions: false leaves the upstream\'s')
+  t.equal(res.headers.server, 'Apache/2.4.1 (Unix) OpenSSL/1.0.2', 'Server passes when not in hideUpstreamHeaders')
+  t.equal(res.headers['x-powered-by'], undefined)
+  t.equal(res.headers['x-content-type-options'], 'nosniff')
+})
+
+t.test('config defaults', async (t) => {
+  const config = parseConfig({ routes: [{ name: 'p', prefix: '/p', upstream: 'http://127.0.0.1:9/p' }] }, { env: {} })
+  t.same(config.securityHeaders, {
+    contentTypeOptions: true, referrerPolicy: 'no-referrer', frameOptions: 'DENY', hideUpstreamHeaders: ['server', 'x-powered-by']
+  })
+})
