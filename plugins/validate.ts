@@ -50,6 +50,7 @@ interface Rule {
 type FailPart = ValidationFailureEvent['part']
 
 const DRF_NON_FIELD = 'non_field_errors'
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
 
 async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptions): Promise<void> {
   const { options, rulesPath } = normalizeValidate(opts.validate)
@@ -91,6 +92,10 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
     const method = request.method
     let found = findRule(rules, method, segments)
     if (found === null && operations.length > 0) found = findRule(operations, method, [...upstreamSegments, ...segments])
+    // HEAD is GET without the response body (RFC 9110 §9.3.2): GET's parameter schemas apply.
+    if (found === null && method === 'HEAD') {
+      found = findRule(rules, 'GET', segments) ?? (operations.length > 0 ? findRule(operations, 'GET', [...upstreamSegments, ...segments]) : null)
+    }
     if (found === null) {
       if (options.unmatched === 'reject') {
         publish(channels.validationFailure, () => ({ route, part: 'params' as const, reportOnly: report }))
@@ -158,7 +163,14 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
     // Report mode forwards what the client sent, valid or not; enforce mode what it validated.
     const passOriginal = (): void => { request.upstream = { ...request.upstream, body: bytes, contentType } }
 
-    const text = bytes.toString('utf8')
+    let text: string
+    try {
+      text = UTF8.decode(bytes)
+    } catch {
+      // Not UTF-8 (RFC 8259 §8.1): decoding would replace bytes, and the upstream get other text.
+      if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The body is not valid UTF-8.')) passOriginal()
+      return
+    }
     if (text.trim() === '') { if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The JSON body is empty.')) passOriginal(); return }
     const scan = scanJson(text, options.maxDepth)
     if (scan.tooDeep) {

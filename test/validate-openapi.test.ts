@@ -86,7 +86,9 @@ t.test('OpenAPI: requests matching no operation pass, or are refused with 404 (u
   t.equal((res.json as Problem).type, 'urn:portcullis:problem:not-found')
   t.equal((await call(`${strict}/shop/elsewhere`)).status, 404)
   t.equal((await call(`${strict}/shop/orders/7`, { headers: { 'x-tenant': 'a' } })).status, 200)
-  t.equal(up.requests.length, before + 1)
+  t.equal((await call(`${strict}/shop/orders/7`, { method: 'HEAD', headers: { 'x-tenant': 'a' } })).status, 200, 'HEAD follows the GET operation')
+  t.equal((await call(`${strict}/shop/orders/7`, { method: 'HEAD' })).status, 400, 'with its parameters')
+  t.equal(up.requests.length, before + 2)
 })
 
 t.test('OpenAPI 3.0: nullable and boolean exclusiveMinimum are read as 3.0 means them', async (t) => {

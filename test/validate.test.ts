@@ -127,6 +127,8 @@ t.test('invalid bodies are refused with 400 and pointers, and never reach the up
     const res = await post(`${gw}/api/people/`, body)
     t.equal(res.status, 400, `${name}: 400`)
   }
+  const latin1 = problem(t, await post(`${gw}/api/people/`, Buffer.from('{"name":"caf\xe9","age":1}', 'latin1')), 400)
+  t.equal(latin1.detail, 'The body is not valid UTF-8.', 'bytes that are not UTF-8 are refused, not replaced')
   t.equal(up.requests.length, 0, 'the upstream received nothing')
 })
 
