@@ -12,6 +12,7 @@ import { channels } from '../schemas/events.js'
 import { hashPasswordSync } from '../plugins/password-hash.js'
 import { ConfigError, parseConfig } from '../src/config.js'
 import { buildTestGateway, freePort, startTestGateway, startUpstream, type T } from './helper.js'
+import { basic, cheapHash, hsToken, SECRET } from './auth-helper.js'
 
 // --- the exposition, parsed ------------------------------------------------------------------
 
@@ -176,7 +177,54 @@ t.test('upstream errors are counted by kind: refused, timeout, reset', async (t)
   t.equal(total(s, M.requests, { route: 'dead', status_class: '5xx' }), 2)
 })
 
-t.test('events published on the diagnostics channels move their counters', async (t) => {
+t.test('the pipeline\'s own refusals move their counters: 401, 403, 400, report-mode violations, 429', async (t) => {
+  const up = await startUpstream(t)
+  const person = [{ method: 'POST', path: '/', body: 'Person' }]
+  const { url } = await startTestGateway(t, {
+    users: [{ username: 'alice', passwordHash: cheapHash('alice-pw'), scopes: ['people:read'] }],
+    jwt: { algorithms: ['HS256'], secret: SECRET },
+    tokenEndpoint: { path: '/auth/token' },
+    routes: [
+      {
+        name: 'people',
+        prefix: '/api/people',
+        upstream: `${up.origin}/people`,
+        auth: ['jwt', 'basic'],
+        scopes: { GET: ['people:read'], '*': ['people:write'] },
+        validate: person
+      },
+      { name: 'loose', prefix: '/loose', upstream: `${up.origin}/loose`, validate: { mode: 'report', rules: person } },
+      { name: 'tight', prefix: '/tight', upstream: `${up.origin}/tight`, rateLimit: { max: 2, window: '1m', by: 'ip' } }
+    ]
+  })
+  const json = { 'content-type': 'application/json' }
+  const writer = `Bearer ${hsToken({ sub: 'bob', scope: 'people:read people:write' })}`
+  t.equal((await get(`${url}/api/people/1`)).status, 401, 'no credentials')
+  t.equal((await get(`${url}/api/people/1`, { headers: { authorization: basic('alice', 'wrong') } })).status, 401, 'a wrong password')
+  t.equal((await get(`${url}/api/people/1`, { headers: { authorization: `Bearer ${hsToken({ sub: 'bob', exp: 1 })}` } })).status, 401, 'an expired token')
+  t.equal((await get(`${url}/api/people/1`, { headers: { authorization: basic('alice', 'alice-pw') } })).status, 200)
+  t.equal((await get(`${url}/api/people/`, { method: 'POST', headers: { ...json, authorization: basic('alice', 'alice-pw') }, body: '{"name":"A","age":1}' })).status, 403, 'no people:write')
+  t.equal((await get(`${url}/api/people/`, { method: 'POST', headers: { ...json, authorization: writer }, body: '{"name":5}' })).status, 400)
+  t.equal((await get(`${url}/api/people/`, { method: 'POST', headers: { ...json, authorization: writer }, body: '{"name":"A","age":1}' })).status, 200)
+  t.equal((await get(`${url}/loose/`, { method: 'POST', headers: json, body: '{"name":5}' })).status, 200, 'report mode lets it through')
+  for (const expected of [200, 200, 429, 429]) t.equal((await get(`${url}/tight/x`)).status, expected)
+  t.equal((await get(`${url}/auth/token`, { method: 'POST', headers: json, body: '{"username":"alice","password":"nope"}' })).status, 401)
+
+  const s = await scrape(`${url}/metrics`)
+  t.equal(total(s, M.authFailures, { route: 'people' }), 3, 'three failed authentications')
+  t.equal(total(s, M.authFailures, { route: 'people', scheme: 'basic' }), 1)
+  t.equal(total(s, M.authFailures, { route: 'people', scheme: 'jwt' }), 1)
+  t.equal(total(s, M.authFailures, { route: 'token-endpoint' }), 1, 'the token endpoint is a named route too')
+  t.equal(total(s, M.authzDenials, { route: 'people' }), 1)
+  t.equal(total(s, M.validation, { route: 'people', part: 'body' }), 1)
+  t.equal(total(s, M.validation, { route: 'loose' }), 0, 'report mode is not a refusal')
+  t.equal(total(s, M.reported, { route: 'loose', part: 'body' }), 1)
+  t.equal(total(s, M.rateLimited, { route: 'tight', by: 'ip' }), 2)
+  t.equal(total(s, M.requests, { route: 'tight', status_class: '4xx' }), 2)
+  t.equal(total(s, M.requests, { route: 'people', status_class: '4xx' }), 5)
+})
+
+t.test('an event published on each diagnostics channel moves its counter', async (t) => {
   const up = await startUpstream(t)
   const { url } = await startTestGateway(t, { routes: [{ name: 'people', prefix: '/api/people', upstream: `${up.origin}/people` }] })
   channels.authFailure.publish({ route: 'people', scheme: 'jwt', reason: 'expired' })
