@@ -122,8 +122,11 @@ export function resolveValidatePaths (value: ValidateConfig, abs: (p: string) =>
   return out
 }
 
-/** What the config schema cannot say about `routes[i].validate` (`at` is `routes[i].validate`). */
-export function checkValidateSemantics (value: ValidateConfig, at: string, problems: string[]): void {
+/**
+ * What the config schema cannot say about `routes[i].validate` (`at` is `routes[i].validate`;
+ * `methods` the route's own, which a rule's methods must be among).
+ */
+export function checkValidateSemantics (value: ValidateConfig, at: string, problems: string[], methods?: readonly string[]): void {
   const { options, rulesPath } = normalizeValidate(value)
   const seen = new Map<string, number>()
   options.rules.forEach((rule, i) => {
@@ -132,9 +135,10 @@ export function checkValidateSemantics (value: ValidateConfig, at: string, probl
       problems.push(`${here}: names no schema (body, querystring, params or headers)`)
     }
     if (/\/\/|\/\.\.?(\/|$)/.test(rule.path)) problems.push(`${here}.path: must not contain "//", "." or ".." segments`)
-    const methods = Array.isArray(rule.method) ? rule.method : [rule.method]
+    const ruleMethods = Array.isArray(rule.method) ? rule.method : [rule.method]
     const key = rule.path.replace(/\/+$/, '').replace(/\{[^}/]*\}|:[^/]+/g, ':')
-    for (const method of methods) {
+    for (const method of ruleMethods) {
+      if (methods !== undefined && !methods.includes(method)) problems.push(`${here}.method: ${method} is not one of the route's methods (${methods.join(', ')})`)
       const first = seen.get(`${method} ${key}`)
       if (first !== undefined) problems.push(`${here}: ${method} ${rule.path} is already validated by ${at}${rulesPath}[${first}]`)
       else seen.set(`${method} ${key}`, i)

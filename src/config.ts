@@ -246,7 +246,7 @@ function checkSemantics (config: GatewayConfig, problems: string[]): void {
         problems.push(`${at}.prefix: "${prefix}" shadows routes[${other.index}].prefix "${other.prefix}"`)
       }
     }
-    if (route.validate !== undefined) checkValidateSemantics(route.validate, `${at}.validate`, problems)
+    if (route.validate !== undefined) checkValidateSemantics(route.validate, `${at}.validate`, problems, route.methods)
     prefixes.push({ prefix, index: i })
   })
 }

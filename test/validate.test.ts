@@ -389,9 +389,9 @@ t.test('bad schemas and unknown names are config errors naming the route', async
   t.match(await startError([{ method: 'POST', path: '/', body: `${FIXTURES}schemas.ts#Nope` }]), /has no schema export named "Nope"/)
   t.match(await startError({ openapi: join(FIXTURES, 'missing.yaml') }), /routes\[1\]\.validate\.openapi: cannot read .*missing\.yaml: ENOENT/)
 
-  function problems (validate: unknown): string[] {
+  function problems (validate: unknown, extra: Record<string, unknown> = {}): string[] {
     try {
-      parseConfig({ routes: [{ ...route, validate }] }, { env: {} })
+      parseConfig({ routes: [{ ...route, ...extra, validate }] }, { env: {} })
     } catch (err) {
       if (err instanceof ConfigError) return err.problems
       throw err
@@ -403,6 +403,7 @@ t.test('bad schemas and unknown names are config errors naming the route', async
   t.same(problems({ unmatched: 'reject', rules: [] }), ['routes[0].validate.unmatched: "reject" needs openapi (rules alone never refuse a request they do not match)'])
   t.same(problems({ openapi: 'ftp://x/y.yaml' }), ['routes[0].validate.openapi: must be an http or https URL'.replace('an http or https URL', 'a file path or an http(s) URL')])
   t.ok(problems({ mode: 'loose' }).includes('routes[0].validate.mode: must be one of "enforce", "report"'))
+  t.same(problems([{ method: 'POST', path: '/', body: 'Person' }], { methods: ['GET'] }), ['routes[0].validate[0].method: POST is not one of the route\'s methods (GET)'])
   t.same(problems([{ method: 'POST', path: 'relative', body: 'Person' }]).length, 1)
   t.same(problems({ maxDepth: 0 }).length, 1)
 })
