@@ -37,9 +37,9 @@ t.test('an event-loop block sheds new requests with 503 + Retry-After; /healthz 
   t.ok(await passesWithin(`${url}/api/people/`, 10_000), 'passes while idle (start-up may itself delay the loop)')
 
   // The artificial overload: busy for 100 ms, yield, again — until stopped.
-  let blocking = true
+  const load = { on: true }
   const blocker = (async () => {
-    while (blocking) {
+    while (load.on) {
       const until = Date.now() + 100
       while (Date.now() < until) { /* busy */ }
       await new Promise((resolve) => setImmediate(resolve))
@@ -65,7 +65,7 @@ t.test('an event-loop block sheds new requests with 503 + Retry-After; /healthz 
   }
   t.equal(healthz?.status, 200, '/healthz answers while shedding')
   t.equal(up.requests.length, forwardedWhileShedding, 'a shed request never reached the upstream')
-  blocking = false
+  load.on = false
   await blocker
 
   t.ok(await passesWithin(`${url}/api/people/`, 10_000), 'requests pass again once the loop is free')
