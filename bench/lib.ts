@@ -165,14 +165,14 @@ export interface HttpResult { status: number, headers: Record<string, string | s
 /** One request over a fresh connection (used for readiness and correctness checks, not load). */
 export function httpCall (url: string, options: { method?: string, headers?: Record<string, string>, body?: string, timeoutMs?: number } = {}): Promise<HttpResult> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { method: options.method ?? 'GET', headers: options.headers, agent: false, timeout: options.timeoutMs ?? 5_000 }, (res) => {
+    const req = httpRequest(url, { method: options.method ?? 'GET', headers: options.headers, agent: false, timeout: options.timeoutMs ?? 30_000 }, (res) => {
       let body = ''
       res.setEncoding('utf8')
       res.on('data', (c: string) => { body += c })
       res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
       res.on('error', reject)
     })
-    req.on('timeout', () => req.destroy(new Error(`no answer from ${url} within ${options.timeoutMs ?? 5_000} ms`)))
+    req.on('timeout', () => req.destroy(new Error(`no answer from ${url} within ${options.timeoutMs ?? 30_000} ms`)))
     req.on('error', reject)
     req.end(options.body)
   })
@@ -325,7 +325,7 @@ async function runPinned (command: string, args: string[], cpu: number | null, h
 }
 
 async function runWrk (spec: LoadSpec): Promise<LoadResult> {
-  const args = ['-t1', `-c${spec.connections}`, `-d${spec.seconds}s`, '--latency', '--timeout', '5s']
+  const args = ['-t1', `-c${spec.connections}`, `-d${spec.seconds}s`, '--latency', '--timeout', '10s']
   let script = spec.script
   if (script === undefined && (spec.method !== 'GET' || spec.body !== undefined)) {
     script = join(spec.scratch, `wrk-${process.pid}-${++scriptCounter}.lua`)
@@ -381,7 +381,7 @@ interface AutocannonResult {
 }
 
 async function runAutocannon (spec: LoadSpec): Promise<LoadResult> {
-  const args = [autocannonBin(), '-j', '-c', String(spec.connections), '-d', String(spec.seconds), '-m', spec.method, '-t', '5']
+  const args = [autocannonBin(), '-j', '-c', String(spec.connections), '-d', String(spec.seconds), '-m', spec.method, '-t', '10']
   for (const [k, v] of Object.entries(spec.headers)) args.push('-H', `${k}=${v}`)
   if (spec.body !== undefined) args.push('-b', spec.body)
   args.push(spec.url)

@@ -256,9 +256,9 @@ function portcullisScenario (ctx: Context, id: string, variant: Variant, workers
       const configFile = join(ctx.scratch, `${id}.json`)
       writeFileSync(configFile, JSON.stringify(built.config, null, 2))
       const logFile = join(ctx.scratch, `${id}.log`)
-      const [command, args] = workers === null
-        ? [process.execPath, [builtFile('src/cli.js'), 'start', '--config', configFile]]
-        : [process.execPath, [builtFile('bench/cluster-gateway.js'), configFile, String(port), String(workers)]]
+      const [command, args] = [process.execPath, workers === null
+        ? [builtFile('src/cli.js'), 'start', '--config', configFile]
+        : workerArgs(configFile, port, workers)]
       const proc = new Proc(id, command, args, { cpu: ctx.proxyCpu, stdoutFile: logFile, stderrFile: join(ctx.scratch, `${id}.stderr.log`) })
       const url = `http://127.0.0.1:${port}`
       await waitForHttp(url + '/healthz', proc)
@@ -276,6 +276,22 @@ function portcullisScenario (ctx: Context, id: string, variant: Variant, workers
       }
     }
   }
+}
+
+/**
+ * N workers: `portcullis start --workers N` when the CLI has it (with the memory store, N > 1
+ * needs --allow-per-worker-limits; the benchmark's limit is never reached anyway), otherwise
+ * bench/cluster-gateway.js.
+ */
+function workerArgs (configFile: string, port: number, workers: number): string[] {
+  const cli = builtFile('src/cli.js')
+  const help = spawnSync(process.execPath, [cli, '--help'], { encoding: 'utf8' }).stdout
+  if (help.includes('--workers')) {
+    const args = [cli, 'start', '--config', configFile, '--workers', String(workers)]
+    if (help.includes('--allow-per-worker-limits')) args.push('--allow-per-worker-limits')
+    return args
+  }
+  return [builtFile('bench/cluster-gateway.js'), configFile, String(port), String(workers)]
 }
 
 function scenarios (ctx: Context, upstream: Proc): Scenario[] {
@@ -556,6 +572,9 @@ async function main (): Promise<number> {
   process.stdout.write('\n' + formatTable(summary) + '\n\n')
   process.stdout.write(`req/s, p50 and p99 are medians over ${options.rounds} round(s); ratios are taken per round (shown in brackets) ` +
     'against the upstream alone and bare @fastify/http-proxy measured in the same round; CPU is the serving process(es) only.\n')
+  const busy = report.machine.loadavgAtStart[0] > availableParallelism() * 0.5
+  process.stdout.write(`load average at start ${report.machine.loadavgAtStart.join(' ')}, at end ${report.machine.loadavgAtEnd.join(' ')}` +
+    (busy ? ` — WARNING: the machine was busy with other work (${availableParallelism()} cores): these figures are only indicative\n` : '\n'))
   for (const n of notes) process.stdout.write(`note: ${n}\n`)
   for (const p of problems) process.stdout.write(`PROBLEM: ${p}\n`)
   process.stdout.write(`report: ${out} (${statSync(out).size} bytes)\n`)
