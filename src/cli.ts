@@ -8,12 +8,16 @@ import { parseArgs } from 'node:util'
 import { ConfigError, loadConfig } from './config.js'
 import { checkValidation, ValidateConfigError } from '../plugins/validate.js'
 import { startServer } from './server.js'
+import { apiKeyCommand, hashPasswordCommand } from './credentials-cli.js'
 
 const USAGE = `Usage: portcullis <command> [options]
 
 Commands:
   start      --config FILE [--port N] [--host H]   run the gateway
   validate   --config FILE                         check a config file, print "ok" or its errors
+  hash-password                                    read a password on stdin (no echo on a
+                                                   terminal), print its hash for users[].passwordHash
+  api-key                                          print a new API key and its hash for apiKeys[].keyHash
 
 Options:
   -c, --config FILE   the gateway config (YAML or JSON); default ./gateway.yaml
@@ -92,6 +96,12 @@ export async function main (argv: string[]): Promise<void> {
         process.stderr.write(`portcullis: cannot start: ${(err as Error).message}\n`)
         process.exit(1)
       }
+      return
+    }
+    case 'hash-password':
+    case 'api-key': {
+      if (Object.values(values).some((v) => v !== undefined)) usageError(`${command} takes no options`)
+      process.exitCode = command === 'api-key' ? apiKeyCommand() : await hashPasswordCommand()
       return
     }
     default:

@@ -1,0 +1,81 @@
+/**
+ * `portcullis hash-password` and `portcullis api-key` as a user runs them: the real CLI in its
+ * own process, the password on a pipe and on a real pseudo-terminal (no echo).
+ */
+import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import { join } from 'node:path'
+import { hashApiKey, parsePasswordHash, verifyPassword } from '../plugins/password-hash.js'
+import { transpileProject } from './helper.js'
+
+const CLI = join(transpileProject(t), 'src', 'cli.js')
+
+function run (args: string[], input?: string): { code: number | null, stdout: string, stderr: string } {
+  const res = spawnSync(process.execPath, [CLI, ...args], { input, encoding: 'utf8', timeout: 60_000 })
+  return { code: res.status, stdout: res.stdout, stderr: res.stderr }
+}
+
+async function matches (hash: string, password: string): Promise<boolean> {
+  const parsed = parsePasswordHash(hash)
+  return parsed !== null && await verifyPassword(password, parsed)
+}
+
+t.test('from a pipe: the whole input minus one trailing newline, colons and UTF-8 kept', async (t) => {
+  const res = run(['hash-password'], 'pa:ss wörd€\n')
+  t.equal(res.code, 0, res.stderr)
+  const hash = res.stdout.trim()
+  t.match(hash, /^scrypt\$32768\$8\$1\$[A-Za-z0-9_-]+\$[A-Za-z0-9_-]+$/)
+  t.ok(await matches(hash, 'pa:ss wörd€'))
+  t.notOk(await matches(hash, 'pa:ss wörd€\n'))
+  const empty = run(['hash-password'], '\n')
+  t.equal(empty.code, 1)
+  t.match(empty.stderr, /empty/)
+  t.equal(run(['hash-password', '--port', '1'], 'x').code, 2, 'no options')
+})
+
+t.test('on a terminal: prompts twice on stderr, never echoes the password', async (t) => {
+  const python = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', 'import pty'], { stdio: 'ignore' }).status === 0)
+  if (python === undefined) { t.comment('SKIPPED: no python3 to drive a pseudo-terminal'); return }
+  const driver = `
+import os, pty, sys, select
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], sys.argv[2], 'hash-password'])
+out = b''
+def until(marker):
+    global out
+    while marker not in out:
+        r, _, _ = select.select([fd], [], [], 20)
+        if not r: raise SystemExit('timeout waiting for %r in %r' % (marker, out))
+        out += os.read(fd, 4096)
+until(b'Password: ')
+os.write(fd, sys.argv[3].encode() + b'\\r')
+until(b'Again: ')
+os.write(fd, sys.argv[3].encode() + b'\\r')
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+os.waitpid(pid, 0)
+sys.stdout.write(out.decode('utf8', 'replace'))
+`
+  const secret = 'tty-s3cret:with colon'
+  const res = spawnSync(python, ['-c', driver, process.execPath, CLI, secret], { encoding: 'utf8', timeout: 60_000 })
+  t.equal(res.status, 0, res.stderr)
+  t.notOk(res.stdout.includes('tty-s3cret'), 'the password is not echoed')
+  const hash = /scrypt\$[^\s]+/.exec(res.stdout)?.[0] ?? ''
+  t.ok(await matches(hash, secret), 'the hash is of the typed password')
+})
+
+t.test('api-key prints a new key and its hash', async (t) => {
+  const res = run(['api-key'])
+  t.equal(res.code, 0)
+  const key = /^key: (pk_[A-Za-z0-9_-]{43})$/m.exec(res.stdout)?.[1]
+  const hash = /^keyHash: (sha256\$[0-9a-f]{64})$/m.exec(res.stdout)?.[1]
+  t.ok(key !== undefined && hash !== undefined, res.stdout)
+  t.equal(hash, hashApiKey(key ?? ''))
+})
