@@ -82,9 +82,11 @@ const RESPONSE_SKIP = new Set([
 /**
  * Headers the pipeline set with `reply.header()` before forwarding (RateLimit, CORS, security
  * headers…) go to the client with the upstream's response and replace the upstream's headers of
- * the same name (`vary` is merged instead) — except these, which describe the upstream's body.
+ * the same name (`vary` and `set-cookie` are merged instead) — except these, which describe the
+ * upstream's body.
  */
 const OWN_SKIP = new Set(['content-length', 'content-type', 'content-encoding', 'transfer-encoding', 'connection', 'keep-alive', 'x-request-id'])
+const OWN_MERGE = new Set(['vary', 'set-cookie'])
 
 /** Connection failures after which a retry cannot have reached the upstream's application. */
 const RETRYABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'UND_ERR_SOCKET', 'EPIPE', 'UND_ERR_CLOSED'])
@@ -373,7 +375,7 @@ function responseHeaders (raw: Buffer[], requestId: string, rewrite: Rewrite, hi
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i].toString('latin1').toLowerCase()
     if (hide.has(name) || (named !== null && named.has(name))) continue
-    if (own[name] !== undefined && name !== 'vary' && !OWN_SKIP.has(name)) continue // the gateway's value wins
+    if (own[name] !== undefined && !OWN_MERGE.has(name) && !OWN_SKIP.has(name)) continue // the gateway's value wins
     let value = raw[i + 1].toString('latin1')
     if (name === 'location') value = rewriteLocation(value, rewrite)
     out.push(name, value)

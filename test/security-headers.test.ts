@@ -3,6 +3,9 @@
  * itself (errors, 429, /healthz), the upstream's own values replaced, and no Server / X-Powered-By
  * version leaks from the upstream unless configured.
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { call, startTestGateway, startUpstream, type CallResult } from './helper.js'
 import { parseConfig } from '../src/config.js'
@@ -70,6 +73,36 @@ t.test('HSTS when configured; upstream headers passed when asked', async (t) => 
   t.equal(res.headers['x-frame-options'], 'ALLOWALL', 'frameOptions: false leaves the upstream\'s')
   t.equal(res.headers.server, 'Apache/2.4.1 (Unix) OpenSSL/1.0.2', 'Server passes when not in hideUpstreamHeaders')
   t.equal(res.headers['x-powered-by'], undefined)
+  t.equal(res.headers['x-content-type-options'], 'nosniff')
+})
+
+t.test('headers set with reply.header() before forwarding reach the proxied response', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-plugin-'))
+  t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
+  const plugin = join(dir, 'headers.mjs')
+  writeFileSync(plugin, `
+    export default function headers (scope, _opts, done) {
+      scope.addHook('onRequest', (request, reply, next) => {
+        reply.header('x-from-plugin', 'yes')
+        reply.header('x-total-count', '7')
+        reply.header('set-cookie', 'gw=1')
+        reply.header('content-type', 'text/plain')
+        next()
+      })
+      done()
+    }
+    headers[Symbol.for('skip-override')] = true`)
+  const up = await startUpstream(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'x-total-count': '42', 'set-cookie': 'up=1' })
+    res.end('{}')
+  })
+  const { url } = await startTestGateway(t, { routes: [{ name: 'people', prefix: '/api/people', upstream: up.origin, plugins: [plugin] }] })
+  const res = await call(`${url}/api/people/`)
+  t.equal(res.status, 200)
+  t.equal(res.headers['x-from-plugin'], 'yes', 'a header the pipeline set is sent')
+  t.equal(res.headers['x-total-count'], '7', 'and replaces the upstream\'s of the same name')
+  t.same(res.headers['set-cookie'], ['up=1', 'gw=1'], 'Set-Cookie is merged, not replaced')
+  t.equal(res.headers['content-type'], 'application/json', 'the body\'s own headers stay the upstream\'s')
   t.equal(res.headers['x-content-type-options'], 'nosniff')
 })
 
