@@ -8,3 +8,7 @@ export type { GatewayConfig, RouteConfig, ServerConfig } from '../schemas/config
 export { GatewayConfigSchema } from '../schemas/config.js'
 export type { Problem } from '../schemas/problem.js'
 export { sendProblem } from '../plugins/problem.js'
+// Exporting from plugins/authenticate brings its declaration merging (`request.identity`) along.
+export { AuthFailure, type Authenticator, type Identity } from '../plugins/authenticate.js'
+export { hashPasswordSync, hashApiKey } from '../plugins/password-hash.js'
+export { channels } from '../schemas/events.js'
