@@ -16,7 +16,8 @@ import {
 } from './lib.js'
 import { portcullisConfig, type Variant } from './portcullis-config.js'
 
-const SCENARIOS: Record<string, Variant> = {
+const SCENARIOS: Record<string, Variant | 'bare'> = {
+  'bare-proxy': 'bare',
   portcullis: { protections: false, store: 'memory' },
   'portcullis-full': { protections: true, store: 'memory' }
 }
@@ -129,27 +130,33 @@ async function main (): Promise<number> {
     })
     await upstream.waitForLine(/listening (\d+)/)
     const port = await freePort()
-    const plan = portcullisConfig({ ...variant, upstreamOrigin: `http://127.0.0.1:${upstreamPort}`, port })
-    protections = plan.protections
-    const configFile = join(scratch, 'gateway.json')
-    writeFileSync(configFile, JSON.stringify(plan.config))
-    const profFile = join(scratch, 'gateway.cpuprofile')
-    const gateway = new Proc('portcullis', process.execPath, [
-      '--import', pathToFileURL(builtFile('bench/cpu-profiler.js')).href, builtFile('src/cli.js'), 'start', '--config', configFile
-    ], {
-      cpu: pin ? 0 : null,
-      stdoutFile: join(scratch, 'gateway.log'),
-      stderrFile: join(scratch, 'gateway.stderr.log'),
-      env: { ...process.env, BENCH_CPU_PROFILE: profFile },
-      stdinPipe: true
-    })
     const url = `http://127.0.0.1:${port}`
-    await waitForHttp(url + '/healthz', gateway)
-    for (const check of plan.checks) await check(url)
+    const profFile = join(scratch, 'gateway.cpuprofile')
+    const profiler = ['--import', pathToFileURL(builtFile('bench/cpu-profiler.js')).href]
+    const env = { ...process.env, BENCH_CPU_PROFILE: profFile }
+    let headers: Record<string, string> = {}
+    let gateway: Proc
+    if (variant === 'bare') {
+      gateway = new Proc('bare-proxy', process.execPath, [...profiler, builtFile('bench/bare-proxy.js'), `http://127.0.0.1:${upstreamPort}`, String(port)], {
+        cpu: pin ? 0 : null, stderrFile: join(scratch, 'gateway.stderr.log'), env, stdinPipe: true
+      })
+      await gateway.waitForLine(/listening (\d+)/)
+    } else {
+      const plan = portcullisConfig({ ...variant, upstreamOrigin: `http://127.0.0.1:${upstreamPort}`, port })
+      protections = plan.protections
+      headers = plan.headers
+      const configFile = join(scratch, 'gateway.json')
+      writeFileSync(configFile, JSON.stringify(plan.config))
+      gateway = new Proc('portcullis', process.execPath, [...profiler, builtFile('src/cli.js'), 'start', '--config', configFile], {
+        cpu: pin ? 0 : null, stdoutFile: join(scratch, 'gateway.log'), stderrFile: join(scratch, 'gateway.stderr.log'), env, stdinPipe: true
+      })
+      await waitForHttp(url + '/healthz', gateway)
+      for (const check of plan.checks) await check(url)
+    }
     const spec = {
       url: url + (method === 'GET' ? '/api/people/1' : '/api/people/'),
       method: method as 'GET' | 'POST',
-      headers: method === 'POST' ? { ...plan.headers, 'content-type': 'application/json' } : plan.headers,
+      headers: method === 'POST' ? { ...headers, 'content-type': 'application/json' } : headers,
       body: method === 'POST' ? JSON.stringify({ name: 'Grace Hopper', age: 85 }) : undefined,
       connections: Number(values.connections),
       cpu: pin ? 1 : null,
