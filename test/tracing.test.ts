@@ -13,6 +13,7 @@ import { buildGateway } from '../src/app.js'
 import { ConfigError, parseConfig } from '../src/config.js'
 import { parseTraceparent, parseTracestate, type OtlpSpan } from '../plugins/tracing.js'
 import { freePort, startTestGateway, startUpstream, type RawConfig, type T } from './helper.js'
+import { basic, cheapHash } from './auth-helper.js'
 
 const TRACE = '0af7651916cd43dd8448eb211c80319c'
 const PARENT = 'b7ad6b7169203331'
@@ -55,6 +56,31 @@ t.test('a well-formed traceparent is continued: same trace id, the gateway\'s sp
   // A later version: the version-00 fields are taken, the rest ignored (§3.2.4); we speak 00.
   t.equal(await get(`${url}/api/people/1`, { traceparent: `cc-${TRACE}-${PARENT}-01-what-the-future-holds` }), 200)
   t.equal(TRACEPARENT.exec(lastTrace(up).traceparent)?.[1], TRACE)
+})
+
+t.test('the trace headers travel with the identity and the validated body the pipeline adds', async (t) => {
+  const up = await startUpstream(t)
+  const { url } = await startTestGateway(t, {
+    users: [{ username: 'alice', passwordHash: cheapHash('pw'), scopes: ['people:write'] }],
+    routes: [{
+      name: 'people',
+      prefix: '/api/people',
+      upstream: `${up.origin}/people`,
+      auth: ['basic'],
+      validate: [{ method: 'POST', path: '/', body: 'Person' }]
+    }]
+  })
+  const res = await request(`${url}/api/people/`, {
+    method: 'POST',
+    headers: { traceparent: VALID, authorization: basic('alice', 'pw'), 'content-type': 'application/json' },
+    body: '{"name":"Ada","age":36}'
+  })
+  await res.body.dump()
+  t.equal(res.statusCode, 200)
+  const r = up.requests[0]
+  t.equal(TRACEPARENT.exec(String(r.headers.traceparent))?.[1], TRACE)
+  t.equal(r.headers['x-authenticated-user'], 'alice')
+  t.equal(r.body.toString(), '{"name":"Ada","age":36}')
 })
 
 t.test('a malformed traceparent starts a new trace (and its tracestate is dropped)', async (t) => {
