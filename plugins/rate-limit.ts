@@ -90,6 +90,7 @@ export class RedisCounterStore {
   readonly client: CounterClient
   /** False after a failure, true again after a success or a reconnect. */
   healthy = true
+  private closing = false
 
   constructor (url: string, private readonly prefix: string, timeoutMs: number, private readonly log: FastifyBaseLogger, private readonly onStoreError: string) {
     this.client = new Redis(url, {
@@ -110,7 +111,7 @@ export class RedisCounterStore {
   }
 
   down (err: unknown): void {
-    if (!this.healthy) return
+    if (!this.healthy || this.closing) return
     this.healthy = false
     this.log.warn({ err: (err as Error).message, onStoreError: this.onStoreError },
       this.onStoreError === 'allow'
@@ -159,6 +160,7 @@ export class RedisCounterStore {
   }
 
   async close (): Promise<void> {
+    this.closing = true
     try {
       if (this.client.status === 'ready') await this.client.quit()
       else this.client.disconnect()
