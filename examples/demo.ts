@@ -10,6 +10,10 @@ import { createPeopleApi } from './people-api.js'
 
 const upstreamPort = Number(process.env.PEOPLE_API_PORT ?? 8000)
 const file = process.env.PORTCULLIS_CONFIG ?? 'gateway.yaml'
+// gateway.yaml reads the API's URL from PEOPLE_API_URL: moving the API moves the route with it.
+if (process.env.PEOPLE_API_PORT !== undefined && process.env.PEOPLE_API_URL === undefined) {
+  process.env.PEOPLE_API_URL = `http://127.0.0.1:${upstreamPort}/api/people`
+}
 
 let config
 try {
