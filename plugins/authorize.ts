@@ -1,6 +1,7 @@
 /**
  * Pipeline stage 4b: authorization, right after authentication at `onRequest`. The scopes the
- * route requires for the request's method (`routes[].scopes`, `"*"` for methods not listed) must
+ * route requires for the request's method (`routes[].scopes`; HEAD falls back to GET's list, any
+ * other method not listed to `"*"`) must
  * all be in `request.identity.scopes`, and the identity's claims must match `routes[].require`.
  * Otherwise 403 naming what is missing (a valid identity is never answered 401).
  */
@@ -21,7 +22,10 @@ async function authorizePlugin (scope: FastifyInstance, opts: AuthorizeOptions):
   const { route, realm } = opts
   const fallback = route.scopes['*'] ?? []
   const byMethod = new Map<string, readonly string[]>()
-  for (const method of route.methods) byMethod.set(method, route.scopes[method] ?? fallback)
+  // HEAD is GET without the body: unless listed itself, it needs what GET needs.
+  for (const method of route.methods) {
+    byMethod.set(method, route.scopes[method] ?? (method === 'HEAD' ? route.scopes.GET : undefined) ?? fallback)
+  }
   const require = route.require
   const hasRequire = Object.keys(require).length > 0
   if (route.auth.length === 0 || (!hasRequire && [...byMethod.values()].every((s) => s.length === 0))) return

@@ -41,6 +41,7 @@ t.test('401 carries a challenge for each accepted scheme, in order; 403 names th
 
   const readerToken = hsToken({ sub: 'r', scope: 'people:read' })
   t.equal((await app.inject({ url: '/api/people/', headers: { authorization: `Bearer ${readerToken}` } })).statusCode, 200, 'GET needs people:read')
+  t.equal((await app.inject({ method: 'HEAD', url: '/api/people/', headers: { authorization: `Bearer ${readerToken}` } })).statusCode, 200, 'HEAD needs what GET needs')
   for (const method of ['POST', 'PUT', 'PATCH', 'DELETE'] as const) {
     const res = await app.inject({ method, url: '/api/people/1', headers: { authorization: `Bearer ${readerToken}` } })
     t.equal(res.statusCode, 403, `${method} needs people:write ("*")`)
@@ -54,7 +55,7 @@ t.test('401 carries a challenge for each accepted scheme, in order; 403 names th
   t.equal(basicWriter.statusCode, 200)
   const key = await app.inject({ method: 'DELETE', url: '/api/people/1', headers: { 'x-api-key': KEY } })
   t.equal(key.statusCode, 403, 'and for an API key')
-  t.equal(upstream.requests.length, 2, 'only the allowed requests reached the upstream')
+  t.equal(upstream.requests.length, 3, 'only the allowed requests reached the upstream')
 })
 
 t.test('the first scheme the request carries credentials for decides', async (t) => {
