@@ -368,17 +368,28 @@ type OwnHeaders = Record<string, number | string | string[] | undefined>
 function responseHeaders (raw: Buffer[], requestId: string, rewrite: Rewrite, hide: ReadonlySet<string>, own: OwnHeaders): string[] {
   const out: string[] = []
   let named: Set<string> | null = null
+  // One pass that decodes each name once (the hot loop of every response); the headers the
+  // upstream names in its Connection header (rare) are dropped from the result afterwards.
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i].toString('latin1').toLowerCase()
-    if (name === 'connection') named = connectionTokens(raw[i + 1].toString('latin1'))
-  }
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i].toString('latin1').toLowerCase()
-    if (hide.has(name) || (named !== null && named.has(name))) continue
+    if (name === 'connection') {
+      named = connectionTokens(raw[i + 1].toString('latin1'))
+      continue
+    }
+    if (hide.has(name)) continue
     if (own[name] !== undefined && !OWN_MERGE.has(name) && !OWN_SKIP.has(name)) continue // the gateway's value wins
     let value = raw[i + 1].toString('latin1')
     if (name === 'location') value = rewriteLocation(value, rewrite)
     out.push(name, value)
+  }
+  if (named !== null) {
+    let kept = 0
+    for (let i = 0; i < out.length; i += 2) {
+      if (named.has(out[i])) continue
+      out[kept++] = out[i]
+      out[kept++] = out[i + 1]
+    }
+    out.length = kept
   }
   for (const name in own) {
     const value = own[name]
