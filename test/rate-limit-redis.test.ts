@@ -127,7 +127,7 @@ t.test('three gateway processes share the counters: 300 requests round-robin, ma
   for (const gw of gateways) {
     const res = await get(`${gw}/api/people/`)
     t.equal(res.status, 429, `${gw} agrees the bucket is spent`)
-    t.equal(res.headers.ratelimit, '"people";r=0;t=' + String(/t=([0-9]+)/.exec(String(res.headers.ratelimit))?.[1]), 'RateLimit r=0')
+    t.match(res.headers.ratelimit, /^"people";r=0;t=[0-9]+$/, 'RateLimit r=0')
   }
 })
 
