@@ -20,6 +20,7 @@ import { parseDuration } from '../schemas/common.js'
 import { GatewayError } from '../schemas/errors.js'
 import { channels, publish } from '../schemas/events.js'
 import { routeLimiter } from './rate-limit.js'
+import { ipFilterHook } from './ip-filter.js'
 import { sharedSchemes } from './authenticate.js'
 import { BasicVerifier } from './basic-auth.js'
 import { isHmac } from './jwt-keys.js'
@@ -52,6 +53,9 @@ export default async function tokenEndpoint (scope: FastifyInstance, opts: Token
   const scopeClaim = jwt.scopeClaim
   const subjectClaim = jwt.subjectClaim
 
+  // The gateway-wide IP allow/deny list first, as on every route; then the per-IP limit.
+  const ipFilter = ipFilterHook([config.ipFilter])
+  if (ipFilter !== null) scope.addHook('onRequest', ipFilter)
   const limiter = routeLimiter(scope, { route: ROUTE_NAME, limit: { max: te.rateLimit.max, window: te.rateLimit.window, by: 'ip' } })
   scope.addHook('onRequest', limiter.count)
 

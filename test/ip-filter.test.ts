@@ -59,6 +59,21 @@ t.test('the gateway-wide list applies to every route; deny wins over allow', asy
   assert403(t, await call(`${allowed.url}/api/people/`))
 })
 
+t.test('the gateway-wide list guards the token endpoint too', async (t) => {
+  const { url } = await gateway(t, {
+    ipFilter: { deny: ['127.0.0.0/8'] },
+    jwt: { algorithms: ['HS256'], secret: 'a-test-secret-that-is-at-least-32-bytes-long!' },
+    tokenEndpoint: { path: '/auth/token', rateLimit: { max: 1 } }
+  })
+  const login = async (): Promise<CallResult> => await call(`${url}/auth/token`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: 'alice', password: 'pw' })
+  })
+  assert403(t, await login())
+  const again = await login()
+  assert403(t, again)
+  t.equal(again.headers.ratelimit, undefined, 'refused before the token endpoint\'s limiter')
+})
+
 t.test('the client address is the one trustProxy defines', async (t) => {
   const { url } = await gateway(t, { server: { trustProxy: ['127.0.0.1'] }, ipFilter: { deny: ['203.0.113.0/24', '2001:db8::/32'] } })
   assert403(t, await call(`${url}/open/`, { headers: { 'x-forwarded-for': '203.0.113.9' } }))
