@@ -19,7 +19,8 @@ import { portcullisConfig, type Variant } from './portcullis-config.js'
 const SCENARIOS: Record<string, Variant | 'bare'> = {
   'bare-proxy': 'bare',
   portcullis: { protections: false, store: 'memory' },
-  'portcullis-full': { protections: true, store: 'memory' }
+  'portcullis-full': { protections: true, store: 'memory' },
+  'portcullis-full-metrics': { protections: true, store: 'memory', metrics: true }
 }
 
 interface CpuProfile {
