@@ -5,6 +5,7 @@
  * proxy routes matters, because a route copies its scope's hooks when it is created.
  */
 import { pathToFileURL } from 'node:url'
+import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyPluginAsync, FastifyPluginCallback, onRequestHookHandler } from 'fastify'
 import type { GatewayConfig, RouteConfig, RoutePlugin } from '../schemas/config.js'
 import { GatewayError } from '../schemas/errors.js'
@@ -134,5 +135,23 @@ export async function loadRoutePlugin (entry: RoutePlugin): Promise<{ plugin: An
   let plugin = mod.default ?? mod.plugin
   if (typeof plugin === 'object' && plugin !== null && 'default' in plugin) plugin = (plugin as { default: unknown }).default
   if (typeof plugin !== 'function') throw new Error(`plugin ${path}: its default export must be a Fastify plugin function`)
-  return { plugin: plugin as AnyPlugin, options }
+  return { plugin: inRouteScope(plugin as AnyPlugin, path), options }
+}
+
+/**
+ * A plain plugin would get a child scope of its own, and its hooks would never see the proxy
+ * routes, which live in the route's scope. So it is registered the way fastify-plugin registers
+ * (in the route's scope, still encapsulated from every other route); a plugin already wrapped
+ * with fastify-plugin is used as it is.
+ */
+function inRouteScope (plugin: AnyPlugin, path: string): AnyPlugin {
+  if ((plugin as unknown as Record<symbol, unknown>)[Symbol.for('skip-override')] === true) return plugin
+  const shared = plugin.length >= 3
+    ? function routePlugin (this: unknown, instance: FastifyInstance, opts: Record<string, unknown>, done: (err?: Error) => void): void {
+      (plugin as FastifyPluginCallback<Record<string, unknown>>).call(this, instance, opts, done)
+    }
+    : async function routePlugin (this: unknown, instance: FastifyInstance, opts: Record<string, unknown>): Promise<void> {
+      await (plugin as FastifyPluginAsync<Record<string, unknown>>).call(this, instance, opts)
+    }
+  return fp(shared as AnyPlugin, { name: `route-plugin:${path}`, fastify: '5.x' })
 }
