@@ -233,8 +233,9 @@ export class GatewayMetrics {
 
   /** Called by the LogController for every request, before any hook. */
   start (_request: FastifyRequest, reply: FastifyReply): void {
-    this.inFlight++
     const res = reply.raw as TrackedResponse
+    if (res[kReply] !== undefined) return // already tracked: count a response once
+    this.inFlight++
     res[kReply] = reply
     res[kStart] = performance.now()
     res.on('close', this.onClose)
