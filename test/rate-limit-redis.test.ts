@@ -23,7 +23,7 @@ interface Res { status: number, headers: Record<string, string | string[] | unde
 
 async function get (url: string): Promise<Res> {
   const started = performance.now()
-  const res = await request(url, { headersTimeout: 10_000, bodyTimeout: 10_000 })
+  const res = await request(url, { headersTimeout: 30_000, bodyTimeout: 30_000 })
   const text = await res.body.text()
   let json: unknown
   try { json = JSON.parse(text) } catch { json = undefined }
@@ -92,7 +92,7 @@ async function spawnGateway (t: Test, build: string, raw: Record<string, unknown
   })
   let out = ''
   return await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => { reject(new Error(`gateway process did not start: ${out}`)) }, 30_000)
+    const timer = setTimeout(() => { reject(new Error(`gateway process did not start within 60 s: ${out}`)) }, 60_000)
     child.stdout?.on('data', (d: Buffer) => {
       out += d.toString()
       const m = /"url":"(http:\/\/[^"]+)"/.exec(out)
@@ -104,15 +104,20 @@ async function spawnGateway (t: Test, build: string, raw: Record<string, unknown
 
 const hasRedis = requireCommand(t, 'redis-server', 'apt-get install redis-server')
 
-t.test('three gateway processes share the counters: 300 requests round-robin, max 100 → exactly 100 pass', { skip: !hasRedis }, async (t) => {
+// Generous: on a loaded machine, building and starting three processes can take a while.
+t.test('three gateway processes share the counters: 300 requests round-robin, max 100 → exactly 100 pass', { skip: !hasRedis, timeout: 110_000 }, async (t) => {
   const redis = await startRedis(t)
   const up = await startUpstream(t)
   const raw = {
     rateLimit: { store: 'redis', redis: redis.url, onStoreError: 'deny', timeout: '2s' },
     routes: [{ name: 'people', prefix: '/api/people', upstream: `${up.origin}/api/people`, rateLimit: { max: 100, window: '10m' } }]
   }
+  let mark = performance.now()
   const build = gatewayBuild(t)
+  t.comment(`build: ${build.endsWith('dist') ? 'dist/ is fresh' : 'sources transpiled'} in ${Math.round(performance.now() - mark)} ms`)
+  mark = performance.now()
   const gateways = await Promise.all([spawnGateway(t, build, raw), spawnGateway(t, build, raw), spawnGateway(t, build, raw)])
+  t.comment(`three gateway processes listening after ${Math.round(performance.now() - mark)} ms`)
   t.equal(new Set(gateways).size, 3, 'three gateways on three ports')
   const statuses: number[] = []
   // 10 at a time, each batch spread over the three processes.
