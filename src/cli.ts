@@ -5,15 +5,18 @@
  */
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
-import { ConfigError, loadConfig } from './config.js'
-import { checkValidation, ValidateConfigError } from '../plugins/validate.js'
-import { startServer } from './server.js'
+import { isWorker, parseWorkers, perWorkerLimitProblem, runPrimary, superviseWorker } from './cluster.js'
+import { parseDuration } from '../schemas/common.js'
 import { apiKeyCommand, hashPasswordCommand } from './credentials-cli.js'
+
+// The gateway's modules are imported by the command that needs them, so that --help, --version
+// and a bad command line answer at once, without loading the whole gateway.
 
 const USAGE = `Usage: portcullis <command> [options]
 
 Commands:
   start      --config FILE [--port N] [--host H]   run the gateway
+             [--workers N|auto [--allow-per-worker-limits]]
   validate   --config FILE                         check a config file, print "ok" or its errors
   hash-password                                    read a password on stdin (no echo on a
                                                    terminal), print its hash for users[].passwordHash
@@ -23,6 +26,11 @@ Options:
   -c, --config FILE   the gateway config (YAML or JSON); default ./gateway.yaml
   -p, --port N        override server.port
   -H, --host H        override server.host
+  -w, --workers N     run N worker processes sharing the port (auto = one per CPU); a worker
+                      that dies is replaced, SIGTERM drains them all
+      --allow-per-worker-limits
+                      start N > 1 workers even though rateLimit.store is memory (each worker
+                      then counts on its own: N× the configured limits)
   -h, --help          show this help
   -v, --version       print the version
 `
@@ -48,6 +56,8 @@ export async function main (argv: string[]): Promise<void> {
         config: { type: 'string', short: 'c' },
         port: { type: 'string', short: 'p' },
         host: { type: 'string', short: 'H' },
+        workers: { type: 'string', short: 'w' },
+        'allow-per-worker-limits': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' }
       }
@@ -65,7 +75,9 @@ export async function main (argv: string[]): Promise<void> {
 
   switch (command) {
     case 'validate': {
-      if (values.port !== undefined || values.host !== undefined) usageError('validate takes only --config')
+      if (values.port !== undefined || values.host !== undefined || values.workers !== undefined) usageError('validate takes only --config')
+      const { ConfigError, loadConfig } = await import('./config.js')
+      const { checkValidation, ValidateConfigError } = await import('../plugins/validate.js')
       try {
         // Schemas named in routes[].validate are loaded and compiled too, as at start.
         await checkValidation(loadConfig(file))
@@ -82,6 +94,12 @@ export async function main (argv: string[]): Promise<void> {
         port = Number(values.port)
         if (!/^[0-9]+$/.test(values.port) || port > 65535) usageError(`--port must be a number from 0 to 65535, not "${values.port}"`)
       }
+      let workers: number | undefined
+      if (values.workers !== undefined) {
+        workers = parseWorkers(values.workers) ?? usageError(`--workers must be a number from 1 to 256 or "auto", not "${values.workers}"`)
+      }
+      const { ConfigError, loadConfig } = await import('./config.js')
+      const { startServer } = await import('./server.js')
       let config
       try {
         config = loadConfig(file)
@@ -89,6 +107,17 @@ export async function main (argv: string[]): Promise<void> {
         if (err instanceof ConfigError) { process.stderr.write(err.message + '\n'); process.exit(1) }
         throw err
       }
+      if (workers !== undefined && !isWorker()) {
+        const problem = perWorkerLimitProblem(config, workers)
+        if (problem !== null && values['allow-per-worker-limits'] !== true) {
+          process.stderr.write(`portcullis: refusing to start: ${problem}\n`)
+          process.exit(1)
+        }
+        if (problem !== null) process.stderr.write(`portcullis: warning: ${problem}\n`)
+        const code = await runPrimary({ workers, graceMs: parseDuration(config.server.shutdownGrace), level: config.logging.level })
+        process.exit(code)
+      }
+      if (isWorker()) superviseWorker()
       try {
         const { url, app } = await startServer(config, { host: values.host, port })
         app.log.info({ url, routes: config.routes.map((r) => `${r.name} ${r.prefix} → ${String(r.upstream)}`) }, 'portcullis listening')

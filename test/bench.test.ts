@@ -48,6 +48,7 @@ t.test('the wrk POST script carries method, body and headers, quoted for Lua', a
 interface Report {
   kind: string
   ok: boolean
+  pinning: unknown
   command: string
   options: { rounds: number, duration: number }
   tool: { name: string, version: string }
@@ -63,9 +64,11 @@ t.test('--quick runs every scenario, with zero errors, and writes a well-formed 
   const dir = mkdtempSync(join(tmpdir(), 'bench-test-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const out = join(dir, 'report.json')
-  const child = spawn(process.execPath, [join(build, 'bench/run.js'), '--quick', '--duration', '1', '--warmup', '0', '--connections', '10', '--out', out], {
+  const child = spawn(process.execPath, [join(build, 'bench/run.js'), '--quick', '--duration', '1', '--warmup', '0', '--connections', '10', '--no-pin', '--out', out], {
     stdio: ['ignore', 'pipe', 'pipe']
   })
+  // If this test is cut short, the runner's SIGTERM handler stops every process it started.
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM') })
   let stdout = ''
   let stderr = ''
   child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c })
@@ -75,6 +78,7 @@ t.test('--quick runs every scenario, with zero errors, and writes a well-formed 
 
   const report = JSON.parse(readFileSync(out, 'utf8')) as Report
   t.equal(report.kind, 'pinned-comparison')
+  t.equal(report.pinning, null, '--no-pin')
   t.equal(report.ok, true)
   t.same(report.problems, [])
   t.equal(report.options.rounds, 1)
