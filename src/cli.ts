@@ -5,12 +5,10 @@
  */
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
-import { isWorker, parseWorkers, perWorkerLimitProblem, runPrimary, superviseWorker } from './cluster.js'
-import { parseDuration } from '../schemas/common.js'
+import { ConfigError, loadConfig } from './config.js'
+import { checkValidation, ValidateConfigError } from '../plugins/validate.js'
+import { startServer } from './server.js'
 import { apiKeyCommand, hashPasswordCommand } from './credentials-cli.js'
-
-// The gateway's modules are imported by the command that needs them, so that --help, --version
-// and a bad command line answer at once, without loading the whole gateway.
 
 const USAGE = `Usage: portcullis <command> [options]
 
@@ -76,8 +74,6 @@ export async function main (argv: string[]): Promise<void> {
   switch (command) {
     case 'validate': {
       if (values.port !== undefined || values.host !== undefined || values.workers !== undefined) usageError('validate takes only --config')
-      const { ConfigError, loadConfig } = await import('./config.js')
-      const { checkValidation, ValidateConfigError } = await import('../plugins/validate.js')
       try {
         // Schemas named in routes[].validate are loaded and compiled too, as at start.
         await checkValidation(loadConfig(file))
@@ -94,12 +90,11 @@ export async function main (argv: string[]): Promise<void> {
         port = Number(values.port)
         if (!/^[0-9]+$/.test(values.port) || port > 65535) usageError(`--port must be a number from 0 to 65535, not "${values.port}"`)
       }
+      const { isWorker, parseWorkers, perWorkerLimitProblem, runPrimary, superviseWorker } = await import('./cluster.js')
       let workers: number | undefined
       if (values.workers !== undefined) {
         workers = parseWorkers(values.workers) ?? usageError(`--workers must be a number from 1 to 256 or "auto", not "${values.workers}"`)
       }
-      const { ConfigError, loadConfig } = await import('./config.js')
-      const { startServer } = await import('./server.js')
       let config
       try {
         config = loadConfig(file)
@@ -114,6 +109,7 @@ export async function main (argv: string[]): Promise<void> {
           process.exit(1)
         }
         if (problem !== null) process.stderr.write(`portcullis: warning: ${problem}\n`)
+        const { parseDuration } = await import('../schemas/common.js')
         const code = await runPrimary({ workers, graceMs: parseDuration(config.server.shutdownGrace), level: config.logging.level })
         process.exit(code)
       }
