@@ -132,7 +132,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   // headers, load shedding (503). The rate-limit store is shared by the routes' limiters.
   await app.register(clientLimits, { maxHeaders: server.maxHeaders })
   await app.register(securityHeaders, { config: config.securityHeaders })
-  await app.register(loadShedding, { config: config.loadShedding, exempt: RESERVED_PATHS })
+  await app.register(loadShedding, { config: config.loadShedding, exempt: [...RESERVED_PATHS, server.metrics.path] })
   await app.register(problem, { routes: config.routes.map((r) => ({ prefix: r.prefix, methods: r.methods })) })
   await app.register(requestIdPlugin)
   if (tracer !== null) await app.register(tracingPlugin, { tracer })

@@ -327,6 +327,21 @@ t.test('a custom path; /metrics is never proxied', async (t) => {
   t.equal(up.requests.length, 1, 'with the default path, /metrics is the gateway\'s own even under a catch-all route')
 })
 
+t.test('scrapes are not shed under load, at the default or a custom path', async (t) => {
+  const up = await startUpstream(t)
+  for (const path of ['/metrics', '/_gw/metrics']) {
+    const { url } = await startTestGateway(t, {
+      server: { metrics: { path } },
+      loadShedding: { maxHeapUsed: '1mb', sampleInterval: '50ms' }, // always over the limit
+      routes: [{ name: 'people', prefix: '/api/people', upstream: `${up.origin}/people` }]
+    })
+    await new Promise((resolve) => setTimeout(resolve, 200)) // a sample or two
+    t.equal((await get(`${url}/api/people/1`)).status, 503, 'the routes are shed')
+    const s = await scrape(`${url}${path}`)
+    t.equal(total(s, M.requests, { route: 'people', status_class: '5xx' }), 1, `${path} answers, and counted the shed request`)
+  }
+})
+
 t.test('Basic protection: 401 with a challenge without or with wrong credentials, 200 with the right ones', async (t) => {
   const up = await startUpstream(t)
   const passwordHash = hashPasswordSync('s3cret pass', { N: 1024, r: 8, p: 1 })
