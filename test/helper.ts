@@ -4,7 +4,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { once } from 'node:events'
@@ -250,6 +250,8 @@ export interface DrfServer {
   resume: () => void
   /** Run `manage.py ARGS` with the app's environment; returns stdout. */
   manage: (args: string[]) => string
+  /** Every request gunicorn has answered so far (its access log), oldest first. */
+  requests: () => Array<{ method: string, path: string, status: number }>
 }
 
 const DRF_DIR = new URL('../examples/drf/', import.meta.url).pathname
@@ -276,6 +278,7 @@ export async function startDrf (t: T, options: { users?: DrfUser[], env?: Record
   const port = await freePort()
   const dataDir = mkdtempSync(join(tmpdir(), 'portcullis-drf-'))
   const signingKey = randomBytes(32).toString('base64url')
+  const accessLog = join(dataDir, 'access.log')
   const env = {
     ...process.env,
     PYTHON: python,
@@ -292,7 +295,7 @@ export async function startDrf (t: T, options: { users?: DrfUser[], env?: Record
   const start = async (): Promise<void> => {
     log = ''
     // Its own process group, so pause/resume reach the workers too.
-    child = spawn('./start.sh', ['--access-logfile', '/dev/null'], { cwd: DRF_DIR, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+    child = spawn('./start.sh', ['--access-logfile', accessLog], { cwd: DRF_DIR, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
     child.stdout?.on('data', (d: Buffer) => { log += d.toString() })
     child.stderr?.on('data', (d: Buffer) => { log += d.toString() })
     const deadline = Date.now() + 30_000
@@ -331,6 +334,10 @@ export async function startDrf (t: T, options: { users?: DrfUser[], env?: Record
       const r = spawnSync(python, ['manage.py', ...args], { cwd: DRF_DIR, env, encoding: 'utf8' })
       if (r.status !== 0) throw new Error(`manage.py ${args.join(' ')} failed:\n${r.stderr}`)
       return r.stdout
+    },
+    requests: () => {
+      const text = existsSync(accessLog) ? readFileSync(accessLog, 'utf8') : ''
+      return [...text.matchAll(/"([A-Z]+) (\S+) HTTP\/[0-9.]+" ([0-9]{3})/g)].map((m) => ({ method: m[1] ?? '', path: m[2] ?? '', status: Number(m[3]) }))
     }
   }
 }
