@@ -28,7 +28,9 @@ const FORBIDDEN_HEADERS = ['jku', 'x5u', 'jwk', 'x5c', 'crit'] as const
 const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/
 const TOKEN68 = /^[A-Za-z0-9._~+/-]+=*$/
 
-const CACHEABLE_ERRORS = new Set<string>([TokenError.codes.invalidSignature, TokenError.codes.malformed, TokenError.codes.invalidAlgorithm])
+/** Verified tokens remembered (exact token string → identity), and for how long at most. */
+const CACHE_MAX = 1000
+const CACHE_TTL_MS = 60_000
 
 type VerifyFn = (token: string) => Record<string, unknown> | Promise<Record<string, unknown>>
 
@@ -127,12 +129,9 @@ export function createJwtAuthenticator (config: Readonly<JwtConfig>, realm: stri
       clockTolerance,
       allowedIss: entry.issuer,
       allowedAud: entry.audience === undefined ? undefined : (Array.isArray(entry.audience) ? [...entry.audience] : [entry.audience as string]),
-      // Verified tokens are remembered (by hash, bounded by their exp) so a repeat skips the signature check.
-      cache: 1000,
-      cacheTTL: 60_000,
-      // fast-jwt keeps a failed result for clockTolerance ms: fine for a bad signature, wrong for
-      // what can change (a JWKS that was unreachable, a token about to become valid).
-      errorCacheTTL: (err: TokenError) => CACHEABLE_ERRORS.has(err.code) ? -1 : -clockTolerance - 1
+      // This module remembers verified tokens itself (before decoding anything); fast-jwt's own
+      // cache would also keep failures, some of which change (a JWKS that was unreachable).
+      cache: false
     }
     if (entry.jwksUrl !== undefined) {
       let client = jwksClients.get(entry.jwksUrl)
@@ -161,15 +160,32 @@ export function createJwtAuthenticator (config: Readonly<JwtConfig>, realm: stri
   const hasRequired = Object.keys(required).length > 0
   const { subjectClaim, scopeClaim, maxTokenLength } = config
 
-  function identityOf (claims: Record<string, unknown>): AuthResult {
+  /**
+   * Tokens that verified, by their exact text, until min(60 s, exp + clockTolerance): a client
+   * repeating its token skips decoding and the signature check. Bounded; oldest out first.
+   */
+  const verified = new Map<string, { identity: Identity, until: number }>()
+
+  function identityOf (token: string, claims: Record<string, unknown>): AuthResult {
     if (hasRequired && claimsMatch(claims, required) !== null) return F.claims
     const sub = claims[subjectClaim]
     if ((typeof sub !== 'string' || sub === '') && typeof sub !== 'number') return F.subject
-    const identity: Identity = { subject: String(sub), scopes: scopesOf(claims[scopeClaim]), scheme: 'jwt', claims }
+    const identity: Identity = Object.freeze({ subject: String(sub), scopes: Object.freeze(scopesOf(claims[scopeClaim])), scheme: 'jwt', claims: Object.freeze(claims) })
+    const now = Date.now()
+    const until = Math.min(now + CACHE_TTL_MS, (claims.exp as number) * 1000 + clockTolerance)
+    if (until > now) {
+      if (verified.size >= CACHE_MAX) verified.delete(verified.keys().next().value as string)
+      verified.set(token, { identity, until })
+    }
     return identity
   }
 
   function verifyToken (token: string): AuthResult | Promise<AuthResult> {
+    const hit = verified.get(token)
+    if (hit !== undefined) {
+      if (hit.until > Date.now()) return hit.identity
+      verified.delete(token)
+    }
     if (token.length > maxTokenLength) return F.tooLong
     let decoded: { header: Record<string, unknown>, payload: Record<string, unknown> }
     try {
@@ -193,8 +209,8 @@ export function createJwtAuthenticator (config: Readonly<JwtConfig>, realm: stri
     } catch (err) {
       return fromTokenError(err)
     }
-    if (result instanceof Promise) return result.then(identityOf, fromTokenError)
-    return identityOf(result)
+    if (result instanceof Promise) return result.then((claims) => identityOf(token, claims), fromTokenError)
+    return identityOf(token, result)
   }
 
   const cookiePrefix = config.cookie === undefined ? null : config.cookie + '='

@@ -93,6 +93,18 @@ t.test('exp is required, nbf honoured, clockTolerance applied', async (t) => {
   t.equal(upstream.requests.length, 2)
 })
 
+t.test('a verified token is remembered, but never past its exp', async (t) => {
+  const { upstream, app } = await setup(t, { ...hs, clockTolerance: '0s' })
+  const token = hsToken({ sub: 'brief', exp: now() + 2 })
+  t.equal((await app.inject({ url: '/api/people/', headers: bearer(token) })).statusCode, 200)
+  t.equal((await app.inject({ url: '/api/people/', headers: bearer(token) })).statusCode, 200, 'again, from the cache')
+  await new Promise((resolve) => setTimeout(resolve, 3100))
+  const late = await app.inject({ url: '/api/people/', headers: bearer(token) })
+  t.equal(late.statusCode, 401, 'expired, though it was remembered')
+  t.equal(late.json().detail, 'The bearer token has expired.')
+  t.equal(upstream.requests.length, 2)
+})
+
 t.test('issuer and audience are checked when configured; an iss array is refused', async (t) => {
   const { upstream, app } = await setup(t, { ...hs, issuer: 'https://idp.example', audience: 'people-api' })
   const cases: Array<[string, Record<string, unknown>, number]> = [
