@@ -5,10 +5,10 @@
  */
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
-import { ConfigError, loadConfig } from './config.js'
-import { checkValidation, ValidateConfigError } from '../plugins/validate.js'
-import { startServer } from './server.js'
 import { apiKeyCommand, hashPasswordCommand } from './credentials-cli.js'
+
+// The gateway's modules are imported by the command that needs them, so that --help, --version
+// and a bad command line answer at once, without loading the whole gateway.
 
 const USAGE = `Usage: portcullis <command> [options]
 
@@ -33,9 +33,15 @@ Options:
   -v, --version       print the version
 `
 
+/** The version in portcullis's package.json: two folders up from dist/src/cli.js, one from src/cli.ts. */
 function version (): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
-  return pkg.version
+  for (const path of ['../../package.json', '../package.json']) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(path, import.meta.url), 'utf8')) as { name?: string, version: string }
+      if (pkg.name === 'portcullis') return pkg.version
+    } catch {}
+  }
+  return 'unknown'
 }
 
 function usageError (message: string): never {
@@ -74,6 +80,8 @@ export async function main (argv: string[]): Promise<void> {
   switch (command) {
     case 'validate': {
       if (values.port !== undefined || values.host !== undefined || values.workers !== undefined) usageError('validate takes only --config')
+      const { ConfigError, loadConfig } = await import('./config.js')
+      const { checkValidation, ValidateConfigError } = await import('../plugins/validate.js')
       try {
         // Schemas named in routes[].validate are loaded and compiled too, as at start.
         await checkValidation(loadConfig(file))
@@ -95,6 +103,8 @@ export async function main (argv: string[]): Promise<void> {
       if (values.workers !== undefined) {
         workers = parseWorkers(values.workers) ?? usageError(`--workers must be a number from 1 to 256 or "auto", not "${values.workers}"`)
       }
+      const { ConfigError, loadConfig } = await import('./config.js')
+      const { startServer } = await import('./server.js')
       let config
       try {
         config = loadConfig(file)

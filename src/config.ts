@@ -8,6 +8,7 @@ import { dirname, isAbsolute, resolve } from 'node:path'
 import { parse as parseYaml } from 'yaml'
 import { Compile } from 'typebox/compile'
 import { Value } from 'typebox/value'
+import { Settings } from 'typebox/system'
 import { GatewayConfigSchema, RESERVED_PATHS, type GatewayConfig } from '../schemas/config.js'
 import { PATTERN_PHRASES, parseDuration } from '../schemas/common.js'
 import { checkAuthSemantics, prepareAuthSecrets } from './auth-config.js'
@@ -63,7 +64,7 @@ export function parseConfig (raw: unknown, options: ParseOptions = {}): Readonly
   // Values that came from the environment are strings: let "8080" stand for a port, "true" for a flag.
   const converted = Value.Convert(GatewayConfigSchema, withDefaults)
   if (!validator.Check(converted)) {
-    throw new ConfigError(formatSchemaErrors([...validator.Errors(converted)]), options.source)
+    throw new ConfigError(formatSchemaErrors(allSchemaErrors(converted)), options.source)
   }
   const config = converted as GatewayConfig
   const baseDir = options.baseDir ?? process.cwd()
@@ -127,6 +128,17 @@ export function pointerToPath (pointer: string): string {
 
 function joinPath (path: string, key: string): string {
   return path === '(root)' ? key : `${path}.${key}`
+}
+
+/** Every schema error: TypeBox stops at 8 by default, and one bad union member alone reports one per branch. */
+function allSchemaErrors (value: unknown): SchemaError[] {
+  const max = Settings.Get().maxErrors
+  Settings.Set({ maxErrors: 10_000 })
+  try {
+    return [...validator.Errors(value)]
+  } finally {
+    Settings.Set({ maxErrors: max })
+  }
 }
 
 function formatSchemaErrors (errors: SchemaError[]): string[] {

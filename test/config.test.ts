@@ -43,6 +43,13 @@ t.test('each kind of bad config is refused with a message naming the path', asyn
   t.same(problems({ routes: [{ name: 'x', prefix: '/x' }] }), ['routes[0].upstream: required'])
   t.same(problems({ routes: [] }), ['routes: must not have fewer than 1 items'])
   t.same(problems({ routes: [{ ...route, prefix: '/healthz' }] }), ['routes[0].prefix: "/healthz" collides with the gateway\'s own /healthz'])
+  // All at once, however many (TypeBox alone stops at 8 errors, and one bad method is 8 of them).
+  t.same(problems({ bogus: 1, server: { port: 'http' }, routes: [{ ...route, timeout: '10 seconds', methods: ['GET', 'FETCH'] }] }).sort(), [
+    'bogus: unknown key',
+    'routes[0].methods[1]: must be one of "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"',
+    'routes[0].timeout: must be a duration such as 500ms, 10s, 15m or 1h',
+    'server.port: must be integer'
+  ], 'every problem is reported')
 })
 
 t.test('${VAR} and ${VAR:-default} come from the environment', async (t) => {
