@@ -28,8 +28,8 @@ const USAGE = `Usage: npm run bench -- [options]
   --only LIST       scenario ids to run (the upstream and bare-proxy always run: ratios need them)
   --tool NAME       wrk | autocannon (default: wrk when installed)
   --no-pin          do not pin processes to cores
-  --workers N       instead of the pinned comparison: Portcullis in 1 process vs N cluster workers,
-                    nothing pinned
+  --workers N       instead of the pinned comparison: Portcullis in 1 process vs
+                    "portcullis start --workers N", nothing pinned
   --out FILE        where to write the JSON report (default bench/results/bench-<time>.json)
   -h, --help
 `
@@ -229,7 +229,7 @@ function bareProxyScenario (ctx: Context): Scenario {
   }
 }
 
-/** Portcullis from the built CLI (or the cluster launcher for `workers`) with a generated config. */
+/** Portcullis from the built CLI (`start`, or `start --workers N`) with a generated config. */
 function portcullisScenario (ctx: Context, id: string, variant: Variant, workers: number | null = null): Scenario {
   const plan = portcullisConfig({ ...variant, upstreamOrigin: ctx.upstreamOrigin, port: 0 })
   const base = { id, label: plan.label + (workers === null ? '' : `, ${workers} worker${workers === 1 ? '' : 's'}`), missing: plan.missing }
@@ -258,7 +258,7 @@ function portcullisScenario (ctx: Context, id: string, variant: Variant, workers
       const logFile = join(ctx.scratch, `${id}.log`)
       const [command, args] = [process.execPath, workers === null
         ? [builtFile('src/cli.js'), 'start', '--config', configFile]
-        : workerArgs(configFile, port, workers)]
+        : workerArgs(configFile, workers)]
       const proc = new Proc(id, command, args, { cpu: ctx.proxyCpu, stdoutFile: logFile, stderrFile: join(ctx.scratch, `${id}.stderr.log`) })
       const url = `http://127.0.0.1:${port}`
       await waitForHttp(url + '/healthz', proc)
@@ -279,19 +279,13 @@ function portcullisScenario (ctx: Context, id: string, variant: Variant, workers
 }
 
 /**
- * N workers: `portcullis start --workers N` when the CLI has it (with the memory store, N > 1
- * needs --allow-per-worker-limits; the benchmark's limit is never reached anyway), otherwise
- * bench/cluster-gateway.js.
+ * `portcullis start --workers N`. With the memory store, N > 1 needs --allow-per-worker-limits
+ * (each worker counts on its own; the benchmark's limit is never reached anyway).
  */
-function workerArgs (configFile: string, port: number, workers: number): string[] {
-  const cli = builtFile('src/cli.js')
-  const help = spawnSync(process.execPath, [cli, '--help'], { encoding: 'utf8' }).stdout
-  if (help.includes('--workers')) {
-    const args = [cli, 'start', '--config', configFile, '--workers', String(workers)]
-    if (help.includes('--allow-per-worker-limits')) args.push('--allow-per-worker-limits')
-    return args
-  }
-  return [builtFile('bench/cluster-gateway.js'), configFile, String(port), String(workers)]
+function workerArgs (configFile: string, workers: number): string[] {
+  const args = [builtFile('src/cli.js'), 'start', '--config', configFile, '--workers', String(workers)]
+  if (workers > 1) args.push('--allow-per-worker-limits')
+  return args
 }
 
 function scenarios (ctx: Context, upstream: Proc): Scenario[] {
@@ -459,7 +453,7 @@ async function main (): Promise<number> {
   const notes: string[] = []
   if (toolNote !== undefined) notes.push(toolNote)
   if (options.pin && !pinning.ok) notes.push(`not pinned: ${pinning.reason}`)
-  if (options.workers !== null) notes.push(`--workers ${options.workers}: nothing is pinned; Portcullis in one process vs ${options.workers} node:cluster workers`)
+  if (options.workers !== null) notes.push(`--workers ${options.workers}: nothing is pinned; Portcullis in one process vs "portcullis start --workers ${options.workers}"`)
   const startedAt = new Date()
   const loadAtStart = loadavg()
   const scratch = scratchDir('portcullis-bench-')
