@@ -150,7 +150,8 @@ export class Tracer {
     const parent = parseTraceparent(headers.traceparent)
     let trace: TraceContext
     if (parent === null) {
-      trace = { traceId: newTraceId(), spanId: newSpanId(), parentId: undefined, sampled: Math.random() < this.config.sampleRatio, tracestate: undefined }
+      const ratio = this.config.sampleRatio
+      trace = { traceId: newTraceId(), spanId: newSpanId(), parentId: undefined, sampled: ratio >= 1 || Math.random() < ratio, tracestate: undefined }
     } else {
       trace = { traceId: parent.traceId, spanId: newSpanId(), parentId: parent.parentId, sampled: parent.sampled, tracestate: parseTracestate(headers.tracestate) }
     }
