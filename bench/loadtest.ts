@@ -165,8 +165,8 @@ export function formatReport (report: LoadtestReport): string {
     ['errors / timeouts', `${report.errors} / ${report.timeouts}`]
   ]
   const width = Math.max(...rows.map(([k]) => k.length))
-  const line = '─'.repeat(width + 2) + '┼' + '─'.repeat(Math.max(...rows.map(([, v]) => v.length)) + 2)
-  return [line, ...rows.map(([k, v]) => ` ${k.padEnd(width)} │ ${v}`), line].join('\n') + '\n'
+  const rule = (joint: string): string => '─'.repeat(width + 2) + joint + '─'.repeat(Math.max(...rows.map(([, v]) => v.length)) + 2)
+  return [rule('┬'), ...rows.map(([k, v]) => ` ${k.padEnd(width)} │ ${v}`), rule('┴')].join('\n') + '\n'
 }
 
 export async function runLoadtest (options: LoadtestOptions): Promise<LoadtestReport> {
