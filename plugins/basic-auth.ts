@@ -18,6 +18,15 @@ import { dummyHash, parsePasswordHash, verifyPassword, DEFAULT_SCRYPT, type Pars
 
 const CACHE_TTL_MS = 5 * 60_000
 const CACHE_MAX = 10_000
+/**
+ * Password hashes run on libuv's thread pool (4 threads by default), which DNS lookups and file
+ * reads share: at most this many at once, and this many more waiting; past that a check is
+ * refused at once (503) instead of queueing without bound under a flood of wrong passwords.
+ */
+export const HASH_CONCURRENCY = { running: 2, waiting: 64 }
+
+/** The check could not run now: too many password checks in flight. */
+export const BUSY = Symbol('busy')
 
 interface User { hash: ParsedHash, identity: Identity }
 
@@ -28,7 +37,10 @@ export class BasicVerifier {
   private readonly cacheKey = randomBytes(32)
   private readonly cache = new Map<string, { identity: Identity, expires: number }>()
 
-  constructor (users: readonly UserConfig[]) {
+  private running = 0
+  private readonly queue: Array<() => void> = []
+
+  constructor (users: readonly UserConfig[], private readonly limits = HASH_CONCURRENCY) {
     for (const user of users) {
       const hash = parsePasswordHash(user.passwordHash ?? '')
       if (hash === null) throw new Error(`user ${user.username}: no valid passwordHash`) // checked at config load
@@ -46,7 +58,7 @@ export class BasicVerifier {
    * The user's identity if the password is right, else null; the same work either way, whether
    * or not the username exists. `cached: false` skips the cache (the token endpoint).
    */
-  async verify (username: string, password: string, options: { cached?: boolean, scheme?: string } = {}): Promise<Identity | null> {
+  async verify (username: string, password: string, options: { cached?: boolean } = {}): Promise<Identity | null | typeof BUSY> {
     const name = username.normalize('NFC')
     const user = this.users.get(name)
     const useCache = options.cached !== false
@@ -55,7 +67,13 @@ export class BasicVerifier {
       const hit = this.cache.get(key)
       if (hit !== undefined && hit.expires > Date.now()) return hit.identity
     }
-    const ok = await verifyPassword(password, user?.hash ?? this.dummy)
+    if (!await this.acquire()) return BUSY
+    let ok: boolean
+    try {
+      ok = await verifyPassword(password, user?.hash ?? this.dummy)
+    } finally {
+      this.release()
+    }
     if (!ok || user === undefined) return null
     if (useCache) {
       if (this.cache.size >= CACHE_MAX) this.cache.delete(this.cache.keys().next().value as string)
@@ -63,12 +81,26 @@ export class BasicVerifier {
     }
     return user.identity
   }
+
+  private async acquire (): Promise<boolean> {
+    if (this.running < this.limits.running) { this.running++; return true }
+    if (this.queue.length >= this.limits.waiting) return false
+    await new Promise<void>((resolve) => { this.queue.push(resolve) })
+    return true // the slot was handed over by release()
+  }
+
+  private release (): void {
+    const next = this.queue.shift()
+    if (next !== undefined) next()
+    else this.running--
+  }
 }
 
 const STRICT_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
 const utf8 = new TextDecoder('utf-8', { fatal: true })
 
 class BadCredentials extends Error {}
+class Busy extends Error {}
 
 /**
  * Registers @fastify/basic-auth in the route's scope with the shared verifier and returns the
@@ -84,12 +116,14 @@ export async function registerBasicAuth (scope: FastifyInstance, verifier: Basic
     async validate (username: string, password: string, request: FastifyRequest) {
       if (username === '') throw new BadCredentials()
       const identity = await verifier.verify(username, password)
+      if (identity === BUSY) throw new Busy()
       if (identity === null) throw new BadCredentials()
       verified.set(request, identity)
     }
   })
   const malformed = new AuthFailure('malformed', 'The Basic credentials are malformed.')
   const invalid = new AuthFailure('invalid', 'Invalid username or password.')
+  const busy = new AuthFailure('busy', 'Too many password checks in progress; retry shortly.', true)
   const challenge = `Basic realm=${quote(realm)}, charset="UTF-8"`
 
   return {
@@ -110,7 +144,7 @@ export async function registerBasicAuth (scope: FastifyInstance, verifier: Basic
         const basicAuth = scope.basicAuth as unknown as (req: FastifyRequest, rep: FastifyReply, done: (err?: Error) => void) => void
         basicAuth.call(scope, request, reply, (err?: Error) => {
           if (err === undefined) resolve(verified.get(request) ?? invalid)
-          else resolve(err instanceof BadCredentials ? invalid : malformed)
+          else resolve(err instanceof BadCredentials ? invalid : err instanceof Busy ? busy : malformed)
         })
       })
     }

@@ -22,7 +22,7 @@ import { channels, publish } from '../schemas/events.js'
 import { routeLimiter } from './rate-limit.js'
 import { ipFilterHook } from './ip-filter.js'
 import { sharedSchemes } from './authenticate.js'
-import { BasicVerifier } from './basic-auth.js'
+import { BasicVerifier, BUSY } from './basic-auth.js'
 import { isHmac } from './jwt-keys.js'
 
 export interface TokenEndpointOptions {
@@ -78,7 +78,11 @@ export default async function tokenEndpoint (scope: FastifyInstance, opts: Token
         throw new GatewayError('GW_ERR_VALIDATION', 'The body must be {"username": string, "password": string}.', { errors })
       }
       const { username, password } = body as TokenRequest
-      const identity = await verifier.verify(username, password, { cached: false })
+      const checked = await verifier.verify(username, password, { cached: false })
+      if (checked === BUSY) {
+        throw new GatewayError('GW_ERR_UNAVAILABLE', 'Too many password checks in progress; retry shortly.', { headers: { 'retry-after': '5' } })
+      }
+      const identity = checked
       // Signed either way, so that a wrong password costs what a right one does.
       const claims = {
         [subjectClaim]: identity?.subject ?? username,

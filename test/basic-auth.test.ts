@@ -2,6 +2,8 @@ import t, { type Test } from 'tap'
 import { ConfigError, parseConfig } from '../src/config.js'
 import { startUpstream } from './helper.js'
 import { basic, cheapHash, gatewayFrom } from './auth-helper.js'
+import { HASH_CONCURRENCY } from '../plugins/basic-auth.js'
+import { hashPasswordSync } from '../plugins/password-hash.js'
 
 const users = [
   { username: 'alice', passwordHash: cheapHash('wonderland'), scopes: ['people:read', 'people:write'] },
@@ -128,4 +130,24 @@ t.test('config checks name the path', async (t) => {
   ])
   t.same(problems({ users: [{ username: 'a:b', passwordHash: users[0].passwordHash }], routes: [route] }), ['users[0].username: must match ^[^:\\x00-\\x1F\\x7F]+$'])
   t.same(problems({ routes: [{ ...route, scopes: { GET: ['a'] } }] }), ['routes[0].scopes: a public route (no auth) cannot require scopes; add auth'])
+})
+
+t.test('a flood of wrong passwords: bounded hashing, the excess refused with 503 at once', async (t) => {
+  const saved = { ...HASH_CONCURRENCY }
+  Object.assign(HASH_CONCURRENCY, { running: 1, waiting: 2 })
+  t.teardown(() => { Object.assign(HASH_CONCURRENCY, saved) })
+  const upstream = await startUpstream(t)
+  const app = await gatewayFrom(t, {
+    users: [{ username: 'slow', passwordHash: hashPasswordSync('pw', { N: 2 ** 14, r: 8, p: 1 }), scopes: [] }],
+    routes: [{ name: 'people', prefix: '/api/people', upstream: `${upstream.origin}/api/people`, auth: ['basic'] }]
+  })
+  const results = await Promise.all(Array.from({ length: 20 }, (_, i) =>
+    app.inject({ url: '/api/people/', headers: { authorization: basic('slow', `guess-${i}`) } })))
+  const statuses = results.map((r) => r.statusCode)
+  t.equal(statuses.filter((s) => s === 401).length, 3, 'one hashing and two waiting were checked: 401')
+  t.equal(statuses.filter((s) => s === 503).length, 17, 'the rest refused at once: 503')
+  t.equal(results.find((r) => r.statusCode === 503)?.headers['retry-after'], '5')
+  t.equal(upstream.requests.length, 0)
+  const ok = await app.inject({ url: '/api/people/', headers: { authorization: basic('slow', 'pw') } })
+  t.equal(ok.statusCode, 200, 'the slots were all given back')
 })
