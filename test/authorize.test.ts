@@ -167,3 +167,17 @@ t.test('a failed authentication never reads the body: 5 MB with bad credentials 
   t.comment(`client had sent ${sent} of ${5 * 1024 * 1024} bytes when the 401 arrived`)
   t.equal(upstream.requests.length, 0, 'the upstream was never contacted')
 })
+
+t.test('with request validation on the route: auth first, then validation, and the upstream gets both', async (t) => {
+  const { upstream, app } = await setup(t, { validate: [{ method: 'POST', path: '/', body: 'Person' }] })
+  const writer = { authorization: basic('writer', 'w-pass'), 'content-type': 'application/json' }
+  const bad = await app.inject({ method: 'POST', url: '/api/people/', headers: { ...writer, authorization: basic('writer', 'nope') }, payload: '{"name":5}' })
+  t.equal(bad.statusCode, 401, 'credentials are checked before the body')
+  const invalid = await app.inject({ method: 'POST', url: '/api/people/', headers: writer, payload: '{"name":5}' })
+  t.equal(invalid.statusCode, 400, 'then the body')
+  const ok = await app.inject({ method: 'POST', url: '/api/people/', headers: writer, payload: '{"name":"Ada","age":36}' })
+  t.equal(ok.statusCode, 200)
+  t.equal(upstream.requests.length, 1)
+  t.equal(upstream.requests[0].headers['x-authenticated-user'], 'writer', 'identity headers on a validated request')
+  t.same(JSON.parse(upstream.requests[0].body.toString()), { name: 'Ada', age: 36 })
+})
