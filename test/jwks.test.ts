@@ -79,3 +79,23 @@ t.test('jku and x5u in the token are never fetched, even with a JWKS configured'
   t.equal(trap.connections(), 0, 'no connection to the URL the token named')
   t.equal(jwks.hits(), 0, 'refused before any key lookup')
 })
+
+t.test('several issuers, each with its own JWKS', async (t) => {
+  const a = rsaPair()
+  const b = rsaPair()
+  const jwksA = await startJwks(t, [{ pair: a, kid: 'a1' }])
+  const jwksB = await startJwks(t, [{ pair: b, kid: 'b1' }])
+  const { upstream, app } = await setup(t, {
+    algorithms: ['RS256'],
+    issuers: [{ issuer: 'https://a.example', jwksUrl: jwksA.url }, { issuer: 'https://b.example', jwksUrl: jwksB.url }]
+  })
+  const as = (pair: ReturnType<typeof rsaPair>, iss: string, kid: string): Promise<number> =>
+    app.inject({ url: '/api/people/', headers: bearer(signWith(pair, { sub: kid, iss }, { kid })) }).then((r) => r.statusCode)
+  t.equal(await as(a, 'https://a.example', 'a1'), 200)
+  t.equal(await as(b, 'https://b.example', 'b1'), 200)
+  t.equal(await as(b, 'https://a.example', 'b1'), 401, 'B\'s key is not one of A\'s')
+  t.equal(await as(a, 'https://c.example', 'a1'), 401, 'an issuer not configured')
+  t.equal(await as(a, 'https://b.example', 'a1'), 401, 'A\'s kid under B')
+  t.equal(upstream.requests.length, 2)
+  t.equal(jwksA.hits(), 1)
+})
