@@ -94,7 +94,7 @@ export function runPrimary (options: PrimaryOptions): Promise<number> {
       if (stopping) return
       stopping = true
       if (code !== 0) exitCode = code
-      log('info', { reason, workers: alive().length, graceMs: options.graceMs }, 'draining all workers')
+      log('info', { reason, count: alive().length, graceMs: options.graceMs }, 'draining all workers')
       for (const w of alive()) {
         if (w.isConnected()) w.send(DRAIN)
         else w.process.kill('SIGTERM')
@@ -155,7 +155,7 @@ export function runPrimary (options: PrimaryOptions): Promise<number> {
       setTimeout(() => { if (!stopping) fork() }, delay)
     })
 
-    log('info', { workers: options.workers }, 'starting workers')
+    log('info', { count: options.workers }, 'starting workers')
     for (let i = 0; i < options.workers; i++) fork()
   })
 }

@@ -52,7 +52,7 @@ function startCli (t: Test, args: string[], env: NodeJS.ProcessEnv = {}): Cli {
   })
   t.teardown(() => {
     // Workers follow their primary out (IPC closed); kill them too in case a test failed half-way.
-    for (const l of lines) for (const pid of [...(Array.isArray(l.workers) ? l.workers : []), l.worker ?? 0]) if (pid > 0) try { process.kill(pid, 'SIGKILL') } catch {}
+    for (const l of lines) for (const pid of [...(l.workers ?? []), l.worker ?? 0]) if (pid > 0) try { process.kill(pid, 'SIGKILL') } catch {}
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
   })
   const waitFor = (match: (l: LogLine) => boolean, what: string, ms = 45_000): Promise<LogLine> => new Promise((resolve, reject) => {
