@@ -4,6 +4,7 @@
  * the proxy routes. Hooks registered here see only this route; registering them before the
  * proxy routes matters, because a route copies its scope's hooks when it is created.
  */
+import { existsSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyPluginAsync, FastifyPluginCallback, onRequestHookHandler } from 'fastify'
@@ -130,7 +131,10 @@ export async function loadRoutePlugin (entry: RoutePlugin): Promise<{ plugin: An
   try {
     mod = await import(specifier) as Record<string, unknown>
   } catch (err) {
-    throw new Error(`plugin ${path}: cannot be loaded: ${(err as Error).message}`)
+    // A TypeScript plugin named by its .js output that was never compiled (examples/ → dist/examples/).
+    const uncompiled = path.endsWith('.js') && !existsSync(path) && existsSync(path.slice(0, -3) + '.ts')
+    const hint = uncompiled ? ' (only its TypeScript source exists: compile it; `npm run build` puts examples/ in dist/examples/)' : ''
+    throw new Error(`plugin ${path}: cannot be loaded: ${(err as Error).message}${hint}`)
   }
   let plugin = mod.default ?? mod.plugin
   if (typeof plugin === 'object' && plugin !== null && 'default' in plugin) plugin = (plugin as { default: unknown }).default
