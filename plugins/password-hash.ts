@@ -9,6 +9,8 @@ export interface ScryptParams { N: number, r: number, p: number }
 
 /** OWASP's scrypt floor is N=2^17; a gateway checks Basic credentials per request, so 2^15 plus a cache. */
 export const DEFAULT_SCRYPT: ScryptParams = { N: 2 ** 15, r: 8, p: 1 }
+/** For `${ENV}` passwords when the file has no hashes of its own (src/auth-config.ts says why). */
+export const ENV_SCRYPT: ScryptParams = { N: 2 ** 14, r: 8, p: 1 }
 const KEY_LENGTH = 32
 const SALT_LENGTH = 16
 /** Bounds on the parameters read from a hash, so that a config value cannot exhaust memory or CPU. */

@@ -10,7 +10,7 @@ import type { GatewayConfig } from '../schemas/config.js'
 import { RESERVED_PATHS } from '../schemas/config.js'
 import type { JwtIssuerConfig } from '../schemas/auth.js'
 import { algorithmsForKey, HMAC_MIN_BYTES, isHmac, isInlinePem } from '../plugins/jwt-keys.js'
-import { hashApiKey, hashPasswordSync, parsePasswordHash } from '../plugins/password-hash.js'
+import { ENV_SCRYPT, hashApiKey, hashPasswordSync, parsePasswordHash } from '../plugins/password-hash.js'
 
 export interface AuthCheckContext {
   /** Paths (`users[1].password`) whose value was one whole `${VAR}` reference. */
@@ -200,9 +200,13 @@ export function checkAuthSemantics (config: GatewayConfig, problems: string[], c
  * (so the plain text is not kept in the config), and PEM key files are read into the config.
  */
 export function prepareAuthSecrets (config: GatewayConfig, baseDir: string): void {
+  // A password from the environment is in the process's memory in plain text anyway, so its hash
+  // guards nothing at rest: it gets the parameters of the file's own hashes (so that every user,
+  // and the dummy checked for unknown names, costs the same), or else the cheaper ENV_SCRYPT.
+  const fileParams = config.users.map((u) => u.passwordHash === undefined ? null : parsePasswordHash(u.passwordHash)).find((h) => h !== null)?.params
   for (const user of config.users) {
     if (user.password !== undefined) {
-      user.passwordHash = hashPasswordSync(user.password)
+      user.passwordHash = hashPasswordSync(user.password, fileParams ?? ENV_SCRYPT)
       delete user.password
     }
   }

@@ -102,7 +102,12 @@ t.test('a plain password only through ${ENV}, hashed at start', async (t) => {
   const route = { name: 'people', prefix: '/api/people', upstream: 'http://127.0.0.1:9/api/people', auth: ['basic'] }
   const config = parseConfig({ users: [{ username: 'bob', password: '${BOB_PASSWORD}' }], routes: [route] }, { env: { BOB_PASSWORD: 'builder' } })
   t.equal(config.users[0].password, undefined, 'the plain text is not kept')
-  t.match(config.users[0].passwordHash, /^scrypt\$32768\$8\$1\$/)
+  t.match(config.users[0].passwordHash, /^scrypt\$16384\$8\$1\$/, 'ENV_SCRYPT when the file has no hashes')
+  const mixed = parseConfig({
+    users: [{ username: 'a', passwordHash: cheapHash('x') }, { username: 'bob', password: '${BOB_PASSWORD}' }],
+    routes: [route]
+  }, { env: { BOB_PASSWORD: 'builder' } })
+  t.match(mixed.users[1].passwordHash, /^scrypt\$1024\$8\$1\$/, 'else the parameters of the file\'s hashes, so that all users cost the same')
   const fallback = parseConfig({ users: [{ username: 'bob', password: '${BOB_PASSWORD:-demo}' }], routes: [route] }, { env: {} })
   t.match(fallback.users[0].passwordHash, /^scrypt\$/, '${VAR:-default} counts as the environment')
   t.same(problems({ users: [{ username: 'bob', password: 'builder' }], routes: [route] }), [
