@@ -92,6 +92,8 @@ async function main (): Promise<number> {
   const problems: string[] = []
   let loads: LoadResult[] = []
   let protections: string[] = []
+  /** Every heap sample the gateway wrote (1 s apart): [seconds since the load began, heapUsed MiB]. */
+  let heapSeries: Array<readonly [number, number]> = []
   try {
     const upstreamPort = await freePort()
     const upstream = new Proc('upstream', process.execPath, [builtFile('bench/upstream.js'), String(upstreamPort)], {
@@ -154,6 +156,10 @@ async function main (): Promise<number> {
     }
     loads = await load
     if (!gateway.alive) problems.push('the gateway was not running at the end of the soak')
+    heapSeries = readFileSync(heapFile, 'utf8').trimEnd().split('\n').map((line) => {
+      const m = JSON.parse(line) as { t: number, heapUsed: number }
+      return [(m.t - began) / 1000, m.heapUsed / 1048576] as const
+    }).filter(([t]) => t >= 0 && t <= seconds)
   } catch (err) {
     problems.push((err as Error).message)
   } finally {
@@ -175,6 +181,17 @@ async function main (): Promise<number> {
   }
   const rss = fit('rssMiB')
   const heap = fit('heapUsedMiB')
+  // The heap in use is a GC sawtooth: its floor (the lowest value in each 30 s window) is what
+  // grows when something leaks, so that is the slope to judge.
+  const floors: Array<readonly [number, number]> = []
+  for (let from = seconds * opts.warmupShare; from < seconds; from += 30) {
+    const inWindow = heapSeries.filter(([t]) => t >= from && t < from + 30)
+    if (inWindow.length > 0) floors.push([(from + 15) / 60, Math.min(...inWindow.map(([, v]) => v))])
+  }
+  const heapFloor = {
+    slopeMiBPerMin: round(slope(floors), 3),
+    windows: floors.map(([m, v]) => [round(m, 2), round(v, 2)])
+  }
   const requests = loads.reduce((a, l) => a + l.requests, 0)
   const errors = loads.reduce((a, l) => a + l.errors, 0)
   const non2xx = loads.reduce((a, l) => a + l.non2xx, 0)
@@ -199,7 +216,7 @@ async function main (): Promise<number> {
       get: loads[0] ?? null,
       post: loads[1] ?? null
     },
-    memory: { slopesFrom: `${round(seconds * opts.warmupShare, 0)} s`, rss, heapUsed: heap },
+    memory: { slopesFrom: `${round(seconds * opts.warmupShare, 0)} s`, rss, heapUsed: heap, heapFloor },
     samples,
     problems
   }
@@ -210,7 +227,8 @@ async function main (): Promise<number> {
     `\nsoak: ${requests} requests in ${opts.minutes} min (${report.load.rps} req/s), ${errors} errors, ${non2xx} non-2xx\n` +
     `RSS:       ${rss.first} → ${rss.last} MiB (min ${rss.min}, max ${rss.max}), slope ${rss.slopeMiBPerMin} MiB/min ` +
     `(≈ ${round(rss.slopeMiBPerMin * window, 1)} MiB over the ${round(window, 1)} min after warm-up)\n` +
-    `heap used: ${heap.first} → ${heap.last} MiB (min ${heap.min}, max ${heap.max}), slope ${heap.slopeMiBPerMin} MiB/min\n` +
+    `heap used: ${heap.first} → ${heap.last} MiB (min ${heap.min}, max ${heap.max}), slope ${heap.slopeMiBPerMin} MiB/min (GC sawtooth)\n` +
+    `heap floor (lowest per 30 s): ${heapFloor.windows.map(([, v]) => v).join(' → ')} MiB, slope ${heapFloor.slopeMiBPerMin} MiB/min\n` +
     problems.map((p) => `PROBLEM: ${p}\n`).join('') +
     `report: ${out}\n`
   )
