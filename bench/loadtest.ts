@@ -22,6 +22,8 @@ export interface LoadtestOptions {
   connections: number
   /** seconds, 1..MAX_DURATION_S */
   duration: number
+  /** Stop after this many requests instead of after `duration`. */
+  requests?: number
   pipelining: number
   /** per-request timeout, seconds */
   timeout: number
@@ -73,6 +75,7 @@ const USAGE = `Usage: npm run loadtest -- --url URL [options]
   --header 'K: V'     extra request header (repeatable)
   --connections N     concurrent connections (default 50)
   --duration S        seconds to run, 1..${MAX_DURATION_S} (default 10)
+  --requests N        stop after N requests instead (1..1000000)
   --pipelining N      requests in flight per connection (default 1)
   --timeout S         per-request timeout in seconds (default 10)
   --out FILE          JSON report (default loadtest-report.json)
@@ -97,6 +100,7 @@ export function parseLoadtestArgs (argv: string[]): LoadtestOptions {
       header: { type: 'string', multiple: true, default: [] },
       connections: { type: 'string' },
       duration: { type: 'string' },
+      requests: { type: 'string' },
       pipelining: { type: 'string' },
       timeout: { type: 'string' },
       out: { type: 'string', default: 'loadtest-report.json' }
@@ -124,6 +128,7 @@ export function parseLoadtestArgs (argv: string[]): LoadtestOptions {
     headers,
     connections: positiveInt('connections', values.connections, 50, 10_000),
     duration: positiveInt('duration', values.duration, 10, MAX_DURATION_S),
+    requests: values.requests === undefined ? undefined : positiveInt('requests', values.requests, 1, 1_000_000),
     pipelining: positiveInt('pipelining', values.pipelining, 1, 100),
     timeout: positiveInt('timeout', values.timeout, 10, 600),
     out: values.out
@@ -178,6 +183,7 @@ export async function runLoadtest (options: LoadtestOptions): Promise<LoadtestRe
     body: options.body,
     connections: options.connections,
     duration: options.duration,
+    ...(options.requests === undefined ? {} : { amount: options.requests }),
     pipelining: options.pipelining,
     timeout: options.timeout
   })
@@ -192,7 +198,8 @@ async function main (argv: string[]): Promise<void> {
     process.stderr.write(`loadtest: ${(err as Error).message}\n\n${USAGE}`)
     process.exit(2)
   }
-  process.stdout.write(`loadtest: ${options.method} ${options.url}, ${options.connections} connections for ${options.duration} s…\n`)
+  const length = options.requests === undefined ? `for ${options.duration} s` : `for ${options.requests} requests`
+  process.stdout.write(`loadtest: ${options.method} ${options.url}, ${options.connections} connections ${length}…\n`)
   const report = await runLoadtest(options)
   process.stdout.write(formatReport(report))
   writeFileSync(options.out, JSON.stringify(report, null, 2) + '\n')
