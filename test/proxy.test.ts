@@ -5,7 +5,10 @@
  */
 import t, { type Test } from 'tap'
 import { call, startTestGateway, startUpstream, type CallResult, type RawConfig, type RecordedRequest } from './helper.js'
+import { Writable } from 'node:stream'
 import { HTTP_METHODS } from '../schemas/config.js'
+import { parseConfig } from '../src/config.js'
+import { buildGateway } from '../src/app.js'
 
 interface Echo { method: string, url: string, headers: Record<string, string>, body: string }
 
@@ -382,4 +385,25 @@ t.test('response status, headers and body pass through', async (t) => {
   t.same(res.headers['set-cookie'], ['a=1', 'b=2'], 'repeated headers kept')
   t.equal(res.headers['cache-control'], 'no-store')
   t.equal(res.body.toString(), 'short and stout')
+})
+
+t.test('the request id is on every log line of the request, and the access line has no query string', async (t) => {
+  const up = await startUpstream(t, (_req, res) => { res.writeHead(500); res.end() })
+  const lines: Array<Record<string, unknown>> = []
+  const stream = new Writable({ write (chunk: Buffer, _enc, done) { for (const l of chunk.toString().split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>); done() } })
+  const app = await buildGateway(parseConfig({ routes: [{ name: 'people', prefix: '/api/people', upstream: up.origin }, { name: 'down', prefix: '/down', upstream: 'http://127.0.0.1:9' }] }), { logger: { level: 'debug', stream } })
+  t.teardown(() => app.close())
+  const gw = await app.listen({ host: '127.0.0.1', port: 0 })
+  await call(`${gw}/api/people/7?token=s3cret`, { headers: { 'x-request-id': 'trace-me-1' } })
+  await call(`${gw}/down/x`, { headers: { 'x-request-id': 'trace-me-2' } })
+  for (const id of ['trace-me-1', 'trace-me-2']) {
+    const mine = lines.filter((l) => JSON.stringify(l).includes(id))
+    t.ok(mine.length >= 1, `${id}: logged`)
+    t.ok(mine.every((l) => l.reqId === id), `${id}: every line that mentions the request carries reqId`)
+  }
+  const access = lines.find((l) => l.reqId === 'trace-me-1' && l.status === 500)
+  t.match(access, { method: 'GET', route: 'people', path: '/api/people/7', status: 500 }, 'one access line: method, route, path, status')
+  t.type(access?.ms, 'number')
+  t.notOk(lines.some((l) => JSON.stringify(l).includes('s3cret')), 'the query string is never logged')
+  t.ok(lines.filter((l) => l.reqId === 'trace-me-2').length >= 2, 'a failed request: its warning and its access line both carry the id')
 })
