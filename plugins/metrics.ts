@@ -14,6 +14,7 @@
  * grow the number of series.
  */
 import { createHash, timingSafeEqual, randomUUID } from 'node:crypto'
+import cluster from 'node:cluster'
 import type { Channel } from 'node:diagnostics_channel'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { isIP, type AddressInfo, type BlockList } from 'node:net'
@@ -400,6 +401,11 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
   metrics.subscribe()
   app.addHook('onClose', async () => { metrics.unsubscribe() })
 
+  if (config.port !== undefined && cluster.isWorker) {
+    // `portcullis start --workers N`: the primary serves every worker's metrics on the port.
+    joinCluster(metrics)
+    return
+  }
   if (config.port === undefined) {
     app.get(config.path, { config: { routeName: 'metrics' } }, async (request, reply) => {
       const verdict = await guard.check(request.ip, request.headers.authorization)
@@ -413,7 +419,7 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
     return
   }
 
-  const server = createServer((req, res) => { serveScrape(req, res, metrics, guard).catch(() => { res.destroy() }) })
+  const server = createServer((req, res) => { serveScrape(req, res, config.path, guard, metrics).catch(() => { res.destroy() }) })
   server.headersTimeout = 10_000
   server.requestTimeout = 10_000
   app.addHook('onReady', async () => {
@@ -435,12 +441,15 @@ function formatHost (address: AddressInfo): string {
   return address.family === 'IPv6' ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`
 }
 
+/** What a listener serves: one gateway's metrics, or a cluster's. */
+interface MetricsSource { render: () => Promise<string>, contentType: string }
+
 /** The separate listener: GET `path` and nothing else, in the same problem+json contract. */
-async function serveScrape (req: IncomingMessage, res: ServerResponse, metrics: GatewayMetrics, guard: ScrapeGuard): Promise<void> {
+async function serveScrape (req: IncomingMessage, res: ServerResponse, metricsPath: string, guard: ScrapeGuard, metrics: MetricsSource): Promise<void> {
   const url = req.url ?? '/'
   const q = url.indexOf('?')
   const path = q === -1 ? url : url.slice(0, q)
-  if (path !== metrics.config.path) return sendProblem(res, 'GW_ERR_NOT_FOUND', 'No route matches this path.', path)
+  if (path !== metricsPath) return sendProblem(res, 'GW_ERR_NOT_FOUND', 'No route matches this path.', path)
   if (req.method !== 'GET') return sendProblem(res, 'GW_ERR_METHOD_NOT_ALLOWED', `${req.method ?? ''} is not allowed here.`, path, { allow: 'GET' })
   const authorization = req.headers.authorization
   const verdict = await guard.check(req.socket.remoteAddress, authorization)
@@ -458,6 +467,38 @@ function sendProblem (res: ServerResponse, code: ErrorCode, detail: string, inst
   const body = JSON.stringify({ type: problemType(code), title, status, detail, instance, requestId: randomUUID() })
   res.writeHead(status, { ...headers, 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': Buffer.byteLength(body) })
   res.end(body)
+}
+
+// --- node:cluster ------------------------------------------------------------------------------
+
+let clusterAnswerer: client.AggregatorRegistry<client.RegistryContentType> | undefined
+
+/** In a worker: answer the primary's requests for this process's metrics (prom-client's IPC). */
+function joinCluster (metrics: GatewayMetrics): void {
+  client.AggregatorRegistry.setRegistries(metrics.config.defaultMetrics ? [metrics.registry, processMetrics()] : [metrics.registry])
+  clusterAnswerer ??= new client.AggregatorRegistry()
+}
+
+/**
+ * In the primary of `portcullis start --workers N`, when `server.metrics.port` is set: listen
+ * there and serve the sum of every worker's metrics (counters and histograms added up, gauges
+ * per prom-client's aggregation), protected like a single gateway's. Null when there is nothing
+ * to serve. Call it before the workers are forked.
+ */
+export async function startClusterMetrics (config: Readonly<GatewayConfig>): Promise<Server | null> {
+  const mc = config.server.metrics
+  if (!mc.enabled || mc.port === undefined) return null
+  const aggregator = new client.AggregatorRegistry()
+  const source: MetricsSource = { render: () => aggregator.clusterMetrics(), contentType: aggregator.contentType }
+  const guard = new ScrapeGuard(mc)
+  const server = createServer((req, res) => { serveScrape(req, res, mc.path, guard, source).catch(() => { res.destroy() }) })
+  server.headersTimeout = 10_000
+  server.requestTimeout = 10_000
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(mc.port, mc.host ?? config.server.host, () => { server.off('error', reject); resolve() })
+  })
+  return server
 }
 
 export default fp(metricsPlugin, { name: 'portcullis-metrics', fastify: '5.x' })

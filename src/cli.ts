@@ -120,6 +120,17 @@ export async function main (argv: string[]): Promise<void> {
         }
         if (problem !== null) process.stderr.write(`portcullis: warning: ${problem}\n`)
         const { parseDuration } = await import('../schemas/common.js')
+        // Metrics are per process: with a metrics port the primary serves the sum of the workers'.
+        const { startClusterMetrics } = await import('../plugins/metrics.js')
+        try {
+          await startClusterMetrics(config)
+        } catch (err) {
+          process.stderr.write(`portcullis: cannot start: metrics port: ${(err as Error).message}\n`)
+          process.exit(1)
+        }
+        if (workers > 1 && config.server.metrics.enabled && config.server.metrics.port === undefined) {
+          process.stderr.write('portcullis: warning: each worker serves its own /metrics; set server.metrics.port to scrape them all at once\n')
+        }
         const code = await runPrimary({ workers, graceMs: parseDuration(config.server.shutdownGrace), level: config.logging.level })
         process.exit(code)
       }
