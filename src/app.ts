@@ -6,7 +6,7 @@
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import { RESERVED_PATHS, type GatewayConfig } from '../schemas/config.js'
 import { parseDuration, parseSize } from '../schemas/common.js'
-import problem, { clientErrorResponse } from '../plugins/problem.js'
+import problem, { clientErrorResponse, sendProblem } from '../plugins/problem.js'
 import requestIdPlugin, { requestId } from '../plugins/request-id.js'
 import health from '../plugins/health.js'
 import clientLimits from '../plugins/client-limits.js'
@@ -118,6 +118,12 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
     forceCloseConnections: 'idle',
     exposeHeadRoutes: false,
     routerOptions: { maxParamLength: 2048 },
+    // Malformed URLs (`/api/people/%zz`) and failed constraints: problem+json like everything else.
+    frameworkErrors (error, request, reply) {
+      // These are answered before any route (and its onSend hooks): set the request id here.
+      reply.header('x-request-id', request.id)
+      sendProblem(reply, 'GW_ERR_BAD_REQUEST', error.code === 'FST_ERR_BAD_URL' ? 'The request URL is malformed.' : 'The request could not be routed.')
+    },
     clientErrorHandler (err, socket) {
       if (socket.writable) socket.end(clientErrorResponse(err, requestId({ headers: {} } as never)))
       else socket.destroy()
