@@ -34,6 +34,12 @@ export function problemBody (code: ErrorCode, detail: string, request: FastifyRe
 export function sendProblem (reply: FastifyReply, code: ErrorCode, detail: string, options: { headers?: Record<string, string | string[]>, errors?: ProblemViolation[] } = {}): FastifyReply {
   const body = problemBody(code, detail, reply.request, options.errors)
   if (options.headers !== undefined) reply.headers(options.headers)
+  // Refused before its body was read (401, 403, 413, 429…): close the connection after the answer
+  // instead of letting Node drain an unread (maybe huge) body to keep the connection alive.
+  const raw = reply.request.raw
+  if (!raw.complete && (raw.headers['transfer-encoding'] !== undefined || (raw.headers['content-length'] ?? '0') !== '0')) {
+    reply.header('connection', 'close')
+  }
   return reply.code(body.status).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
 }
 

@@ -139,7 +139,7 @@ t.test('a failed authentication never reads the body: 5 MB with bad credentials 
   const { upstream, app } = await setup(t, {}, { server: { bodyLimit: '10mb' } })
   const url = await app.listen({ host: '127.0.0.1', port: 0 })
   const started = Date.now()
-  const { status, sent } = await new Promise<{ status: number, sent: number }>((resolve, reject) => {
+  const { status, sent, connection } = await new Promise<{ status: number, sent: number, connection: string | undefined }>((resolve, reject) => {
     const req = httpRequest(`${url}/api/people/`, {
       method: 'POST',
       agent: false,
@@ -149,7 +149,7 @@ t.test('a failed authentication never reads the body: 5 MB with bad credentials 
     const chunk = Buffer.alloc(64 * 1024, 0x20)
     req.on('response', (res) => {
       res.resume()
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, sent }))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, sent, connection: res.headers.connection }))
     })
     req.on('error', reject)
     // Send slowly enough that the answer can come before the body is complete.
@@ -163,6 +163,7 @@ t.test('a failed authentication never reads the body: 5 MB with bad credentials 
     setTimeout(pump, 50)
   })
   t.equal(status, 401)
+  t.equal(connection, 'close', 'the unread body is not drained: the connection closes after the 401')
   t.ok(Date.now() - started < 5000, 'no hang')
   t.comment(`client had sent ${sent} of ${5 * 1024 * 1024} bytes when the 401 arrived`)
   t.equal(upstream.requests.length, 0, 'the upstream was never contacted')
