@@ -426,10 +426,12 @@ t.test('README quick start: gateway.yaml in front of the example people API acce
   const app = await buildGateway(config, { logger: false })
   t.teardown(() => app.close())
   const gw = await app.listen({ host: '127.0.0.1', port: 0 })
-  const created = await post(`${gw}/api/people/`, '{"name":"Ada","age":36}')
+  // gateway.yaml's demo user (people:write), as in the README.
+  const demo = { authorization: 'Basic ' + Buffer.from('demo:demo-password').toString('base64') }
+  const created = await post(`${gw}/api/people/`, '{"name":"Ada","age":36}', 'application/json', demo)
   t.equal(created.status, 201, created.body.toString())
   t.match(created.json, { id: Number, name: 'Ada', age: 36 })
-  const refused = problem(t, await post(`${gw}/api/people/`, '{"name":"Ada","age":"36"}'), 400)
+  const refused = problem(t, await post(`${gw}/api/people/`, '{"name":"Ada","age":"36"}', 'application/json', demo), 400)
   t.same(refused.errors, [{ pointer: '/age', message: 'must be integer' }])
 })
 
