@@ -261,6 +261,8 @@ t.test('OTLP: the collector receives one span per request, with the route name a
   t.equal(missing?.name, 'GET unmatched')
   t.equal(attr(missing as OtlpSpan, 'http.response.status_code'), '404')
   t.equal(missing?.parentSpanId, undefined, 'a new trace has no parent')
+  // The collector has the spans before the exporter has read its answer: wait for that too.
+  await until('the exporter counted 11 spans', () => app.tracer?.exporter?.stats.exported === 11)
   t.equal(app.tracer?.exporter?.stats.exported, 11)
 })
 
