@@ -5,6 +5,7 @@
  * Each protection that is on comes with a check (a request it must refuse) that the runner
  * makes before measuring, so a protection that is configured but not enforced fails loudly.
  */
+import { generateKeyPairSync } from 'node:crypto'
 import { createSigner } from 'fast-jwt'
 import { GatewayConfigSchema, RouteSchema, ServerSchema } from '../schemas/config.js'
 import { httpCall } from './lib.js'
@@ -15,6 +16,8 @@ export interface Variant {
   store: 'memory' | 'redis'
   /** Metrics and tracing on (their defaults); otherwise both are turned off. */
   metrics?: boolean
+  /** With `protections: false`: JWT verification alone on the route (no scopes, limits, validation, access log). */
+  jwtOnly?: 'HS256' | 'RS256'
 }
 
 export interface PlanInput extends Variant {
@@ -50,8 +53,12 @@ const AUDIENCE = 'people-api'
 /** Far above what any run can send: the limiter counts every request and never refuses one. */
 export const HUGE_LIMIT = 1_000_000_000
 
-export function token (scope: string): string {
-  const sign = createSigner({ key: JWT_SECRET, algorithm: 'HS256', iss: ISSUER, aud: AUDIENCE, sub: 'bench-client', expiresIn: 6 * 3_600_000 })
+/** The RS256 key pair of the JWT-only RS256 scenario (made once per run). */
+const RSA = generateKeyPairSync('rsa', { modulusLength: 2048, publicKeyEncoding: { type: 'spki', format: 'pem' }, privateKeyEncoding: { type: 'pkcs8', format: 'pem' } })
+
+export function token (scope: string, algorithm: 'HS256' | 'RS256' = 'HS256'): string {
+  const key = algorithm === 'HS256' ? JWT_SECRET : RSA.privateKey
+  const sign = createSigner({ key, algorithm, iss: ISSUER, aud: AUDIENCE, sub: 'bench-client', expiresIn: 6 * 3_600_000 })
   return sign({ scope })
 }
 
@@ -84,6 +91,19 @@ export function portcullisConfig (input: PlanInput): Plan {
   if (input.metrics === true) {
     if (!serverKeys.has('metrics')) return { ...plan, label: 'Portcullis, everything on + metrics', skip: 'needs server.metrics (issue 7), not in schemas/config.ts yet: skipped' }
     plan.label = 'Portcullis, everything on + metrics + tracing'
+  }
+  if (input.jwtOnly !== undefined) {
+    const alg = input.jwtOnly
+    if (!topKeys.has('jwt') || !routeKeys.has('auth')) return { ...plan, skip: 'needs jwt and routes[].auth (issue 3): skipped' }
+    plan.label = `Portcullis, ${alg} JWT only, access log off`
+    config.jwt = alg === 'HS256'
+      ? { algorithms: ['HS256'], secret: JWT_SECRET, issuer: ISSUER, audience: AUDIENCE }
+      : { algorithms: ['RS256'], publicKey: RSA.publicKey, issuer: ISSUER, audience: AUDIENCE }
+    route.auth = ['jwt']
+    plan.headers.authorization = `Bearer ${token('people:read people:write', alg)}`
+    plan.protections.push(`${alg} JWT`)
+    plan.checks.push(expectStatus('no token', 401, '/api/people/1', {}))
+    return plan
   }
   if (!input.protections) return plan
   plan.protections.push('access log')

@@ -303,6 +303,8 @@ function scenarios (ctx: Context, upstream: Proc): Scenario[] {
     { id: 'fast-gateway', label: 'fast-gateway', skip: FAST_GATEWAY_SKIP },
     bareProxyScenario(ctx),
     portcullisScenario(ctx, 'portcullis', { protections: false, store: 'memory' }),
+    portcullisScenario(ctx, 'portcullis-jwt-hs256', { protections: false, store: 'memory', jwtOnly: 'HS256' }),
+    portcullisScenario(ctx, 'portcullis-jwt-rs256', { protections: false, store: 'memory', jwtOnly: 'RS256' }),
     portcullisScenario(ctx, 'portcullis-full', { protections: true, store: 'memory' }),
     portcullisScenario(ctx, 'portcullis-full-redis', { protections: true, store: 'redis' })
   )
