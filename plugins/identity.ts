@@ -8,12 +8,13 @@
  *   X-Authenticated-Scopes  the scopes, space-separated
  *   X-Authenticated-Via     jwt | basic | apiKey
  *
- * and applies `routes[].forwardAuthorization`: `bearer` (default) forwards `Authorization:
- * Bearer …` (the upstream, e.g. DRF, may verify it again) and strips Basic credentials and API
- * keys; `all` forwards everything; `none` strips them all.
+ * `routes[].forwardAuthorization` is applied by the forwarder from route-wide settings fixed at
+ * start (no hook): `bearer` (default) forwards `Authorization: Bearer …` (the upstream, e.g. DRF,
+ * may verify it again) and strips Basic credentials and API keys (ForwarderOptions
+ * .bearerOnlyAuthorization); `all` forwards everything; `none` strips them all (stripHeaders).
  *
- * It runs at `preHandler`, so an identity set by a route's own plugin (at onRequest or
- * preValidation) is forwarded too.
+ * The hook runs at `preHandler`, so an identity set by a route's own plugin (at onRequest or
+ * preValidation) is forwarded too; a public route without plugins gets no hook at all.
  */
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
@@ -39,37 +40,24 @@ export function headerSafe (value: string): string {
     : value.replace(/[^\x20-\x24\x26-\x7E]+/gu, (s) => encodeURIComponent(s).replace(/[!'()*]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase()))
 }
 
-const STRIP_AUTHORIZATION: ReadonlySet<string> = new Set(['authorization'])
-
 async function identityPlugin (scope: FastifyInstance, opts: IdentityOptions): Promise<void> {
   const { config, route } = opts
   const userHeader = config.identityHeaders.user.toLowerCase()
   const scopesHeader = config.identityHeaders.scopes.toLowerCase()
   const viaHeader = config.identityHeaders.via.toLowerCase()
-  // With `bearer`, an Authorization header of another scheme (Basic…) is dropped per request.
-  const stripNonBearer = route.forwardAuthorization === 'bearer'
-  if (route.auth.length === 0 && !stripNonBearer && route.plugins.length === 0) return
+  // Only a route that can have an identity (authentication, or the route's own plugins) needs the hook.
+  if (route.auth.length === 0 && route.plugins.length === 0) return
 
   scope.addHook('preHandler', function identityHeaders (request, _reply, done) {
     const identity = request.identity
-    let strip: ReadonlySet<string> | undefined
-    if (stripNonBearer) {
-      const auth = request.headers.authorization
-      if (auth !== undefined && !(auth.length > 7 && auth.slice(0, 7).toLowerCase() === 'bearer ')) strip = STRIP_AUTHORIZATION
-    }
-    if (identity === undefined && strip === undefined) { done(); return }
+    if (identity === undefined) { done(); return }
     const extras = request.upstream
-    const next = { ...extras }
-    if (strip !== undefined) next.strip = extras?.strip === undefined ? strip : new Set([...extras.strip, ...strip])
-    if (identity !== undefined) {
-      const own: Array<readonly [string, string]> = [
-        [userHeader, headerSafe(identity.subject)],
-        [scopesHeader, headerSafe(identity.scopes.join(' '))],
-        [viaHeader, headerSafe(identity.scheme)]
-      ]
-      next.headers = extras?.headers === undefined ? own : [...extras.headers, ...own]
-    }
-    request.upstream = next
+    const own: Array<readonly [string, string]> = [
+      [userHeader, headerSafe(identity.subject)],
+      [scopesHeader, headerSafe(identity.scopes.join(' '))],
+      [viaHeader, headerSafe(identity.scheme)]
+    ]
+    request.upstream = { ...extras, headers: extras?.headers === undefined ? own : [...extras.headers, ...own] }
     done()
   })
 }

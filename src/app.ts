@@ -166,7 +166,8 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       // The client's trace headers are replaced by the gateway's own (request.upstream).
       // The client's copies of the identity headers never reach the upstream, on any route;
       // nor do the credentials routes[].forwardAuthorization keeps back.
-      stripHeaders: [...(tracer === null ? [] : TRACE_HEADERS), ...routeStripHeaders(config, route)]
+      stripHeaders: [...(tracer === null ? [] : TRACE_HEADERS), ...routeStripHeaders(config, route)],
+      bearerOnlyAuthorization: route.forwardAuthorization === 'bearer'
     })
     forwarders.push(forwarder)
     await app.register(routeScope, { config, route, forwarder })

@@ -42,6 +42,12 @@ export interface ForwarderOptions {
    */
   stripHeaders?: readonly string[]
   /**
+   * Forward the client's `Authorization` only when it is a Bearer token (routes[].forwardAuthorization:
+   * bearer): Basic credentials never reach the upstream. Decided in the header pass itself, so a
+   * public route needs no hook for it.
+   */
+  bearerOnlyAuthorization?: boolean
+  /**
    * Upstream response headers (lower-case) never passed to the client, e.g. `server` and
    * `x-powered-by` (version leaks).
    */
@@ -127,7 +133,10 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
   }
 
   const routeName = options.routeName ?? options.prefix
-  const skip = new Set([...REQUEST_SKIP, ...(options.stripHeaders ?? []).map((h) => h.toLowerCase())])
+  const policy: HeaderPolicy = {
+    skip: new Set([...REQUEST_SKIP, ...(options.stripHeaders ?? []).map((h) => h.toLowerCase())]),
+    bearerOnly: options.bearerOnlyAuthorization === true
+  }
   const hide = new Set([...RESPONSE_SKIP, ...(options.hideResponseHeaders ?? []).map((h) => h.toLowerCase())])
 
   function forward (request: FastifyRequest, reply: FastifyReply, extras: ForwardExtras = request.upstream ?? NO_EXTRAS): Promise<void> {
@@ -155,7 +164,7 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
       let attempt = 0
       const dispatch = (): void => {
         attempt++
-        const headers = upstreamHeaders(request, target.host, extras, skip)
+        const headers = upstreamHeaders(request, target.host, extras, policy)
         const handler = new ResponseHandler(request, reply, started, rewrite, hide, (err) => {
           if (err === null) return resolve()
           const code = (err as { code?: string }).code ?? ''
@@ -221,8 +230,16 @@ function hasBody (headers: IncomingHttpHeaders): boolean {
   return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
 }
 
+/** What a route never forwards from the client, fixed at start. */
+interface HeaderPolicy { skip: ReadonlySet<string>, bearerOnly: boolean }
+
+function isBearer (value: string): boolean {
+  return value.length > 7 && value.slice(0, 7).toLowerCase() === 'bearer '
+}
+
 /** One pass over the client's headers; then the gateway's own. */
-function upstreamHeaders (request: FastifyRequest, host: string, extras: ForwardExtras, skip: ReadonlySet<string>): string[] {
+function upstreamHeaders (request: FastifyRequest, host: string, extras: ForwardExtras, policy: HeaderPolicy): string[] {
+  const skip = policy.skip
   const incoming = request.raw.headers
   const named = connectionTokens(incoming.connection)
   const strip = extras.strip
@@ -232,6 +249,7 @@ function upstreamHeaders (request: FastifyRequest, host: string, extras: Forward
     if (extras.body !== undefined && (name === 'content-length' || name === 'content-type')) continue
     const value = incoming[name]
     if (value === undefined) continue
+    if (name === 'authorization' && policy.bearerOnly && !isBearer(value as string)) continue
     if (typeof value === 'string') out.push(name, value)
     else for (const v of value) out.push(name, v)
   }
