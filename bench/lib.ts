@@ -98,6 +98,16 @@ export class Proc {
 }
 
 /** Stop every process this module started (the runner's finally, and its signal handlers). */
+/** The benchmark's upstream (bench/upstream.ts) as its own process, once it listens. */
+export async function startBenchUpstream (scratch: string, cpu: number | null): Promise<{ proc: Proc, port: number, origin: string }> {
+  const port = await freePort()
+  const proc = new Proc('upstream', process.execPath, [builtFile('bench/upstream.js'), String(port)], {
+    cpu, stderrFile: join(scratch, 'upstream.stderr.log'), stdinPipe: true
+  })
+  await proc.waitForLine(/listening (\d+)/)
+  return { proc, port, origin: `http://127.0.0.1:${port}` }
+}
+
 export async function stopAll (): Promise<void> {
   await Promise.all([...running].map((p) => p.stop()))
 }

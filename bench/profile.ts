@@ -12,7 +12,7 @@ import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
   Proc, ROOT, builtFile, detectTool, freePort, installCleanup, pinningPossible, removeDir, round, runLoad, scratchDir,
-  sleep, stopAll, waitForHttp, type LoadResult
+  sleep, stopAll, waitForHttp, type LoadResult, startBenchUpstream
 } from './lib.js'
 import { portcullisConfig, type Variant } from './portcullis-config.js'
 
@@ -125,11 +125,7 @@ async function main (): Promise<number> {
   let load: LoadResult | null = null
   let protections: string[] = []
   try {
-    const upstreamPort = await freePort()
-    const upstream = new Proc('upstream', process.execPath, [builtFile('bench/upstream.js'), String(upstreamPort)], {
-      cpu: pin ? 1 : null, stderrFile: join(scratch, 'upstream.stderr.log'), stdinPipe: true
-    })
-    await upstream.waitForLine(/listening (\d+)/)
+    const { port: upstreamPort } = await startBenchUpstream(scratch, pin ? 1 : null)
     const port = await freePort()
     const url = `http://127.0.0.1:${port}`
     const profFile = join(scratch, 'gateway.cpuprofile')

@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util'
 import { isDeepStrictEqual } from 'node:util'
 import {
   Proc, ROOT, builtFile, commandExists, cpuSeconds, detectTool, freePort, httpCall, installCleanup, median,
-  pinningPossible, removeDir, round, runLoad, scratchDir, sleep, stopAll, waitForHttp, type LoadResult, type ToolName
+  pinningPossible, removeDir, round, runLoad, scratchDir, sleep, stopAll, waitForHttp, type LoadResult, type ToolName, startBenchUpstream
 } from './lib.js'
 import { portcullisConfig, type Variant } from './portcullis-config.js'
 
@@ -463,13 +463,9 @@ async function main (): Promise<number> {
   const runs: RunRecord[] = []
   let scenarioList: Scenario[] = []
   try {
-    const upstreamPort = await freePort()
     const loadCpu = pin ? 1 : null
-    const upstream = new Proc('upstream', process.execPath, [builtFile('bench/upstream.js'), String(upstreamPort)], {
-      cpu: loadCpu, stderrFile: join(scratch, 'upstream.stderr.log'), stdinPipe: true
-    })
-    await upstream.waitForLine(/listening (\d+)/)
-    const ctx: Context = { options, scratch, upstreamOrigin: `http://127.0.0.1:${upstreamPort}`, proxyCpu: pin ? 0 : null, loadCpu }
+    const { proc: upstream, origin: upstreamOrigin } = await startBenchUpstream(scratch, loadCpu)
+    const ctx: Context = { options, scratch, upstreamOrigin, proxyCpu: pin ? 0 : null, loadCpu }
     scenarioList = scenarios(ctx, upstream)
 
     log(`bench: ${tool} ${toolVersion}, ${options.connections} connections, ${options.rounds} round(s) × ${options.methods.join('+')} × ` +

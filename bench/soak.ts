@@ -12,7 +12,7 @@ import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
   Proc, ROOT, builtFile, detectTool, freePort, installCleanup, pinningPossible, removeDir, round, rssKiB,
-  runLoad, scratchDir, sleep, slope, stopAll, waitForHttp, type LoadResult
+  runLoad, scratchDir, sleep, slope, stopAll, waitForHttp, type LoadResult, startBenchUpstream
 } from './lib.js'
 import { portcullisConfig } from './portcullis-config.js'
 
@@ -95,11 +95,7 @@ async function main (): Promise<number> {
   /** Every heap sample the gateway wrote (1 s apart): [seconds since the load began, heapUsed MiB]. */
   let heapSeries: Array<readonly [number, number]> = []
   try {
-    const upstreamPort = await freePort()
-    const upstream = new Proc('upstream', process.execPath, [builtFile('bench/upstream.js'), String(upstreamPort)], {
-      cpu: pin ? 1 : null, stderrFile: join(scratch, 'upstream.stderr.log'), stdinPipe: true
-    })
-    await upstream.waitForLine(/listening (\d+)/)
+    const { port: upstreamPort } = await startBenchUpstream(scratch, pin ? 1 : null)
     const port = await freePort()
     const plan = portcullisConfig({ protections: true, store: 'memory', upstreamOrigin: `http://127.0.0.1:${upstreamPort}`, port })
     protections = plan.protections
