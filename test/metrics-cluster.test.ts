@@ -36,7 +36,9 @@ t.test('the primary serves the sum of every worker\'s metrics on server.metrics.
     if (child.exitCode === null) child.kill('SIGKILL')
   })
   const deadline = Date.now() + 45_000
-  while (!out.includes('"msg":"portcullis listening"') || !out.includes('"role":"primary"')) {
+  // The primary's own line, written once every worker listens (each worker logs one too).
+  const primaryListening = /"role":"primary"[^\n]*"msg":"portcullis listening"/
+  while (!primaryListening.test(out)) {
     if (Date.now() > deadline || child.exitCode !== null) throw new Error(`did not start: ${out}`)
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
