@@ -1,8 +1,10 @@
 /**
  * Security headers on every response (`securityHeaders`): X-Content-Type-Options: nosniff,
- * Referrer-Policy, X-Frame-Options, and Strict-Transport-Security when configured. They are set
- * with `reply.header()` in an onRequest hook on the root, so the gateway's own responses carry
- * them and the forwarder sends them with proxied responses, in place of the upstream's values.
+ * Referrer-Policy, X-Frame-Options, and Strict-Transport-Security when configured. The forwarder
+ * adds them to proxied responses, in place of the upstream's values (`securityHeaderValues`,
+ * fixed at start: nothing runs per request); an onSend hook on the root adds them to what the
+ * gateway answers itself (errors, 429, /healthz…). Either way a header the pipeline set itself
+ * with `reply.header()` is left as it is.
  * Removing the upstream's `Server` / `X-Powered-By` is the forwarder's `hideResponseHeaders`
  * (see `hiddenUpstreamHeaders`), since those never pass through the reply.
  */
@@ -38,9 +40,9 @@ export function hiddenUpstreamHeaders (config: SecurityHeadersConfig): string[] 
 async function securityHeadersPlugin (app: FastifyInstance, opts: SecurityHeadersOptions): Promise<void> {
   const entries = Object.entries(securityHeaderValues(opts.config))
   if (entries.length === 0) return
-  app.addHook('onRequest', function securityHeaders (_request, reply, done) {
-    for (const [name, value] of entries) reply.header(name, value)
-    done()
+  app.addHook('onSend', function securityHeaders (_request, reply, payload, done) {
+    for (const [name, value] of entries) if (!reply.hasHeader(name)) reply.header(name, value)
+    done(null, payload)
   })
 }
 

@@ -3,14 +3,14 @@
  * `inject` in tests). It does not listen; src/server.ts does. A user can `register` more
  * plugins on the returned instance before listening.
  */
-import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import { RESERVED_PATHS, type GatewayConfig } from '../schemas/config.js'
 import { parseDuration, parseSize } from '../schemas/common.js'
 import problem, { clientErrorResponse, sendProblem } from '../plugins/problem.js'
 import requestIdPlugin, { requestId } from '../plugins/request-id.js'
 import health from '../plugins/health.js'
 import clientLimits from '../plugins/client-limits.js'
-import securityHeaders, { hiddenUpstreamHeaders } from '../plugins/security-headers.js'
+import securityHeaders, { hiddenUpstreamHeaders, securityHeaderValues } from '../plugins/security-headers.js'
 import { CORS_RESPONSE_HEADERS } from '../plugins/cors.js'
 import loadShedding from '../plugins/load-shedding.js'
 import rateLimit from '../plugins/rate-limit.js'
@@ -20,10 +20,16 @@ import tokenEndpoint from '../plugins/token-endpoint.js'
 import { routeStripHeaders } from '../plugins/identity.js'
 import { createForwarder, type Forwarder } from './forward.js'
 import { routeScope } from './route.js'
+import { createGatewayLogger, formatAccessLine, lazyChildLoggerFactory } from './logging.js'
 
 export interface BuildOptions {
   /** Fastify/pino logger options, or false. Default: JSON logs at `logging.level`, secrets redacted. */
   logger?: FastifyServerOptions['logger']
+  /**
+   * Where the gateway's own logger writes (when `logger` is not given): a file descriptor
+   * (default 1, stdout) or a file path.
+   */
+  logDestination?: number | string
 }
 
 /** Header and field paths that never reach a log line. */
@@ -50,7 +56,16 @@ interface RequestObserver { start: (request: FastifyRequest, reply: FastifyReply
  * request before any hook) starts the observers.
  */
 class AccessLog extends LogController {
-  constructor (private readonly enabled: boolean, private readonly observers: readonly RequestObserver[] = []) {
+  /**
+   * @param write where the gateway's own logger buffers its lines: the access line is formatted
+   * directly into it (src/logging.ts). Without it (a logger given to buildGateway), the line
+   * goes through `request.log` like any other.
+   */
+  constructor (
+    private readonly enabled: boolean,
+    private readonly observers: readonly RequestObserver[] = [],
+    private readonly write: ((line: string) => void) | null = null
+  ) {
     super({ disableRequestLogging: false })
   }
 
@@ -75,6 +90,7 @@ class AccessLog extends LogController {
       traceId: request.trace?.traceId ?? null
     }
     if (error) request.log.warn({ ...line, err: error }, 'request errored')
+    else if (this.write !== null) this.write(formatAccessLine({ reqId: request.id, ...line }))
     else request.log.info(line, 'request completed')
   }
 }
@@ -96,9 +112,17 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   const longestRoute = Math.max(...config.routes.map((r) => parseDuration(r.timeout)))
   const tracer = config.tracing.enabled ? new Tracer(config.tracing) : null
   const metrics = config.server.metrics.enabled ? new GatewayMetrics(config) : null
+  const securityResponseHeaders = Object.entries(securityHeaderValues(config.securityHeaders))
+  // The gateway's own logger (unless given one): buffered, with the access line written directly.
+  const own = options.logger === undefined && logging.level !== 'silent'
+    ? createGatewayLogger({ level: logging.level, redact: REDACT, dest: options.logDestination })
+    : null
+  const accessWrite = own !== null && own.logger.isLevelEnabled('info') ? (line: string) => { own.destination.write(line) } : null
   const app = Fastify({
-    logger: options.logger ?? (logging.level === 'silent' ? false : { level: logging.level, redact: { paths: REDACT, censor: '[redacted]' } }),
-    logController: new AccessLog(logging.accessLog, [tracer, metrics].filter((o) => o !== null)),
+    ...(own !== null
+      ? { loggerInstance: own.logger as unknown as FastifyBaseLogger, childLoggerFactory: lazyChildLoggerFactory as unknown as FastifyServerOptions['childLoggerFactory'] }
+      : { logger: options.logger ?? false }),
+    logController: new AccessLog(logging.accessLog, [tracer, metrics].filter((o) => o !== null), accessWrite),
     genReqId: requestId,
     trustProxy: trustProxyOption(server.trustProxy),
     bodyLimit: parseSize(server.bodyLimit),
@@ -120,8 +144,10 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
     routerOptions: { maxParamLength: 2048 },
     // Malformed URLs (`/api/people/%zz`) and failed constraints: problem+json like everything else.
     frameworkErrors (error, request, reply) {
-      // These are answered before any route (and its onSend hooks): set the request id here.
+      // These are answered before any route (and its hooks): set the request id and the
+      // security headers here.
       reply.header('x-request-id', request.id)
+      for (const [name, value] of securityResponseHeaders) reply.header(name, value)
       sendProblem(reply, 'GW_ERR_BAD_REQUEST', error.code === 'FST_ERR_BAD_URL' ? 'The request URL is malformed.' : 'The request could not be routed.')
     },
     clientErrorHandler (err, socket) {
@@ -130,6 +156,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
     }
   })
   app.decorate('gatewayConfig', config)
+  if (own !== null) app.addHook('onClose', (_app, done) => { own.close(); done() })
   app.decorateRequest('upstreamMs', undefined)
   app.decorateRequest('upstream', undefined)
   app.decorateRequest('identity', undefined)
@@ -167,7 +194,8 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       // The client's copies of the identity headers never reach the upstream, on any route;
       // nor do the credentials routes[].forwardAuthorization keeps back.
       stripHeaders: [...(tracer === null ? [] : TRACE_HEADERS), ...routeStripHeaders(config, route)],
-      bearerOnlyAuthorization: route.forwardAuthorization === 'bearer'
+      bearerOnlyAuthorization: route.forwardAuthorization === 'bearer',
+      responseHeaders: securityResponseHeaders
     })
     forwarders.push(forwarder)
     await app.register(routeScope, { config, route, forwarder })

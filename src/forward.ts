@@ -52,6 +52,12 @@ export interface ForwarderOptions {
    * `x-powered-by` (version leaks).
    */
   hideResponseHeaders?: readonly string[]
+  /**
+   * Headers (lower-case names) added to every proxied response in place of the upstream's
+   * values, unless the pipeline set the same header with `reply.header()`: the security headers,
+   * fixed at start instead of being set on every request.
+   */
+  responseHeaders?: ReadonlyArray<readonly [string, string]>
 }
 
 /** What a forwarded request carries besides the client's own headers. */
@@ -67,8 +73,13 @@ export interface ForwardExtras {
 }
 
 export interface Forwarder {
-  /** Forwards the request; `extras` defaults to `request.upstream` (what the route's plugins set). */
-  forward: (request: FastifyRequest, reply: FastifyReply, extras?: ForwardExtras) => Promise<void>
+  /**
+   * Forwards the request; `extras` defaults to `request.upstream` (what the route's plugins set).
+   * It answers through `reply` itself: the upstream's response (the reply is hijacked), or an
+   * error (502, 504, 413…) sent to the route's error handler. No promise: use it as a route
+   * handler that returns nothing.
+   */
+  forward: (request: FastifyRequest, reply: FastifyReply, extras?: ForwardExtras) => void
   close: () => Promise<void>
 }
 
@@ -137,14 +148,17 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
     skip: new Set([...REQUEST_SKIP, ...(options.stripHeaders ?? []).map((h) => h.toLowerCase())]),
     bearerOnly: options.bearerOnlyAuthorization === true
   }
-  const hide = new Set([...RESPONSE_SKIP, ...(options.hideResponseHeaders ?? []).map((h) => h.toLowerCase())])
+  const fixed = (options.responseHeaders ?? []).map(([name, value]) => [name.toLowerCase(), value] as const)
+  // The upstream's values of the fixed headers are replaced: hidden, then ours appended.
+  const hide = new Set([...RESPONSE_SKIP, ...(options.hideResponseHeaders ?? []).map((h) => h.toLowerCase()), ...fixed.map(([name]) => name)])
 
-  function forward (request: FastifyRequest, reply: FastifyReply, extras: ForwardExtras = request.upstream ?? NO_EXTRAS): Promise<void> {
+  const route: RouteState = { options, rewrite, hide, fixed, policy, routeName, pick }
+
+  function forward (request: FastifyRequest, reply: FastifyReply, extras: ForwardExtras = request.upstream ?? NO_EXTRAS): void {
     const raw = request.raw
     const url = raw.url ?? '/'
     const rest = url.slice(prefix.length) // the route scope checked that the URL starts with the prefix as spelled
     const path = basePath === '' ? (rest === '' || rest[0] === '?' ? '/' + rest : rest) : basePath + rest
-    let target = pick()
 
     let body: Readable | string | Buffer | null = null
     if (extras.body !== undefined) {
@@ -152,50 +166,12 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
     } else if (hasBody(raw.headers)) {
       const length = raw.headers['content-length']
       if (length !== undefined && Number(length) > options.bodyLimit) {
-        return Promise.reject(new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', `The request body is larger than ${options.bodyLimit} bytes.`))
+        reply.send(new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', `The request body is larger than ${options.bodyLimit} bytes.`))
+        return
       }
       body = length === undefined ? limitBody(raw, options.bodyLimit) : raw
     }
-    const idempotent = body === null && (raw.method === 'GET' || raw.method === 'HEAD' || raw.method === 'OPTIONS')
-    const attempts = idempotent ? options.retries + 1 : 1
-
-    return new Promise<void>((resolve, reject) => {
-      const started = performance.now()
-      let attempt = 0
-      const dispatch = (): void => {
-        attempt++
-        const headers = upstreamHeaders(request, target.host, extras, policy)
-        const handler = new ResponseHandler(request, reply, started, rewrite, hide, (err) => {
-          if (err === null) return resolve()
-          const code = (err as { code?: string }).code ?? ''
-          if (!handler.started && attempt < attempts && RETRYABLE.has(code) && !reply.raw.destroyed) {
-            request.log.debug({ attempt, code }, 'retrying upstream request')
-            target = pick()
-            return dispatch()
-          }
-          if (handler.started) {
-            // The response has begun: nothing left but to abort it, so the client sees a broken
-            // response and never a clean one.
-            request.log.warn({ code, upstream: target.origin }, 'upstream response aborted')
-            publish(channels.upstreamError, () => ({ route: routeName, kind: errorKind(err) }))
-            reply.raw.destroy()
-            return resolve()
-          }
-          publish(channels.upstreamError, () => ({ route: routeName, kind: errorKind(err) }))
-          reject(upstreamError(err, request, target.origin))
-        })
-        target.pool.dispatch({
-          origin: target.origin,
-          path,
-          method: raw.method as Dispatcher.HttpMethod,
-          headers,
-          body,
-          idempotent,
-          blocking: false
-        }, handler)
-      }
-      dispatch()
-    })
+    new ForwardedRequest(route, request, reply, extras, path, body).dispatch(pick())
   }
 
   return {
@@ -313,32 +289,68 @@ function upstreamError (err: Error, request: FastifyRequest, origin: string): Ga
   return new GatewayError('GW_ERR_BAD_GATEWAY', 'The upstream could not be reached.', { cause: err })
 }
 
+/** What every request of one route shares, fixed at start. */
+interface RouteState {
+  options: ForwarderOptions
+  rewrite: Rewrite
+  hide: ReadonlySet<string>
+  fixed: ReadonlyArray<readonly [string, string]>
+  policy: HeaderPolicy
+  routeName: string
+  pick: () => Target
+}
+
 /**
- * undici's dispatch handler (the raw-headers interface its client speaks natively): the
- * upstream's status and headers go to the client as soon as they arrive, the body chunk by
- * chunk with backpressure both ways.
+ * One forwarded request, and undici's dispatch handler for it (the raw-headers interface its
+ * client speaks natively): the upstream's status and headers go to the client as soon as they
+ * arrive, the body chunk by chunk with backpressure both ways. It is the only object a request
+ * allocates here besides the header arrays: no promise, no closures per request (bench/PROFILE.md).
  */
-class ResponseHandler implements Dispatcher.DispatchHandler {
-  started = false
-  private abort: ((err?: Error) => void) | null = null
-  private readonly res: ServerResponse
-  private readonly onClose: () => void
+class ForwardedRequest implements Dispatcher.DispatchHandler {
+  private started = false
   private done = false
+  private abort: ((err?: Error) => void) | null = null
+  private resume: (() => void) | null = null
+  private attempt = 0
+  private target: Target | null = null
+  private readonly res: ServerResponse
+  private readonly startedAt = performance.now()
+  private readonly attempts: number
+  private readonly idempotent: boolean
+  private readonly onClose: () => void
 
   constructor (
+    private readonly route: RouteState,
     private readonly request: FastifyRequest,
     private readonly reply: FastifyReply,
-    private readonly startedAt: number,
-    private readonly rewrite: Rewrite,
-    private readonly hide: ReadonlySet<string>,
-    private readonly callback: (err: Error | null) => void
+    private readonly extras: ForwardExtras,
+    private readonly path: string,
+    private readonly body: Readable | string | Buffer | null
   ) {
     this.res = reply.raw
+    const method = request.raw.method
+    this.idempotent = body === null && (method === 'GET' || method === 'HEAD' || method === 'OPTIONS')
+    this.attempts = this.idempotent ? route.options.retries + 1 : 1
     // The client went away: stop the upstream request too.
     this.onClose = () => {
       if (!this.done && this.abort !== null) this.abort(new Error('client closed the connection'))
     }
     this.res.once('close', this.onClose)
+  }
+
+  dispatch (target: Target): void {
+    this.attempt++
+    this.target = target
+    this.abort = null
+    target.pool.dispatch({
+      origin: target.origin,
+      path: this.path,
+      method: this.request.raw.method as Dispatcher.HttpMethod,
+      headers: upstreamHeaders(this.request, target.host, this.extras, this.route.policy),
+      body: this.body,
+      idempotent: this.idempotent,
+      blocking: false
+    }, this)
   }
 
   onConnect (abort: (err?: Error) => void): void {
@@ -349,30 +361,51 @@ class ResponseHandler implements Dispatcher.DispatchHandler {
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (statusCode < 200) return true // 1xx informational: wait for the final response
     this.started = true
-    this.request.upstreamMs = performance.now() - this.startedAt
+    this.resume = resume
+    const request = this.request
+    request.upstreamMs = performance.now() - this.startedAt
     this.reply.hijack()
-    const headers = responseHeaders(rawHeaders, this.request.id, this.rewrite, this.hide, this.reply.getHeaders())
+    const headers = responseHeaders(rawHeaders, request.id, this.route, ownHeaders(this.reply))
     // Draining (plugins/health): this response closes its connection, so the client does not
     // send another request on a connection the gateway is about to close.
-    if ((this.request.server as { readiness?: { state: string } }).readiness?.state === 'draining') this.res.shouldKeepAlive = false
+    if ((request.server as { readiness?: { state: string } }).readiness?.state === 'draining') this.res.shouldKeepAlive = false
     this.res.writeHead(statusCode, statusText, headers)
-    this.res.on('drain', resume)
     return true
   }
 
   onData (chunk: Buffer): boolean {
-    return this.res.write(chunk)
+    if (this.res.write(chunk)) return true
+    // The client reads slower than the upstream sends: pause the upstream until it drains.
+    this.res.once('drain', this.resume as () => void)
+    return false
   }
 
   onComplete (): void {
     this.finish()
     this.res.end()
-    this.callback(null)
   }
 
   onError (err: Error): void {
     this.finish()
-    this.callback(err)
+    const code = (err as { code?: string }).code ?? ''
+    const target = this.target as Target
+    if (!this.started && this.attempt < this.attempts && RETRYABLE.has(code) && !this.res.destroyed) {
+      this.request.log.debug({ attempt: this.attempt, code }, 'retrying upstream request')
+      this.done = false
+      this.res.once('close', this.onClose)
+      this.dispatch(this.route.pick())
+      return
+    }
+    const routeName = this.route.routeName
+    publish(channels.upstreamError, () => ({ route: routeName, kind: errorKind(err) }))
+    if (this.started) {
+      // The response has begun: nothing left but to abort it, so the client sees a broken
+      // response and never a clean one.
+      this.request.log.warn({ code, upstream: target.origin }, 'upstream response aborted')
+      this.res.destroy()
+      return
+    }
+    this.reply.send(upstreamError(err, this.request, target.origin))
   }
 
   private finish (): void {
@@ -381,9 +414,26 @@ class ResponseHandler implements Dispatcher.DispatchHandler {
   }
 }
 
+/**
+ * The headers the pipeline set with `reply.header()` (RateLimit, CORS, security headers…),
+ * without `reply.getHeaders()`'s two object copies per response.
+ */
+let replyHeadersKey: symbol | null | undefined
+function ownHeaders (reply: FastifyReply): OwnHeaders {
+  // Fastify keeps them in an object under a private symbol, found once on the first reply; if a
+  // future Fastify moves it, reply.getHeaders() (a copy) still works. Headers set on the raw
+  // response (`reply.raw.setHeader`) are kept by Node's writeHead itself, unless the upstream
+  // sends the same name.
+  if (replyHeadersKey === undefined) {
+    replyHeadersKey = Object.getOwnPropertySymbols(reply).find((k) => k.description === 'fastify.reply.headers') ?? null
+  }
+  return replyHeadersKey === null ? reply.getHeaders() : (reply as unknown as Record<symbol, OwnHeaders>)[replyHeadersKey]
+}
+
 type OwnHeaders = Record<string, number | string | string[] | undefined>
 
-function responseHeaders (raw: Buffer[], requestId: string, rewrite: Rewrite, hide: ReadonlySet<string>, own: OwnHeaders): string[] {
+function responseHeaders (raw: Buffer[], requestId: string, route: RouteState, own: OwnHeaders): string[] {
+  const { hide, rewrite } = route
   const out: string[] = []
   let named: Set<string> | null = null
   // One pass that decodes each name once (the hot loop of every response); the headers the
@@ -395,7 +445,7 @@ function responseHeaders (raw: Buffer[], requestId: string, rewrite: Rewrite, hi
       continue
     }
     if (hide.has(name)) continue
-    if (own[name] !== undefined && !OWN_MERGE.has(name) && !OWN_SKIP.has(name)) continue // the gateway's value wins
+    if (own[name] !== undefined && Object.hasOwn(own, name) && !OWN_MERGE.has(name) && !OWN_SKIP.has(name)) continue // the gateway's value wins
     let value = raw[i + 1].toString('latin1')
     if (name === 'location') value = rewriteLocation(value, rewrite)
     out.push(name, value)
@@ -415,6 +465,7 @@ function responseHeaders (raw: Buffer[], requestId: string, rewrite: Rewrite, hi
     if (Array.isArray(value)) for (const v of value) out.push(name, v)
     else out.push(name, String(value))
   }
+  for (const [name, value] of route.fixed) if (own[name] === undefined) out.push(name, value)
   out.push('x-request-id', requestId)
   return out
 }

@@ -79,7 +79,8 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
   scope.removeAllContentTypeParsers()
   scope.addContentTypeParser('*', function passThrough (_request, payload, done) { done(null, payload) })
 
-  const handler = (request: FastifyRequest, reply: FastifyReply): Promise<void> => forwarder.forward(request, reply)
+  // The forwarder answers through the reply (hijacked for the upstream's response, or an error).
+  const handler = (request: FastifyRequest, reply: FastifyReply): void => { forwarder.forward(request, reply) }
   const base = route.prefix === '/' ? '' : route.prefix
   const urls = base === '' ? ['/', '/*'] : [base, `${base}/*`]
   for (const url of urls) {

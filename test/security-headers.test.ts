@@ -58,6 +58,9 @@ t.test('defaults: on what the gateway answers itself', async (t) => {
   assertDefaults(t, await call(`${url}/nowhere`), '404')
   assertDefaults(t, await call(`${url}/down/`), '502')
   assertDefaults(t, await call(`${url}/healthz`), '/healthz')
+  const malformed = await call(`${url}/api/people/%zz`)
+  t.equal(malformed.status, 400)
+  assertDefaults(t, malformed, 'malformed URL')
 })
 
 t.test('HSTS when configured; upstream headers passed when asked', async (t) => {
@@ -87,6 +90,7 @@ t.test('headers set with reply.header() before forwarding reach the proxied resp
         reply.header('x-total-count', '7')
         reply.header('set-cookie', 'gw=1')
         reply.header('content-type', 'text/plain')
+        reply.header('x-frame-options', 'SAMEORIGIN')
         next()
       })
       done()
@@ -104,6 +108,7 @@ t.test('headers set with reply.header() before forwarding reach the proxied resp
   t.same(res.headers['set-cookie'], ['up=1', 'gw=1'], 'Set-Cookie is merged, not replaced')
   t.equal(res.headers['content-type'], 'application/json', 'the body\'s own headers stay the upstream\'s')
   t.equal(res.headers['x-content-type-options'], 'nosniff')
+  t.equal(res.headers['x-frame-options'], 'SAMEORIGIN', 'a security header the pipeline set itself is not replaced')
 })
 
 t.test('config defaults', async (t) => {

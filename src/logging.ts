@@ -1,0 +1,159 @@
+/**
+ * The gateway's logging: one pino logger, an access line per request written without pino's
+ * per-request machinery, and request loggers that cost nothing until a request logs something.
+ *
+ * Why not plain pino per request (bench/PROFILE.md, issue 8): with the access log on, pino's
+ * per-request child logger, its serializer and redaction, and one `write(2)` per line were
+ * ≈ 12 µs of the ≈ 125 µs a proxied request costs. Here:
+ *  - lines go through one SonicBoom destination that writes when 4 KiB have gathered, or
+ *    every `FLUSH_INTERVAL_MS`, and synchronously on close and at process exit: under load one
+ *    `write(2)` carries ≈ 20 lines; a quiet gateway's lines appear within 100 ms;
+ *  - the access line is built from fixed fields (`formatAccessLine`), the same JSON pino would
+ *    write for them, with no redaction needed: it never carries headers or the query string;
+ *  - `request.log` is a `LazyRequestLogger`: pino's child (bindings, redaction) is made the
+ *    first time a request logs at an enabled level — most requests never do.
+ */
+import { hostname } from 'node:os'
+import pino, { type Logger } from 'pino'
+
+type Destination = ReturnType<typeof pino.destination>
+
+/** Longest a log line waits in the buffer when the gateway is quiet. */
+export const FLUSH_INTERVAL_MS = 100
+/**
+ * Bytes gathered before a write (≈ 17 access lines). Writes never exceed PIPE_BUF (4096 on
+ * Linux) unless one line does, so with `--workers N` sharing a pipe, one worker's batch is never
+ * split by another's — the same guarantee as one write per line.
+ */
+export const FLUSH_BYTES = 3584
+const MAX_WRITE = 4096
+
+export interface GatewayLogger {
+  logger: Logger
+  destination: Destination
+  /** Writes what is buffered; later lines are written as they come (no buffering). */
+  close: () => void
+}
+
+/**
+ * The logger the gateway builds when it is not given one: JSON lines to `dest` (fd 1 by
+ * default, or a file path), secrets redacted, buffered as described above.
+ */
+export function createGatewayLogger (options: { level: string, redact: string[], dest?: number | string }): GatewayLogger {
+  const destination = pino.destination({
+    dest: options.dest ?? 1,
+    sync: true,
+    minLength: FLUSH_BYTES,
+    maxWrite: MAX_WRITE,
+    periodicFlush: FLUSH_INTERVAL_MS,
+    mkdir: typeof options.dest === 'string'
+  })
+  const logger = pino({ level: options.level, redact: { paths: options.redact, censor: '[redacted]' } }, destination)
+  // A crash or process.exit() must not lose the lines still in the buffer.
+  const onExit = (): void => { flushQuietly(destination) }
+  process.on('exit', onExit)
+  let closed = false
+  return {
+    logger,
+    destination,
+    close () {
+      if (closed) return
+      closed = true
+      process.removeListener('exit', onExit)
+      flushQuietly(destination)
+      // Lines logged after close (the CLI's last words) must not wait for a buffer to fill.
+      ;(destination as unknown as { minLength: number }).minLength = 0
+      const timer = (destination as unknown as { _periodicFlushTimer?: NodeJS.Timeout })._periodicFlushTimer
+      if (timer !== undefined) clearInterval(timer)
+    }
+  }
+}
+
+function flushQuietly (destination: Destination): void {
+  try { destination.flushSync() } catch {}
+}
+
+/** The fields of an access line, in the order they are written. */
+export interface AccessFields {
+  reqId: string
+  method: string
+  ip: string
+  route: string | null
+  path: string
+  status: number
+  ms: number
+  upstreamMs: number | null
+  traceId: string | null
+}
+
+const PID = process.pid
+const HOSTNAME = JSON.stringify(hostname())
+const INFO = 30
+
+/** What pino writes for `logger.child({ reqId }).info(fields, 'request completed')`, built directly. */
+export function formatAccessLine (fields: AccessFields, time: number = Date.now()): string {
+  return '{"level":' + INFO + ',"time":' + time + ',"pid":' + PID + ',"hostname":' + HOSTNAME +
+    ',"reqId":' + JSON.stringify(fields.reqId) +
+    ',"method":' + JSON.stringify(fields.method) +
+    ',"ip":' + JSON.stringify(fields.ip) +
+    ',"route":' + (fields.route === null ? 'null' : JSON.stringify(fields.route)) +
+    ',"path":' + JSON.stringify(fields.path) +
+    ',"status":' + fields.status +
+    ',"ms":' + fields.ms +
+    ',"upstreamMs":' + (fields.upstreamMs === null ? 'null' : fields.upstreamMs) +
+    ',"traceId":' + (fields.traceId === null ? 'null' : JSON.stringify(fields.traceId)) +
+    ',"msg":"request completed"}\n'
+}
+
+type Level = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace'
+type LogFn = (...args: unknown[]) => void
+
+/**
+ * `request.log`: the methods of a pino child with `bindings`, but the child is only made when a
+ * line at an enabled level is logged. A disabled level costs one lookup, as with pino itself.
+ */
+export class LazyRequestLogger {
+  private real: Logger | null = null
+
+  constructor (private readonly parent: Logger, private readonly bindings: Record<string, unknown>) {}
+
+  private materialize (): Logger {
+    if (this.real === null) this.real = this.parent.child(this.bindings)
+    return this.real
+  }
+
+  get level (): string { return (this.real ?? this.parent).level }
+  set level (value: string) { this.materialize().level = value }
+
+  isLevelEnabled (level: string): boolean { return (this.real ?? this.parent).isLevelEnabled(level) }
+
+  fatal (...args: unknown[]): void { this.log('fatal', args) }
+  error (...args: unknown[]): void { this.log('error', args) }
+  warn (...args: unknown[]): void { this.log('warn', args) }
+  info (...args: unknown[]): void { this.log('info', args) }
+  debug (...args: unknown[]): void { this.log('debug', args) }
+  trace (...args: unknown[]): void { this.log('trace', args) }
+  silent (): void {}
+
+  /** A child of the request's logger, its bindings (the request id) included. */
+  child (bindings: Record<string, unknown>, options?: Record<string, unknown>): Logger {
+    return this.materialize().child(bindings, options)
+  }
+
+  private log (level: Level, args: unknown[]): void {
+    if (!(this.real ?? this.parent).isLevelEnabled(level)) return
+    ;(this.materialize()[level] as LogFn)(...args)
+  }
+}
+
+/** Fastify's `childLoggerFactory`: a lazy child unless the route sets its own level or serializers. */
+export function lazyChildLoggerFactory (logger: Logger, bindings: Record<string, unknown>, options: Record<string, unknown>): Logger {
+  if (hasKeys(options)) return logger.child(bindings, options) // a route's own level or serializers
+  return new LazyRequestLogger(logger, bindings) as unknown as Logger
+}
+
+/** Object.keys(o).length > 0 without the array (this runs once per request). */
+function hasKeys (o: Record<string, unknown>): boolean {
+  for (const key in o) if (Object.hasOwn(o, key)) return true
+  return false
+}
