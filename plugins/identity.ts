@@ -19,6 +19,7 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type { GatewayConfig, RouteConfig } from '../schemas/config.js'
+import type { Identity } from '../schemas/auth.js'
 
 export interface IdentityOptions {
   config: Readonly<GatewayConfig>
@@ -48,16 +49,26 @@ async function identityPlugin (scope: FastifyInstance, opts: IdentityOptions): P
   // Only a route that can have an identity (authentication, or the route's own plugins) needs the hook.
   if (route.auth.length === 0 && route.plugins.length === 0) return
 
+  // A verified token is remembered (plugins/jwt), so the same frozen Identity object comes back
+  // request after request: its three header values are computed once.
+  const headersOf = new WeakMap<Identity, ReadonlyArray<readonly [string, string]>>()
   scope.addHook('preHandler', function identityHeaders (request, _reply, done) {
     const identity = request.identity
     if (identity === undefined) { done(); return }
+    let own = headersOf.get(identity)
+    if (own === undefined) {
+      own = [
+        [userHeader, headerSafe(identity.subject)],
+        [scopesHeader, headerSafe(identity.scopes.join(' '))],
+        [viaHeader, headerSafe(identity.scheme)]
+      ]
+      // Only frozen identities (what the gateway's schemes make) can be remembered safely.
+      if (Object.isFrozen(identity) && Object.isFrozen(identity.scopes)) headersOf.set(identity, own)
+    }
     const extras = request.upstream
-    const own: Array<readonly [string, string]> = [
-      [userHeader, headerSafe(identity.subject)],
-      [scopesHeader, headerSafe(identity.scopes.join(' '))],
-      [viaHeader, headerSafe(identity.scheme)]
-    ]
-    request.upstream = { ...extras, headers: extras?.headers === undefined ? own : [...extras.headers, ...own] }
+    request.upstream = extras === undefined
+      ? { headers: own }
+      : { ...extras, headers: extras.headers === undefined ? own : [...extras.headers, ...own] }
     done()
   })
 }
