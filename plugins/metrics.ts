@@ -30,6 +30,7 @@ import { parsePasswordHash, verifyPassword, type ParsedHash } from './password-h
 import {
   channels, type AuthFailureEvent, type AuthzDeniedEvent, type RateLimitedEvent, type UpstreamErrorEvent, type ValidationFailureEvent
 } from '../schemas/events.js'
+import { routeNameOf } from './fastify-internals.js'
 
 /** The route label of a request no configured route matched (404s, bad URLs). */
 export const UNMATCHED = UNMATCHED_ROUTE
@@ -247,7 +248,7 @@ export class GatewayMetrics {
     if (reply === undefined) return
     res[kReply] = undefined
     this.inFlight--
-    const stats = this.routeStats(reply.routeOptions.config.routeName ?? UNMATCHED)
+    const stats = this.routeStats(routeNameOf(reply.request) ?? UNMATCHED)
     const cls = res.writableEnded ? statusClass(res.statusCode) : ABORTED
     stats.requests[(METHOD_INDEX.get(reply.request.method) ?? OTHER_METHOD) * CLASSES.length + cls]++
     stats.latency.observe((performance.now() - (res[kStart] as number)) / 1000)

@@ -17,6 +17,7 @@ import fp from 'fastify-plugin'
 import { Agent, request as httpRequest } from 'undici'
 import { parseDuration } from '../schemas/common.js'
 import type { OtlpConfig, TracingConfig } from '../schemas/observability.js'
+import { routeNameOf } from './fastify-internals.js'
 
 /** The trace context of one request, as `request.trace`. */
 export interface TraceContext {
@@ -208,7 +209,7 @@ function serverSpan (reply: FastifyReply, started: number, finished: boolean): O
   const trace = request.trace as TraceContext
   const now = performance.now()
   const end = performance.timeOrigin + now
-  const route = reply.routeOptions.config.routeName ?? 'unmatched'
+  const route = routeNameOf(reply.request) ?? 'unmatched'
   const url = request.raw.url ?? '/'
   const q = url.indexOf('?')
   const status = reply.raw.statusCode

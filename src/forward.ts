@@ -20,6 +20,7 @@ import { Pool, type Dispatcher } from 'undici'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { GatewayError } from '../schemas/errors.js'
 import { channels, publish, type UpstreamErrorEvent } from '../schemas/events.js'
+import { replyHeaders, type OwnHeaders } from '../plugins/fastify-internals.js'
 
 export interface ForwarderOptions {
   /** Upstream URLs; all share the same path, which replaces `prefix`. */
@@ -365,7 +366,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     const request = this.request
     request.upstreamMs = performance.now() - this.startedAt
     this.reply.hijack()
-    const headers = responseHeaders(rawHeaders, request.id, this.route, ownHeaders(this.reply))
+    const headers = responseHeaders(rawHeaders, request.id, this.route, replyHeaders(this.reply))
     // Draining (plugins/health): this response closes its connection, so the client does not
     // send another request on a connection the gateway is about to close.
     if ((request.server as { readiness?: { state: string } }).readiness?.state === 'draining') this.res.shouldKeepAlive = false
@@ -413,24 +414,6 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     this.res.removeListener('close', this.onClose)
   }
 }
-
-/**
- * The headers the pipeline set with `reply.header()` (RateLimit, CORS, security headers…),
- * without `reply.getHeaders()`'s two object copies per response.
- */
-let replyHeadersKey: symbol | null | undefined
-function ownHeaders (reply: FastifyReply): OwnHeaders {
-  // Fastify keeps them in an object under a private symbol, found once on the first reply; if a
-  // future Fastify moves it, reply.getHeaders() (a copy) still works. Headers set on the raw
-  // response (`reply.raw.setHeader`) are kept by Node's writeHead itself, unless the upstream
-  // sends the same name.
-  if (replyHeadersKey === undefined) {
-    replyHeadersKey = Object.getOwnPropertySymbols(reply).find((k) => k.description === 'fastify.reply.headers') ?? null
-  }
-  return replyHeadersKey === null ? reply.getHeaders() : (reply as unknown as Record<symbol, OwnHeaders>)[replyHeadersKey]
-}
-
-type OwnHeaders = Record<string, number | string | string[] | undefined>
 
 function responseHeaders (raw: Buffer[], requestId: string, route: RouteState, own: OwnHeaders): string[] {
   const { hide, rewrite } = route

@@ -1,0 +1,47 @@
+/**
+ * The only place Portcullis reads Fastify's private fields, for two reads on every request whose
+ * public forms allocate: `request.routeOptions` builds and freezes a new object on each access,
+ * and `reply.getHeaders()` copies two objects. Each private key is found once, by its symbol's
+ * description, on the first request; if a Fastify release renames it, the public form is used
+ * (slower, same result). test/fastify-internals.test.ts fails if the fast path is lost.
+ */
+import type { FastifyContextConfig, FastifyReply, FastifyRequest } from 'fastify'
+
+export type OwnHeaders = Record<string, number | string | string[] | undefined>
+
+const UNKNOWN = Symbol('not looked up yet')
+let contextKey: symbol | null | typeof UNKNOWN = UNKNOWN
+let headersKey: symbol | null | typeof UNKNOWN = UNKNOWN
+
+function find (target: object, description: string): symbol | null {
+  return Object.getOwnPropertySymbols(target).find((k) => k.description === description) ?? null
+}
+
+/** `request.routeOptions.config`, without building routeOptions. */
+export function routeConfig (request: FastifyRequest): FastifyContextConfig {
+  if (contextKey === UNKNOWN) contextKey = find(request, 'fastify.context')
+  if (contextKey !== null) {
+    const config = ((request as unknown as Record<symbol, { config?: FastifyContextConfig } | undefined>)[contextKey])?.config
+    if (config !== undefined) return config
+  }
+  return request.routeOptions.config
+}
+
+/** The configured route's name (access log, metrics and trace label), or undefined off a route. */
+export function routeNameOf (request: FastifyRequest): string | undefined {
+  return routeConfig(request).routeName
+}
+
+/**
+ * The headers set with `reply.header()` so far — Fastify's own object, to read, never to
+ * change. Headers set on the raw response are not included.
+ */
+export function replyHeaders (reply: FastifyReply): OwnHeaders {
+  if (headersKey === UNKNOWN) headersKey = find(reply, 'fastify.reply.headers')
+  return headersKey === null ? reply.getHeaders() : (reply as unknown as Record<symbol, OwnHeaders>)[headersKey]
+}
+
+/** For the test: whether both fast paths are in use. */
+export function fastPathsFound (): { context: boolean, headers: boolean } {
+  return { context: typeof contextKey === 'symbol', headers: typeof headersKey === 'symbol' }
+}
