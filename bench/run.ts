@@ -16,6 +16,7 @@ import {
   pinningPossible, removeDir, round, runLoad, scratchDir, sleep, stopAll, waitForHttp, type LoadResult, type ToolName, startBenchUpstream
 } from './lib.js'
 import { portcullisConfig, type Variant } from './portcullis-config.js'
+import { FLUSH_INTERVAL_MS } from '../src/logging.js'
 
 const USAGE = `Usage: npm run bench -- [options]
 
@@ -213,6 +214,23 @@ http {
   }
 }
 
+/** node:http + an undici Pool and nothing else: the ceiling for any Node gateway here. */
+function nodeFloorScenario (ctx: Context): Scenario {
+  return {
+    id: 'node-floor',
+    label: 'node:http + undici Pool, nothing else (the Node floor)',
+    start: async () => {
+      const port = await freePort()
+      const proc = new Proc('node-floor', process.execPath, [builtFile('bench/node-floor.js'), ctx.upstreamOrigin, String(port)], {
+        cpu: ctx.proxyCpu, stderrFile: join(ctx.scratch, 'node-floor.stderr.log'), stdinPipe: true
+      })
+      await proc.waitForLine(/listening (\d+)/)
+      const url = `http://127.0.0.1:${port}`
+      return { url, headers: {}, cpuPids: [proc.pid], protections: [], check: () => expectProxying('node-floor', url, {}) }
+    }
+  }
+}
+
 function bareProxyScenario (ctx: Context): Scenario {
   return {
     id: 'bare-proxy',
@@ -303,6 +321,7 @@ function scenarios (ctx: Context, upstream: Proc): Scenario[] {
     { id: 'fast-gateway', label: 'fast-gateway', skip: FAST_GATEWAY_SKIP },
     bareProxyScenario(ctx),
     portcullisScenario(ctx, 'portcullis', { protections: false, store: 'memory' }),
+    nodeFloorScenario(ctx),
     portcullisScenario(ctx, 'portcullis-jwt-hs256', { protections: false, store: 'memory', jwtOnly: 'HS256' }),
     portcullisScenario(ctx, 'portcullis-jwt-rs256', { protections: false, store: 'memory', jwtOnly: 'RS256' }),
     portcullisScenario(ctx, 'portcullis-full', { protections: true, store: 'memory' }),
@@ -362,7 +381,8 @@ async function measure (ctx: Context, tool: ToolName, scenario: Scenario, target
     cpuUsPerRequest: before === null || after === null || result.requests === 0 ? null : round2((after - before) * 1e6 / result.requests)
   }
   if (target.logFile !== undefined) {
-    await sleep(50)
+    // The gateway buffers its log lines for up to FLUSH_INTERVAL_MS (src/logging.ts): wait them out.
+    await sleep(FLUSH_INTERVAL_MS * 3)
     record.logLines = countLines(target.logFile)
     truncateSync(target.logFile, 0)
   }

@@ -21,6 +21,7 @@ import { routeStripHeaders } from '../plugins/identity.js'
 import { createForwarder, type Forwarder } from './forward.js'
 import { routeScope } from './route.js'
 import { createGatewayLogger, formatAccessLine, lazyChildLoggerFactory } from './logging.js'
+import { routeNameOf } from '../plugins/fastify-internals.js'
 
 export interface BuildOptions {
   /** Fastify/pino logger options, or false. Default: JSON logs at `logging.level`, secrets redacted. */
@@ -82,7 +83,7 @@ class AccessLog extends LogController {
     const line = {
       method: request.method,
       ip: request.ip,
-      route: reply.routeOptions.config.routeName ?? null,
+      route: routeNameOf(request) ?? null,
       path: q === -1 ? url : url.slice(0, q),
       status: reply.statusCode,
       ms: Math.round(reply.elapsedTime * 100) / 100,
@@ -117,7 +118,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   const own = options.logger === undefined && logging.level !== 'silent'
     ? createGatewayLogger({ level: logging.level, redact: REDACT, dest: options.logDestination })
     : null
-  const accessWrite = own !== null && own.logger.isLevelEnabled('info') ? (line: string) => { own.destination.write(line) } : null
+  const accessWrite = own !== null && own.logger.isLevelEnabled('info') ? (line: string) => { own.lines.write(line) } : null
   const app = Fastify({
     ...(own !== null
       ? { loggerInstance: own.logger as unknown as FastifyBaseLogger, childLoggerFactory: lazyChildLoggerFactory as unknown as FastifyServerOptions['childLoggerFactory'] }

@@ -14,7 +14,7 @@ import t from 'tap'
 import pino from 'pino'
 import { buildGateway } from '../src/app.js'
 import { parseConfig } from '../src/config.js'
-import { FLUSH_INTERVAL_MS, LazyRequestLogger, formatAccessLine, lazyChildLoggerFactory, type AccessFields } from '../src/logging.js'
+import { FLUSH_BYTES, FLUSH_INTERVAL_MS, LazyRequestLogger, LineBuffer, formatAccessLine, lazyChildLoggerFactory, type AccessFields } from '../src/logging.js'
 import { call, startUpstream, transpileProject, type T } from './helper.js'
 
 function tempDir (t: T): string {
@@ -67,6 +67,36 @@ t.test('formatAccessLine writes exactly what pino writes, hostile paths included
   t.equal((JSON.parse(lone) as { path: string }).path, '/api/\ud800', 'and reads back as the same string')
   const nulls = { ...base, route: null, upstreamMs: null, traceId: null, status: 404 }
   t.equal(formatAccessLine(nulls, 5), pinoLine(nulls, 5), 'null route, upstream time and trace id')
+})
+
+t.test('LineBuffer: batches of at most PIPE_BUF bytes, in order, a long line alone, pass-through after close', async (t) => {
+  const writes: string[] = []
+  const buffer = new LineBuffer({ write: (chunk: string) => writes.push(chunk) }, 60_000)
+  t.teardown(() => { buffer.close() })
+  const lines: string[] = []
+  for (let i = 0; i < 300; i++) {
+    // ASCII, two-byte and three-byte characters: batches are measured in bytes, not characters.
+    const line = JSON.stringify({ i, pad: (i % 3 === 0 ? 'a' : i % 3 === 1 ? '\u00e9' : '\u20ac').repeat(50 + (i % 40)) }) + '\n'
+    lines.push(line)
+    buffer.write(line)
+  }
+  const long = 'x'.repeat(9000) + '\n'
+  buffer.write(long)
+  lines.push(long)
+  buffer.flush()
+  t.equal(writes.join(''), lines.join(''), 'every line, in order')
+  t.ok(writes.length > 10 && writes.length < 100, `batched: ${writes.length} writes for 301 lines`)
+  for (const w of writes) {
+    if (w === long) continue
+    t.ok(Buffer.byteLength(w) <= 4096, 'no batch over PIPE_BUF')
+  }
+  t.ok(writes.includes(long), 'the long line is written on its own')
+  t.ok(writes.slice(0, -2).every((w) => Buffer.byteLength(w) >= FLUSH_BYTES - 400), 'full batches until the end')
+  buffer.close()
+  const before = writes.length
+  buffer.write('after\n')
+  t.equal(writes.length, before + 1)
+  t.equal(writes[writes.length - 1], 'after\n', 'written at once after close')
 })
 
 t.test('LazyRequestLogger makes the pino child only when a line is logged at an enabled level', async (t) => {
