@@ -297,9 +297,9 @@ export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): 
   }
 
   return {
-    count: async (request, reply) => { await apply(request, reply, true) },
-    peek: async (request, reply) => { await apply(request, reply, false) },
-    countIp: async (request) => { await apply(request, null, true) }
+    count: (request, reply) => apply(request, reply, true),
+    peek: (request, reply) => apply(request, reply, false),
+    countIp: (request) => apply(request, null, true)
   }
 }
 
@@ -313,8 +313,10 @@ async function rateLimitEdgePlugin (scope: FastifyInstance, opts: RouteLimitOpti
   // by: consumer — an IP whose bucket (failed logins, anonymous calls) is spent is refused
   // before its credentials are checked; a failed authentication is counted against it.
   scope.addHook('onRequest', limiter.peek)
-  scope.addHook('onResponse', async (request, reply) => {
-    if (reply.statusCode === 401 && (request as MaybeIdentity).identity == null) await limiter.countIp(request)
+  // Callback style: the hook runs on every response and almost never counts, so no promise for those.
+  scope.addHook('onResponse', function countFailedLogin (request, reply, done) {
+    if (reply.statusCode === 401 && (request as MaybeIdentity).identity == null) limiter.countIp(request).then(() => { done() }, done)
+    else done()
   })
 }
 
