@@ -14,10 +14,12 @@ import { generateApiKey, hashApiKey, hashPasswordSync } from '../plugins/passwor
 /** Read one line from a terminal without echoing it. Null when the user gave up (Ctrl-C, Ctrl-D). */
 function readHidden (prompt: string, input: NodeJS.ReadStream, output: NodeJS.WriteStream): Promise<string | null> {
   return new Promise((resolve) => {
-    output.write(prompt)
     let value = ''
     const wasRaw = input.isRaw
+    // Echo off before the prompt shows: a password typed the moment the prompt appears would
+    // otherwise be echoed by the terminal (the tty test caught this race under load).
     input.setRawMode(true)
+    output.write(prompt)
     input.resume()
     const finish = (result: string | null): void => {
       input.removeListener('data', onData)
