@@ -214,38 +214,26 @@ http {
   }
 }
 
-/** node:http + an undici Pool and nothing else: the ceiling for any Node gateway here. */
-function nodeFloorScenario (ctx: Context): Scenario {
+/** A proxy script from bench/ (`node dist/bench/ID.js UPSTREAM PORT`, prints `listening PORT`). */
+function scriptScenario (ctx: Context, id: string, label: string): Scenario {
   return {
-    id: 'node-floor',
-    label: 'node:http + undici Pool, nothing else (the Node floor)',
+    id,
+    label,
     start: async () => {
       const port = await freePort()
-      const proc = new Proc('node-floor', process.execPath, [builtFile('bench/node-floor.js'), ctx.upstreamOrigin, String(port)], {
-        cpu: ctx.proxyCpu, stderrFile: join(ctx.scratch, 'node-floor.stderr.log'), stdinPipe: true
+      const proc = new Proc(id, process.execPath, [builtFile(`bench/${id}.js`), ctx.upstreamOrigin, String(port)], {
+        cpu: ctx.proxyCpu, stderrFile: join(ctx.scratch, `${id}.stderr.log`), stdinPipe: true
       })
       await proc.waitForLine(/listening (\d+)/)
       const url = `http://127.0.0.1:${port}`
-      return { url, headers: {}, cpuPids: [proc.pid], protections: [], check: () => expectProxying('node-floor', url, {}) }
+      return { url, headers: {}, cpuPids: [proc.pid], protections: [], check: () => expectProxying(id, url, {}) }
     }
   }
 }
 
-function bareProxyScenario (ctx: Context): Scenario {
-  return {
-    id: 'bare-proxy',
-    label: 'bare @fastify/http-proxy (defaults)',
-    start: async () => {
-      const port = await freePort()
-      const proc = new Proc('bare-proxy', process.execPath, [builtFile('bench/bare-proxy.js'), ctx.upstreamOrigin, String(port)], {
-        cpu: ctx.proxyCpu, stderrFile: join(ctx.scratch, 'bare-proxy.stderr.log'), stdinPipe: true
-      })
-      await proc.waitForLine(/listening (\d+)/)
-      const url = `http://127.0.0.1:${port}`
-      return { url, headers: {}, cpuPids: [proc.pid], protections: [], check: () => expectProxying('bare-proxy', url, {}) }
-    }
-  }
-}
+const bareProxyScenario = (ctx: Context): Scenario => scriptScenario(ctx, 'bare-proxy', 'bare @fastify/http-proxy (defaults)')
+/** node:http + an undici Pool and nothing else: the ceiling for any Node gateway here. */
+const nodeFloorScenario = (ctx: Context): Scenario => scriptScenario(ctx, 'node-floor', 'node:http + undici Pool, nothing else (the Node floor)')
 
 /** Portcullis from the built CLI (`start`, or `start --workers N`) with a generated config. */
 function portcullisScenario (ctx: Context, id: string, variant: Variant, workers: number | null = null): Scenario {
