@@ -6,6 +6,8 @@
  */
 import Fastify from 'fastify'
 import httpProxy from '@fastify/http-proxy'
+import type { AddressInfo } from 'node:net'
+import { announceAndFollowParent } from './floor-lib.js'
 
 const [upstream, portArg] = process.argv.slice(2)
 if (upstream === undefined) {
@@ -16,10 +18,4 @@ if (upstream === undefined) {
 const app = Fastify()
 await app.register(httpProxy, { upstream })
 await app.listen({ host: '127.0.0.1', port: Number(portArg ?? 0) })
-const address = app.server.address()
-process.stdout.write(`listening ${typeof address === 'object' && address !== null ? address.port : String(portArg)}\n`)
-
-process.stdin.resume()
-process.stdin.on('end', () => process.exit(0))
-process.stdin.on('error', () => process.exit(0))
-process.on('SIGTERM', () => process.exit(0))
+announceAndFollowParent((app.server.address() as AddressInfo).port)

@@ -234,6 +234,8 @@ function scriptScenario (ctx: Context, id: string, label: string): Scenario {
 const bareProxyScenario = (ctx: Context): Scenario => scriptScenario(ctx, 'bare-proxy', 'bare @fastify/http-proxy (defaults)')
 /** node:http + an undici Pool and nothing else: the ceiling for any Node gateway here. */
 const nodeFloorScenario = (ctx: Context): Scenario => scriptScenario(ctx, 'node-floor', 'node:http + undici Pool, nothing else (the Node floor)')
+/** The same inside one Fastify route: Fastify's own share. */
+const fastifyFloorScenario = (ctx: Context): Scenario => scriptScenario(ctx, 'fastify-floor', 'the node floor inside one Fastify route (Fastify\'s share)')
 
 /** Portcullis from the built CLI (`start`, or `start --workers N`) with a generated config. */
 function portcullisScenario (ctx: Context, id: string, variant: Variant, workers: number | null = null): Scenario {
@@ -310,6 +312,7 @@ function scenarios (ctx: Context, upstream: Proc): Scenario[] {
     bareProxyScenario(ctx),
     portcullisScenario(ctx, 'portcullis', { protections: false, store: 'memory' }),
     nodeFloorScenario(ctx),
+    fastifyFloorScenario(ctx),
     portcullisScenario(ctx, 'portcullis-jwt-hs256', { protections: false, store: 'memory', jwtOnly: 'HS256' }),
     portcullisScenario(ctx, 'portcullis-jwt-rs256', { protections: false, store: 'memory', jwtOnly: 'RS256' }),
     portcullisScenario(ctx, 'portcullis-full', { protections: true, store: 'memory' }),

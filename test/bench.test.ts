@@ -86,14 +86,14 @@ t.test('--quick runs every scenario, with zero errors, and writes a well-formed 
   t.ok(report.tool.name === 'wrk' || report.tool.name === 'autocannon')
 
   const ids = report.scenarios.map((s) => s.id)
-  t.same(ids.slice(0, 9), ['upstream', 'nginx', 'fast-gateway', 'bare-proxy', 'portcullis', 'node-floor', 'portcullis-jwt-hs256', 'portcullis-jwt-rs256', 'portcullis-full'])
+  t.same(ids.slice(0, 10), ['upstream', 'nginx', 'fast-gateway', 'bare-proxy', 'portcullis', 'node-floor', 'fastify-floor', 'portcullis-jwt-hs256', 'portcullis-jwt-rs256', 'portcullis-full'])
   t.ok(ids.includes('portcullis-full-redis') && ids.includes('portcullis-full-metrics'))
   for (const s of report.scenarios) {
     t.ok(s.status === 'measured' || (s.status === 'skipped' && typeof s.reason === 'string' && s.reason.length > 10), `${s.id}: measured, or skipped with a reason`)
   }
   t.equal(report.scenarios.find((s) => s.id === 'fast-gateway')?.status, 'skipped')
   t.match(report.scenarios.find((s) => s.id === 'fast-gateway')?.reason, /fast-proxy-lite/)
-  for (const id of ['upstream', 'bare-proxy', 'portcullis', 'node-floor', 'portcullis-jwt-hs256', 'portcullis-jwt-rs256', 'portcullis-full']) {
+  for (const id of ['upstream', 'bare-proxy', 'portcullis', 'node-floor', 'fastify-floor', 'portcullis-jwt-hs256', 'portcullis-jwt-rs256', 'portcullis-full']) {
     t.equal(report.scenarios.find((s) => s.id === id)?.status, 'measured', `${id} is measured`)
   }
   t.same(report.scenarios.find((s) => s.id === 'portcullis-jwt-rs256')?.protections, ['RS256 JWT'], 'the RS256 scenario verifies RS256 tokens and nothing else')
