@@ -20,7 +20,8 @@ import tokenEndpoint from '../plugins/token-endpoint.js'
 import { routeStripHeaders } from '../plugins/identity.js'
 import { createForwarder, type Forwarder } from './forward.js'
 import { routeScope } from './route.js'
-import { createGatewayLogger, formatAccessLine, lazyChildLoggerFactory } from './logging.js'
+import type { Logger } from 'pino'
+import { createGatewayLogger, formatAccessLine, lazyChildLoggerFactory, type LineBuffer } from './logging.js'
 import { routeNameOf } from '../plugins/fastify-internals.js'
 
 export interface BuildOptions {
@@ -58,14 +59,15 @@ interface RequestObserver { start: (request: FastifyRequest, reply: FastifyReply
  */
 class AccessLog extends LogController {
   /**
-   * @param write where the gateway's own logger buffers its lines: the access line is formatted
-   * directly into it (src/logging.ts). Without it (a logger given to buildGateway), the line
-   * goes through `request.log` like any other.
+   * @param lines the gateway's own logger's buffer: the access line is formatted directly into it
+   * (src/logging.ts), when `info` is enabled for the request's logger — checked per line, as
+   * pino would, so a level changed at run time (`app.log.level`) applies. Without it (a logger given to buildGateway), the line goes
+   * through `request.log` like any other.
    */
   constructor (
     private readonly enabled: boolean,
     private readonly observers: readonly RequestObserver[] = [],
-    private readonly write: ((line: string) => void) | null = null
+    private readonly lines: LineBuffer | null = null
   ) {
     super({ disableRequestLogging: false })
   }
@@ -91,8 +93,8 @@ class AccessLog extends LogController {
       traceId: request.trace?.traceId ?? null
     }
     if (error) request.log.warn({ ...line, err: error }, 'request errored')
-    else if (this.write !== null) this.write(formatAccessLine({ reqId: request.id, ...line }))
-    else request.log.info(line, 'request completed')
+    else if (this.lines === null) request.log.info(line, 'request completed')
+    else if ((request.log as unknown as Logger).isLevelEnabled('info')) this.lines.write(formatAccessLine({ reqId: request.id, ...line }))
   }
 }
 
@@ -118,12 +120,11 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   const own = options.logger === undefined && logging.level !== 'silent'
     ? createGatewayLogger({ level: logging.level, redact: REDACT, dest: options.logDestination })
     : null
-  const accessWrite = own !== null && own.logger.isLevelEnabled('info') ? (line: string) => { own.lines.write(line) } : null
   const app = Fastify({
     ...(own !== null
       ? { loggerInstance: own.logger as unknown as FastifyBaseLogger, childLoggerFactory: lazyChildLoggerFactory as unknown as FastifyServerOptions['childLoggerFactory'] }
       : { logger: options.logger ?? false }),
-    logController: new AccessLog(logging.accessLog, [tracer, metrics].filter((o) => o !== null), accessWrite),
+    logController: new AccessLog(logging.accessLog, [tracer, metrics].filter((o) => o !== null), own?.lines ?? null),
     genReqId: requestId,
     trustProxy: trustProxyOption(server.trustProxy),
     bodyLimit: parseSize(server.bodyLimit),

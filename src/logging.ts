@@ -54,12 +54,15 @@ export class LineBuffer {
     return true
   }
 
-  flush (): void {
-    if (this.lines.length === 0) return
-    const batch = this.lines.length === 1 ? this.lines[0] : this.lines.join('')
-    this.lines = []
-    this.bytes = 0
-    this.destination.write(batch)
+  /** Writes what is buffered. `done` is for pino's `logger.flush(cb)`, which waits for it. */
+  flush (done?: (err?: Error) => void): void {
+    if (this.lines.length > 0) {
+      const batch = this.lines.length === 1 ? this.lines[0] : this.lines.join('')
+      this.lines = []
+      this.bytes = 0
+      this.destination.write(batch)
+    }
+    done?.()
   }
 
   /** Writes what is buffered; from then on every line is written as it comes. */

@@ -161,6 +161,17 @@ t.test('the gateway\'s own logger: one access line per request, buffered, flushe
   t.type(access[0].upstreamMs, 'number')
   t.notOk(JSON.stringify(access[0]).includes('secret'), 'never the query string')
 
+  // pino's logger.flush(cb) writes the buffer and calls back.
+  app.log.warn('flushed on demand')
+  await new Promise<void>((resolve) => { (app.log as unknown as { flush: (cb: () => void) => void }).flush(resolve) })
+  t.ok(linesOf(file).some((l) => l.msg === 'flushed on demand'), 'logger.flush(cb) calls back once the line is written')
+
+  // A level raised at run time silences the access line, as it would any pino info line.
+  app.log.level = 'warn'
+  t.equal((await call(`${url}/api/people/8`, { headers: { 'x-request-id': 'at-warn' } })).status, 200)
+  await new Promise((resolve) => setTimeout(resolve, 100)) // the access line is due when the response finishes
+  app.log.level = 'info'
+
   // Under load the lines gather in the buffer; 200 requests, then close: every line is there.
   for (let i = 0; i < 200; i++) {
     const r = await call(`${url}/api/people/${i}`, { headers: { 'x-request-id': `burst-${i}` } })
@@ -175,6 +186,7 @@ t.test('the gateway\'s own logger: one access line per request, buffered, flushe
   t.equal(burst.length, 200, 'all 200 access lines written by close')
   t.same(burst.map((l) => l.reqId), Array.from({ length: 200 }, (_, i) => `burst-${i}`), 'in order')
   t.ok(after.some((l) => l.msg === 'request completed' && l.status === 404 && l.route === null), 'unmatched requests are logged too')
+  t.notOk(after.some((l) => l.reqId === 'at-warn'), 'no access line while the level was warn')
   // After close the logger writes through: a line logged now is in the file at once.
   app.log.info('after close')
   t.ok(linesOf(file).some((l) => l.msg === 'after close'), 'no buffering after close')
