@@ -121,7 +121,11 @@ async function problemPlugin (app: FastifyInstance, opts: ProblemPluginOptions):
 export default fp(problemPlugin, { name: 'portcullis-problem', fastify: '5.x' })
 
 /** For `clientErrorHandler`: a malformed request gets problem+json too, then the socket closes. */
-export function clientErrorResponse (err: NodeJS.ErrnoException & { bytesParsed?: number }, requestId: string): string {
+export function clientErrorResponse (
+  err: NodeJS.ErrnoException & { bytesParsed?: number },
+  requestId: string,
+  headers: ReadonlyArray<readonly [string, string]> = []
+): string {
   const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400
   const code = codeForStatus(status)
   const body = JSON.stringify({
@@ -132,7 +136,7 @@ export function clientErrorResponse (err: NodeJS.ErrnoException & { bytesParsed?
     instance: '',
     requestId
   } satisfies Problem)
-  return `HTTP/1.1 ${status} ${ERRORS[code].title}\r\nContent-Type: ${PROBLEM_CONTENT_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`
+  return `HTTP/1.1 ${status} ${ERRORS[code].title}\r\nContent-Type: ${PROBLEM_CONTENT_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${requestId}\r\n${headers.map(([name, value]) => `${name}: ${value}\r\n`).join('')}Connection: close\r\n\r\n${body}`
 }
 
 export { GatewayError }

@@ -153,7 +153,8 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       sendProblem(reply, 'GW_ERR_BAD_REQUEST', error.code === 'FST_ERR_BAD_URL' ? 'The request URL is malformed.' : 'The request could not be routed.')
     },
     clientErrorHandler (err, socket) {
-      if (socket.writable) socket.end(clientErrorResponse(err, requestId({ headers: {} } as never)))
+      // Answered on the raw socket, before Fastify: the security headers are added here too.
+      if (socket.writable) socket.end(clientErrorResponse(err, requestId({ headers: {} } as never), securityResponseHeaders))
       else socket.destroy()
     }
   })

@@ -4,6 +4,7 @@
  * version leaks from the upstream unless configured.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
@@ -58,6 +59,17 @@ t.test('defaults: on what the gateway answers itself', async (t) => {
   assertDefaults(t, await call(`${url}/nowhere`), '404')
   assertDefaults(t, await call(`${url}/down/`), '502')
   assertDefaults(t, await call(`${url}/healthz`), '/healthz')
+  // Malformed HTTP is answered on the raw socket, before Fastify (clientErrorHandler).
+  const { hostname, port } = new URL(url)
+  const raw = await new Promise<string>((resolve, reject) => {
+    let out = ''
+    const socket = connect(Number(port), hostname, () => { socket.write('GET /api/people/ HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n') })
+    socket.setEncoding('latin1').on('data', (d: string) => { out += d }).on('end', () => { resolve(out) }).on('error', reject)
+  })
+  t.match(raw, /^HTTP\/1\.1 400 /, 'malformed HTTP: 400')
+  t.match(raw, /\r\nx-content-type-options: nosniff\r\n/i, 'malformed HTTP: nosniff')
+  t.match(raw, /\r\nx-frame-options: DENY\r\n/i, 'malformed HTTP: X-Frame-Options')
+  t.match(raw, /\r\nreferrer-policy: no-referrer\r\n/i, 'malformed HTTP: Referrer-Policy')
   const malformed = await call(`${url}/api/people/%zz`)
   t.equal(malformed.status, 400)
   assertDefaults(t, malformed, 'malformed URL')
