@@ -1,14 +1,15 @@
 /**
- * Rate limiting on @fastify/rate-limit, in three pieces:
+ * Rate limiting on @fastify/rate-limit's counter store contract, in three pieces:
  *
- *  - the default export, registered once on the root: @fastify/rate-limit with `global: false`
- *    (it adds no hook of its own anywhere) and the counter store: memory (an LRU per route, this
- *    process only) or Redis (ioredis, shared by every gateway instance), with a bounded timeout,
+ *  - the default export, registered once on the root: the counter store — memory
+ *    (@fastify/rate-limit's LocalStore, an LRU per route, this process only) or Redis (ioredis,
+ *    shared by every gateway instance, the same contract), with a bounded timeout,
  *    `onStoreError: allow | deny`, a warning when the store goes away and a /readyz check;
  *  - `rateLimitEdge` (pipeline stage 3, before authentication) and `rateLimitConsumer` (stage 5,
- *    after it): each adds ONE onRequest hook to the route scope, at its place in the pipeline,
- *    built on `fastify.createRateLimit()`. The order of hooks is ours, not the plugin's (the
- *    plugin's own per-route hooks would run after every scope-level hook — DESIGN pitfall 2);
+ *    after it): each adds ONE onRequest callback hook to the route scope, at its place in the
+ *    pipeline (the plugin's own per-route hooks would run after every scope-level hook — DESIGN
+ *    pitfall 2). The hooks call the store themselves rather than through `createRateLimit()`:
+ *    with the memory store a request is counted synchronously, without a promise;
  *  - `routeLimiter()` for a route the gateway answers itself (the token endpoint).
  *
  * Counters are keyed by route name + client, never by path, so every spelling of a path and
@@ -24,6 +25,7 @@
  */
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
+import { createRequire } from 'node:module'
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyRateLimit from '@fastify/rate-limit'
@@ -40,8 +42,8 @@ export interface RateLimitPluginOptions {
 /** What the route-level limiters need from the root plugin. */
 interface LimitBackend {
   onStoreError: 'allow' | 'deny'
-  /** Options for the memory store (per limiter). */
-  cache: number
+  /** The store for one limiter: the shared Redis store, or a new memory store (an LRU of its own). */
+  store: () => CounterStore
   /** Records a store failure (warning log, readiness) — the Redis backend only. */
   failed: (err: unknown, log: FastifyBaseLogger) => void
 }
@@ -185,10 +187,18 @@ export class RedisCounterStore {
   }
 }
 
-/** @fastify/rate-limit constructs its store with `new`: a constructor that returns the one store. */
-function sharedStore (store: RedisCounterStore): never {
-  return function SharedStore () { return store } as never
+/**
+ * The counter store contract of @fastify/rate-limit (its LocalStore, our RedisCounterStore): the
+ * callback may run synchronously (memory) or later (Redis).
+ */
+interface CounterStore {
+  incr: (key: string, cb: StoreCallback, timeWindow: number, max: number) => void
+  read: (key: string, cb: StoreCallback, timeWindow: number, max: number) => void
 }
+
+/** @fastify/rate-limit's in-memory store: fixed windows in a toad-cache LRU of `cache` keys. */
+const LocalStore = createRequire(import.meta.url)('@fastify/rate-limit/store/LocalStore.js') as
+  new (continueExceeding: boolean, exponentialBackoff: boolean, cache: number) => CounterStore
 
 async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitPluginOptions): Promise<void> {
   const { config } = opts
@@ -205,15 +215,10 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitPluginOptio
     })
     app.addHook('onClose', async () => { await store.close() })
   }
-  await app.register(fastifyRateLimit, {
-    global: false,
-    skipOnError: false,
-    // Every limiter shares the one client (its `child()` returns itself).
-    ...(redis === null ? {} : { store: sharedStore(redis) })
-  })
   app.decorate('rateLimitBackend', {
     onStoreError: config.onStoreError,
-    cache: config.maxKeys,
+    // Every limiter shares the one Redis client; in memory each has its own LRU.
+    store: () => redis ?? new LocalStore(false, false, config.maxKeys),
     failed (err: unknown, log: FastifyBaseLogger) {
       if (redis !== null) redis.down(err)
       else log.warn({ err: (err as Error).message }, 'rate-limit store failed')
@@ -247,18 +252,26 @@ export interface RouteLimiter {
   count: onRequestHookHandler
   /** Refuses the request (429) if its IP bucket is already spent, without counting it. */
   peek: onRequestHookHandler
-  /** Counts a request against the client IP (a failed authentication). */
-  countIp: (request: FastifyRequest) => Promise<void>
+  /** Counts a request against the client IP (a failed authentication); calls back when counted. */
+  countIp: (request: FastifyRequest, done: () => void) => void
 }
 
-/** A limiter for one route, on the store of the root plugin. */
+/**
+ * A limiter for one route, on the store of the root plugin. The hooks are callback hooks that call
+ * the store directly: with the memory store a request is counted synchronously, with no promise
+ * (@fastify/rate-limit's `createRateLimit()` costs two async functions, three awaits and a
+ * `request.routeOptions` copy per call, ≈ 2 µs — and a route with `by: consumer` calls it twice;
+ * bench/PROFILE.md).
+ */
 export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): RouteLimiter {
   const { route, limit } = opts
   const backend = scope.rateLimitBackend
+  const store = backend.store()
   const by = parseLimitBy(limit.by)
   const windowMs = parseDuration(limit.window)
+  const max = limit.max
   const ns = route + '|'
-  const keyGenerator = (request: FastifyRequest): string => {
+  const keyOf = (request: FastifyRequest): string => {
     if (by.kind === 'consumer') {
       const subject = (request as MaybeIdentity).identity?.subject
       if (typeof subject === 'string' && subject !== '') return ns + 'c:' + (subject.length > 64 ? digest(subject) : subject)
@@ -269,37 +282,56 @@ export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): 
     }
     return ns + ipKey(request)
   }
-  const limiter = scope.createRateLimit({ max: limit.max, timeWindow: windowMs, keyGenerator, cache: backend.cache } as Parameters<FastifyInstance['createRateLimit']>[0])
-  const policy = `"${route}";q=${limit.max};w=${Math.ceil(windowMs / 1000)}`
+  const policy = `"${route}";q=${max};w=${Math.ceil(windowMs / 1000)}`
 
-  async function apply (request: FastifyRequest, reply: FastifyReply | null, increment: boolean): Promise<void> {
-    let result
-    try {
-      result = await limiter(request, increment ? undefined : { increment: false })
-    } catch (err) {
-      backend.failed(err, request.log)
-      if (backend.onStoreError === 'deny' && reply !== null) {
-        throw new GatewayError('GW_ERR_UNAVAILABLE', 'The rate limit cannot be checked right now; try again shortly.', { headers: { 'retry-after': '1' } })
+  /** The store's answer for one request: headers, and a 429 past the limit (or a store failure's treatment). */
+  function settle (request: FastifyRequest, reply: FastifyReply, increment: boolean, err: Error | null, result: { current: number, ttl: number } | undefined, done: (err?: Error) => void): void {
+    if (err !== null || result === undefined) {
+      backend.failed(err ?? new Error('no reply from the rate-limit store'), request.log)
+      if (backend.onStoreError === 'deny') {
+        done(new GatewayError('GW_ERR_UNAVAILABLE', 'The rate limit cannot be checked right now; try again shortly.', { headers: { 'retry-after': '1' } }))
+      } else {
+        done()
       }
       return
     }
-    if (result.isAllowed || reply === null) return
-    // A peek reports the bucket before this request: spent when nothing remains.
-    const exceeded = increment ? result.isExceeded : result.remaining === 0
-    const reset = Math.max(0, result.ttlInSeconds)
+    const current = result.current
+    const remaining = Math.max(0, max - current)
+    const reset = Math.max(0, Math.ceil(result.ttl / 1000))
     reply.header('ratelimit-policy', policy)
-    reply.header('ratelimit', `"${route}";r=${result.remaining};t=${reset}`)
-    if (!exceeded) return
+    reply.header('ratelimit', `"${route}";r=${remaining};t=${reset}`)
+    // A peek reports the bucket before this request: spent when nothing remains.
+    if (increment ? current <= max : remaining > 0) { done(); return }
     publish(channels.rateLimited, () => ({ route, by: by.kind }))
-    throw new GatewayError('GW_ERR_RATE_LIMITED', `Too many requests; retry in ${Math.max(1, reset)} s.`, {
+    done(new GatewayError('GW_ERR_RATE_LIMITED', `Too many requests; retry in ${Math.max(1, reset)} s.`, {
       headers: { 'retry-after': String(Math.max(1, reset)) }
-    })
+    }))
+  }
+
+  function run (request: FastifyRequest, reply: FastifyReply, increment: boolean, done: (err?: Error) => void): void {
+    const callback: StoreCallback = (err, result) => { settle(request, reply, increment, err ?? null, result, done) }
+    try {
+      if (increment) store.incr(keyOf(request), callback, windowMs, max)
+      else store.read(keyOf(request), callback, windowMs, max)
+    } catch (err) {
+      callback(err as Error)
+    }
   }
 
   return {
-    count: (request, reply) => apply(request, reply, true),
-    peek: (request, reply) => apply(request, reply, false),
-    countIp: (request) => apply(request, null, true)
+    count: function rateLimitCount (request, reply, done) { run(request, reply, true, done) },
+    peek: function rateLimitPeek (request, reply, done) { run(request, reply, false, done) },
+    countIp (request, done) {
+      const callback: StoreCallback = (err) => {
+        if (err !== null) backend.failed(err, request.log)
+        done()
+      }
+      try {
+        store.incr(ns + ipKey(request), callback, windowMs, max)
+      } catch (err) {
+        callback(err as Error)
+      }
+    }
   }
 }
 
@@ -315,7 +347,7 @@ async function rateLimitEdgePlugin (scope: FastifyInstance, opts: RouteLimitOpti
   scope.addHook('onRequest', limiter.peek)
   // Callback style: the hook runs on every response and almost never counts, so no promise for those.
   scope.addHook('onResponse', function countFailedLogin (request, reply, done) {
-    if (reply.statusCode === 401 && (request as MaybeIdentity).identity == null) limiter.countIp(request).then(() => { done() }, done)
+    if (reply.statusCode === 401 && (request as MaybeIdentity).identity == null) limiter.countIp(request, done)
     else done()
   })
 }
