@@ -20,6 +20,17 @@ const PARAMETER = new RegExp(`;[ \\t]*(${TOKEN})=(${TOKEN}|"(?:[^"\\\\]|\\\\.)*"
  */
 export function jsonMediaType (header: string | undefined): string | null {
   if (header === undefined) return null
+  // Clients send the same few values: remembered (a bounded few, so junk values cannot grow it).
+  const known = mediaTypes.get(header)
+  if (known !== undefined) return known
+  const result = parseJsonMediaType(header)
+  if (mediaTypes.size < 64) mediaTypes.set(header, result)
+  return result
+}
+
+const mediaTypes = new Map<string, string | null>()
+
+function parseJsonMediaType (header: string): string | null {
   const m = MEDIA_TYPE.exec(header)
   if (m === null) return null
   const type = m[1].toLowerCase()

@@ -84,7 +84,27 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
     throw new GatewayError(code, detail, { errors })
   }
 
-  scope.addHook('preValidation', async function validateRequest (request, reply) {
+  // A callback hook: only a request whose rule has a body schema waits for anything (the body),
+  // so every other request is checked without a promise.
+  scope.addHook('preValidation', function validateRequest (request, reply, done) {
+    let body: NonNullable<Rule['body']> | null | undefined
+    try {
+      body = checkHead(request, reply)
+    } catch (err) {
+      done(err as Error)
+      return
+    }
+    if (body === null) return // answered already (errorFormat: drf)
+    if (body === undefined) { done(); return }
+    validateBody(request, reply, body).then(() => { if (!reply.sent) done() }, done)
+  })
+
+  /**
+   * The parts that arrive with the head (path parameters, headers, query string): throws or
+   * answers (null) on a violation; otherwise the matched rule's body schema, if any. A request
+   * refused here never has its body read.
+   */
+  function checkHead (request: FastifyRequest, reply: FastifyReply): NonNullable<Rule['body']> | null | undefined {
     const url = request.raw.url ?? '/'
     const q = url.indexOf('?')
     const segments = pathSegments((q === -1 ? url : url.slice(0, q)).slice(prefixLength))
@@ -102,11 +122,10 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
         if (!report) throw new GatewayError('GW_ERR_NOT_FOUND', 'No operation of this API matches the request.')
         request.log.info({ validation: { route, detail: 'no matching operation' } }, 'request failed validation (report only, let through)')
       }
-      return
+      return undefined
     }
     const { rule, params } = found
 
-    // Parts that arrive with the head first: a request refused here never has its body read.
     const violations: ProblemViolation[] = []
     let firstPart: FailPart | null = null
     const check = (part: Part, schema: CompiledSchema | undefined, source: () => unknown): void => {
@@ -117,12 +136,9 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
     check('params', rule.params, () => ({ ...params }))
     check('headers', rule.headers, () => ({ ...request.headers }))
     check('querystring', rule.querystring, () => ({ ...(request.query as Record<string, unknown>) }))
-    if (firstPart !== null && fail(request, reply, firstPart, 'GW_ERR_VALIDATION', 'The request does not match the schema of this route.', violations.slice(0, maxErrors))) return reply
-
-    if (rule.body === undefined) return
-    await validateBody(request, reply, rule.body)
-    return reply.sent ? reply : undefined
-  })
+    if (firstPart !== null && fail(request, reply, firstPart, 'GW_ERR_VALIDATION', 'The request does not match the schema of this route.', violations.slice(0, maxErrors))) return null
+    return rule.body
+  }
 
   async function validateBody (request: FastifyRequest, reply: FastifyReply, body: NonNullable<Rule['body']>): Promise<void> {
     const raw = request.raw

@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url'
 import { channels, type ValidationFailureEvent } from '../schemas/events.js'
 import { buildGateway } from '../src/app.js'
 import { parseConfig, ConfigError } from '../src/config.js'
+import { jsonMediaType } from '../plugins/json-body.js'
 import { call, startTestGateway, startUpstream, type CallResult, type Upstream } from './helper.js'
 
 const FIXTURES = fileURLToPath(new URL('./fixtures/', import.meta.url))
@@ -184,6 +185,14 @@ t.test('only JSON media types are accepted on a validated body; everything else 
     t.equal(up.requests.at(-1)?.body.toString(), body)
   }
   t.equal(up.requests.at(-1)?.headers['content-type'], 'application/vnd.api+json', 'the JSON media type is passed on, lower-cased')
+
+  // Parsed values are remembered, a bounded number of them: the answers stay the same when they
+  // come from memory, and for values seen after the memory is full.
+  const junk = Array.from({ length: 100 }, (_, i) => jsonMediaType(`application/x-junk-${i}`))
+  t.ok(junk.every((v) => v === null), 'junk values are not JSON')
+  for (const type of refused) t.equal(jsonMediaType(type ?? undefined), null, `${String(type)}: still refused`)
+  for (const type of accepted) t.equal(jsonMediaType(type), type.toLowerCase().split(';')[0], `${type}: still accepted`)
+  t.equal(jsonMediaType('application/problem+json; charset=utf-8'), 'application/problem+json', 'a value first seen after the memory is full is parsed')
 
   // What node:http trims (leading spaces and tabs, RFC 9110 §5.5 OWS) is JSON; a form body is not.
   const base = `POST /api/people/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: ${body.length}\r\n`
