@@ -16,8 +16,11 @@ import {
 } from './lib.js'
 import { portcullisConfig, type Variant } from './portcullis-config.js'
 
-const SCENARIOS: Record<string, Variant | 'bare'> = {
-  'bare-proxy': 'bare',
+/** A portcullis variant, or a bench server script started as `node SCRIPT UPSTREAM_URL PORT`. */
+const SCENARIOS: Record<string, Variant | { script: string }> = {
+  'bare-proxy': { script: 'bench/bare-proxy.js' },
+  'node-floor': { script: 'bench/node-floor.js' },
+  'fastify-floor': { script: 'bench/fastify-floor.js' },
   portcullis: { protections: false, store: 'memory' },
   'portcullis-full': { protections: true, store: 'memory' },
   'portcullis-full-metrics': { protections: true, store: 'memory', metrics: true }
@@ -133,8 +136,8 @@ async function main (): Promise<number> {
     const env = { ...process.env, BENCH_CPU_PROFILE: profFile }
     let headers: Record<string, string> = {}
     let gateway: Proc
-    if (variant === 'bare') {
-      gateway = new Proc('bare-proxy', process.execPath, [...profiler, builtFile('bench/bare-proxy.js'), `http://127.0.0.1:${upstreamPort}`, String(port)], {
+    if ('script' in variant) {
+      gateway = new Proc(values.scenario, process.execPath, [...profiler, builtFile(variant.script), `http://127.0.0.1:${upstreamPort}`, String(port)], {
         cpu: pin ? 0 : null, stderrFile: join(scratch, 'gateway.stderr.log'), env, stdinPipe: true
       })
       await gateway.waitForLine(/listening (\d+)/)
