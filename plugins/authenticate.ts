@@ -9,7 +9,7 @@
  * The schemes (plugins/jwt.ts, plugins/basic-auth.ts, plugins/api-key.ts) are built once per
  * gateway (JWKS caches, user tables) and shared by every route.
  */
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { GatewayConfig, RouteConfig } from '../schemas/config.js'
 import type { Identity } from '../schemas/auth.js'
@@ -18,7 +18,7 @@ import { channels, publish } from '../schemas/events.js'
 import { createJwtAuthenticator } from './jwt.js'
 import { BasicVerifier, registerBasicAuth } from './basic-auth.js'
 import { createApiKeyAuthenticator } from './api-key.js'
-import { AuthFailure, type Authenticator } from './auth-common.js'
+import { AuthFailure, type AuthResult, type Authenticator } from './auth-common.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -83,15 +83,40 @@ async function authenticatePlugin (scope: FastifyInstance, opts: AuthenticateOpt
 
   const missing = new AuthFailure('missing', `Credentials are required (${route.auth.join(' or ')}).`)
 
-  scope.addHook('onRequest', async function authenticate (request, reply) {
-    for (const authenticator of authenticators) {
-      const result = await authenticator.authenticate(request, reply)
-      if (result === null) continue
-      if (result instanceof AuthFailure) refuse(authenticator, result)
-      request.identity = result
-      return
+  /** True when `result` decides the request (an identity); throws the 401/503 of a failure. */
+  function decide (request: FastifyRequest, authenticator: Authenticator, result: AuthResult): boolean {
+    if (result === null) return false // not this scheme's credentials: try the next
+    if (result instanceof AuthFailure) refuse(authenticator, result)
+    request.identity = result
+    return true
+  }
+
+  /** The rest of the schemes once one of them answered with a promise (a JWKS fetch, Basic's hash). */
+  async function settleLater (request: FastifyRequest, reply: FastifyReply, index: number, pending: Promise<AuthResult>): Promise<void> {
+    let result = await pending
+    let i = index
+    while (!decide(request, authenticators[i], result)) {
+      if (++i === authenticators.length) refuse(null, missing)
+      result = await authenticators[i].authenticate(request, reply)
     }
-    refuse(null, missing)
+  }
+
+  // A callback hook: a scheme that answers synchronously (a remembered token, an API key) costs no
+  // promise; only one that answers with a promise makes the rest of the hook wait for it.
+  scope.addHook('onRequest', function authenticate (request, reply, done) {
+    try {
+      for (let i = 0; i < authenticators.length; i++) {
+        const result = authenticators[i].authenticate(request, reply)
+        if (result instanceof Promise) {
+          settleLater(request, reply, i, result).then(() => { done() }, done)
+          return
+        }
+        if (decide(request, authenticators[i], result)) { done(); return }
+      }
+      refuse(null, missing)
+    } catch (err) {
+      done(err as Error)
+    }
   })
 }
 
