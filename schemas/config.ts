@@ -36,6 +36,7 @@ export const ServerSchema = Type.Object({
     description: 'whether X-Forwarded-* from the peer are believed: false, true, a hop count, or a list of trusted addresses/CIDRs'
   }),
   bodyLimit: Size({ default: '1mb', description: 'largest request body accepted (per-route override: routes[].bodyLimit)' }),
+  requestBuffer: Size({ default: '16kb', description: 'request bodies with a Content-Length up to this size are read whole before the upstream is contacted, then sent in one write; larger and chunked bodies are streamed (0b streams every body)' }),
   maxHeaderSize: Size({ default: '16kb', description: 'largest request head (request line + headers) accepted; larger → 431' }),
   ...serverEdgeProperties,
   timeouts: TimeoutsSchema,

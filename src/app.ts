@@ -193,6 +193,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       tls: route.tls,
       hideResponseHeaders: route.cors === undefined ? hideResponseHeaders : [...hideResponseHeaders, ...CORS_RESPONSE_HEADERS],
       bodyLimit: parseSize(route.bodyLimit ?? server.bodyLimit),
+      bufferBodyBytes: parseSize(server.requestBuffer),
       // The client's trace headers are replaced by the gateway's own (request.upstream).
       // The client's copies of the identity headers never reach the upstream, on any route;
       // nor do the credentials routes[].forwardAuthorization keeps back.

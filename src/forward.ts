@@ -35,6 +35,13 @@ export interface ForwarderOptions {
   tls?: { insecureSkipVerify?: boolean, ca?: string }
   /** Largest streamed request body in bytes: a larger Content-Length → 413 before any byte is read. */
   bodyLimit: number
+  /**
+   * A body with a Content-Length up to this many bytes is read whole before the upstream request
+   * starts, and sent with its head in one write; larger and chunked bodies are streamed. Default 0:
+   * every body streamed. (undici's stream-body path keeps each request's objects alive long enough
+   * to be promoted out of V8's young generation: slow scavenges, ≈ 25 % of a small-POST profile.)
+   */
+  bufferBodyBytes?: number
   /** The route's name, for events and logs. */
   routeName?: string
   /**
@@ -154,6 +161,7 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
   const hide = new Set([...RESPONSE_SKIP, ...(options.hideResponseHeaders ?? []).map((h) => h.toLowerCase()), ...fixed.map(([name]) => name)])
 
   const route: RouteState = { options, rewrite, hide, fixed, policy, routeName, pick }
+  const bufferBodyBytes = options.bufferBodyBytes ?? 0
 
   function forward (request: FastifyRequest, reply: FastifyReply, extras: ForwardExtras = request.upstream ?? NO_EXTRAS): void {
     const raw = request.raw
@@ -166,13 +174,18 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
       body = extras.body
     } else if (hasBody(raw.headers)) {
       const length = raw.headers['content-length']
-      if (length !== undefined && Number(length) > options.bodyLimit) {
+      const bytes = length === undefined ? -1 : Number(length)
+      if (bytes > options.bodyLimit) {
         reply.send(new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', `The request body is larger than ${options.bodyLimit} bytes.`))
         return
       }
-      body = length === undefined ? limitBody(raw, options.bodyLimit) : raw
+      if (bytes !== -1 && bytes <= bufferBodyBytes) {
+        new ForwardedRequest(route, request, reply, extras, path, null, true).readBody()
+        return
+      }
+      body = bytes === -1 ? limitBody(raw, options.bodyLimit) : raw
     }
-    new ForwardedRequest(route, request, reply, extras, path, body).dispatch(pick())
+    new ForwardedRequest(route, request, reply, extras, path, body, body !== null).dispatch(pick())
   }
 
   return {
@@ -326,11 +339,12 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     private readonly reply: FastifyReply,
     private readonly extras: ForwardExtras,
     private readonly path: string,
-    private readonly body: Readable | string | Buffer | null
+    private body: Readable | string | Buffer | null,
+    hasBody: boolean
   ) {
     this.res = reply.raw
     const method = request.raw.method
-    this.idempotent = body === null && (method === 'GET' || method === 'HEAD' || method === 'OPTIONS')
+    this.idempotent = !hasBody && (method === 'GET' || method === 'HEAD' || method === 'OPTIONS')
     this.attempts = this.idempotent ? route.options.retries + 1 : 1
     // The client went away: stop the upstream request too.
     this.onClose = () => {
@@ -352,6 +366,31 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
       idempotent: this.idempotent,
       blocking: false
     }, this)
+  }
+
+  /**
+   * A small body of known length: read whole, then dispatched as one Buffer. The listeners stay
+   * on the finished request (removing them costs more than they do); `chunks` is null once the
+   * body is complete or failed, so a late 'error' does nothing.
+   */
+  readBody (): void {
+    const raw = this.request.raw
+    const chunks: Buffer[] = []
+    let state: Buffer[] | null = chunks
+    raw.on('data', (chunk: Buffer) => { if (state !== null) state.push(chunk) })
+    raw.on('end', () => {
+      if (state === null) return
+      state = null
+      this.body = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks)
+      this.dispatch(this.route.pick())
+    })
+    raw.on('error', () => {
+      if (state === null) return
+      state = null
+      this.finish()
+      // The client went away or broke off its body: the upstream was never contacted.
+      if (!this.res.destroyed) this.reply.send(new GatewayError('GW_ERR_BAD_REQUEST', 'The request body ended before its declared length.'))
+    })
   }
 
   onConnect (abort: (err?: Error) => void): void {

@@ -2,7 +2,7 @@
  * Bodies are streamed, not buffered: 50 MB each way through the gateway arrives intact (sha256
  * compared at the other end) while the process's memory stays flat; bodies over the limit are
  * refused before (honest Content-Length) or while (chunked) they arrive, and the upstream never
- * gets a complete one.
+ * gets a complete one. Only small bodies (server.requestBuffer) are read whole first.
  */
 import t, { type Test } from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
@@ -208,4 +208,87 @@ t.test('a chunked body over the limit is refused and the upstream never gets it 
   t.equal(small.status, 200)
   t.equal(small.body.toString(), 'got it all')
   t.equal(seen.at(-1)?.bytes, 512 * 1024)
+})
+
+t.test('small bodies are read whole before the upstream is contacted (server.requestBuffer); larger ones are streamed', async (t) => {
+  const heads: string[] = []
+  const up = await startUpstream(t, async (req, res) => {
+    heads.push(`${req.method ?? ''} ${req.url ?? ''} ${req.headers['content-length'] ?? 'chunked'}`)
+    const chunks: Buffer[] = []
+    for await (const chunk of req) chunks.push(chunk as Buffer)
+    const body = Buffer.concat(chunks)
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end(JSON.stringify({ bytes: body.length, sha256: createHash('sha256').update(body).digest('hex') }))
+  }, { stream: true })
+  const { url: gw } = await startTestGateway(t, {
+    server: { requestBuffer: '1kb' },
+    routes: [{ name: 'files', prefix: '/files', upstream: up.origin }]
+  })
+
+  // Under, at and over the buffer size: every body arrives intact, with its length.
+  for (const size of [1, 1000, 1024, 1025, 200 * 1024]) {
+    const body = randomBytes(size)
+    const res = await call(`${gw}/files/${size}`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body })
+    t.equal(res.status, 200, `${size} bytes: 200`)
+    t.same(res.json, { bytes: size, sha256: createHash('sha256').update(body).digest('hex') }, `${size} bytes: the upstream got them all`)
+    t.equal(heads.at(-1), `POST /${size} ${size}`, `${size} bytes: sent with a Content-Length`)
+  }
+
+  /** Sends the head and half of a body of `size` bytes, then holds back the rest. */
+  async function halfSent (path: string, size: number): Promise<{ finish: () => Promise<IncomingMessage>, abort: () => void }> {
+    const req = httpRequest(`${gw}${path}`, { method: 'PUT', agent: false, headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) } })
+    req.on('error', () => {})
+    req.write(Buffer.alloc(size / 2, 97))
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    return {
+      finish: async () => { req.end(Buffer.alloc(size / 2, 98)); return (await once(req, 'response') as [IncomingMessage])[0] },
+      abort: () => { req.destroy() }
+    }
+  }
+
+  // A small body the client has not finished: the upstream has not heard of the request yet.
+  const before = heads.length
+  const small = await halfSent('/files/held', 1000)
+  t.equal(heads.length, before, 'half a small body: nothing reached the upstream')
+  const res = await small.finish()
+  res.resume()
+  await once(res, 'end')
+  t.equal(res.statusCode, 200, 'once the body is complete it is forwarded')
+  t.equal(heads.at(-1), 'PUT /held 1000')
+
+  // A client that gives up halfway: the upstream never hears of it, and the gateway goes on serving.
+  const gone = await halfSent('/files/gone', 1000)
+  gone.abort()
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  t.notOk(heads.some((h) => h.startsWith('PUT /gone')), 'an abandoned small body never reached the upstream')
+  t.equal((await call(`${gw}/files/after`, { method: 'POST', body: 'x' })).status, 200, 'still serving')
+
+  // A large body is streamed: the upstream gets the head before the client has sent everything.
+  const large = await halfSent('/files/large', 64 * 1024)
+  t.equal(heads.at(-1), 'PUT /large 65536', 'half a large body: the upstream already has the request')
+  const done = await large.finish()
+  done.resume()
+  await once(done, 'end')
+  t.equal(done.statusCode, 200)
+})
+
+t.test('requestBuffer: 0b streams every body', async (t) => {
+  const heads: string[] = []
+  const up = await startUpstream(t, async (req, res) => {
+    heads.push(req.url ?? '')
+    req.resume()
+    await once(req, 'end')
+    res.end('ok')
+  }, { stream: true })
+  const { url: gw } = await startTestGateway(t, { server: { requestBuffer: '0b' }, routes: [{ name: 'files', prefix: '/files', upstream: up.origin }] })
+  const req = httpRequest(`${gw}/files/small`, { method: 'PUT', agent: false, headers: { 'content-length': '10' } })
+  req.on('error', () => {})
+  req.write('12345')
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.same(heads, ['/small'], 'the upstream has the request before its body is complete')
+  req.end('67890')
+  const [res] = await once(req, 'response') as [IncomingMessage]
+  res.resume()
+  await once(res, 'end')
+  t.equal(res.statusCode, 200)
 })
