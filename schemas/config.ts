@@ -37,6 +37,7 @@ export const ServerSchema = Type.Object({
   }),
   bodyLimit: Size({ default: '1mb', description: 'largest request body accepted (per-route override: routes[].bodyLimit)' }),
   requestBuffer: Size({ default: '16kb', description: 'request bodies with a Content-Length up to this size are read whole before the upstream is contacted, then sent in one write; larger and chunked bodies are streamed (0b streams every body)' }),
+  allocationSitePretenuring: Type.Boolean({ default: false, description: "V8's allocation-site pretenuring, process-wide, set when the gateway starts (portcullis start, startServer). Off by default: under load it moved request-scoped objects to the old generation, which made every scavenge slow (bench/PROFILE.md)" }),
   maxHeaderSize: Size({ default: '16kb', description: 'largest request head (request line + headers) accepted; larger → 431' }),
   ...serverEdgeProperties,
   timeouts: TimeoutsSchema,

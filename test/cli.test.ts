@@ -196,3 +196,37 @@ routes: [{ name: r, prefix: /r, upstream: "${up.origin}/v1" }]
   t.equal(busy.code, 1, 'a port in use: exit 1')
   t.match(busy.stderr, /cannot start: .*EADDRINUSE/)
 })
+
+t.test('start turns off V8\'s allocation-site pretenuring unless server.allocationSitePretenuring is true', async (t) => {
+  const up = await startUpstream(t)
+  /**
+   * Starts the CLI under `--trace-pretenuring-statistics` (V8 prints a line at each GC that weighs
+   * its pretenuring feedback, and none once pretenuring is off) with a tiny young generation so
+   * that load collects often; sends 3000 requests; returns the trace lines printed after the
+   * gateway said it was listening.
+   */
+  async function tracedRun (name: string, pretenuring: boolean | undefined): Promise<number> {
+    const config = file(`${name}.yaml`, `
+server: { host: 127.0.0.1${pretenuring === undefined ? '' : `, allocationSitePretenuring: ${String(pretenuring)}`} }
+logging: { level: info, accessLog: false }
+routes: [{ name: r, prefix: /r, upstream: "${up.origin}/v1" }]
+`)
+    const port = await freePort()
+    const child = spawn(process.execPath, ['--trace-pretenuring-statistics', '--max-semi-space-size=1', CLI, 'start', '--config', config, '--port', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] })
+    t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+    let out = ''
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d })
+    for (let i = 0; i < 200 && !out.includes('portcullis listening'); i++) await new Promise((resolve) => setTimeout(resolve, 50))
+    t.match(out, 'portcullis listening', `${name}: started`)
+    const before = out.length
+    for (let i = 0; i < 300; i++) {
+      const batch = await Promise.all(Array.from({ length: 10 }, () => call(`http://127.0.0.1:${port}/r/${i}`)))
+      if (batch.some((r) => r.status !== 200)) { t.fail(`${name}: a request failed`); break }
+    }
+    child.kill('SIGTERM')
+    await once(child, 'exit')
+    return out.slice(before).split('\n').filter((l) => l.includes('pretenuring:')).length
+  }
+  t.equal(await tracedRun('default', undefined), 0, 'by default: no pretenuring decisions while serving')
+  t.ok(await tracedRun('on', true) > 0, 'allocationSitePretenuring: true leaves V8 deciding (so the check above can fail)')
+})
