@@ -309,11 +309,19 @@ export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): 
   }
 
   function run (request: FastifyRequest, reply: FastifyReply, increment: boolean, done: (err?: Error) => void): void {
-    const callback: StoreCallback = (err, result) => { settle(request, reply, increment, err ?? null, result, done) }
+    // The memory store calls back synchronously, inside the try below: a throw from `settle`
+    // must not be taken for a store failure and settle the request twice.
+    let settled = false
+    const callback: StoreCallback = (err, result) => {
+      if (settled) return
+      settled = true
+      settle(request, reply, increment, err ?? null, result, done)
+    }
     try {
       if (increment) store.incr(keyOf(request), callback, windowMs, max)
       else store.read(keyOf(request), callback, windowMs, max)
     } catch (err) {
+      if (settled) throw err // Fastify answers a hook's throw as an error
       callback(err as Error)
     }
   }
