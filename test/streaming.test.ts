@@ -292,3 +292,22 @@ t.test('requestBuffer: 0b streams every body', async (t) => {
   await once(res, 'end')
   t.equal(res.statusCode, 200)
 })
+
+t.test('Expect: 100-continue: the gateway says continue, then forwards a buffered or a streamed body', async (t) => {
+  const up = await startUpstream(t)
+  const { url: gw } = await startTestGateway(t, { server: { requestBuffer: '1kb' }, routes: [{ name: 'files', prefix: '/files', upstream: up.origin }] })
+  for (const size of [10, 4096]) {
+    const req = httpRequest(`${gw}/files/x`, { method: 'POST', agent: false, headers: { expect: '100-continue', 'content-type': 'text/plain', 'content-length': String(size) } })
+    req.on('error', () => {})
+    req.flushHeaders()
+    await once(req, 'continue') // the body is sent only after the 100
+    req.end(Buffer.alloc(size, 120))
+    const [res] = await once(req, 'response') as [IncomingMessage]
+    const chunks: Buffer[] = []
+    for await (const c of res) chunks.push(c as Buffer)
+    t.equal(res.statusCode, 200, `${size} bytes: 200`)
+    const echoed = JSON.parse(Buffer.concat(chunks).toString()) as { body: string, headers: Record<string, string> }
+    t.equal(echoed.body, 'x'.repeat(size), `${size} bytes: the upstream got the body`)
+    t.equal(echoed.headers.expect, undefined, `${size} bytes: Expect is a hop-by-hop matter, not forwarded`)
+  }
+})
