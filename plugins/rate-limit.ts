@@ -42,8 +42,11 @@ export interface RateLimitPluginOptions {
 /** What the route-level limiters need from the root plugin. */
 interface LimitBackend {
   onStoreError: 'allow' | 'deny'
-  /** The store for one limiter: the shared Redis store, or a new memory store (an LRU of its own). */
-  store: () => CounterStore
+  /**
+   * The store of one route's limiters: the shared Redis store, or the route's memory store (an LRU
+   * of its own, shared by the route's edge and consumer limiters, as Redis shares its keys).
+   */
+  store: (route: string) => CounterStore
   /** Records a store failure (warning log, readiness) — the Redis backend only. */
   failed: (err: unknown, log: FastifyBaseLogger) => void
 }
@@ -215,10 +218,16 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitPluginOptio
     })
     app.addHook('onClose', async () => { await store.close() })
   }
+  const memory = new Map<string, CounterStore>()
   app.decorate('rateLimitBackend', {
     onStoreError: config.onStoreError,
-    // Every limiter shares the one Redis client; in memory each has its own LRU.
-    store: () => redis ?? new LocalStore(false, false, config.maxKeys),
+    // Every limiter shares the one Redis client; in memory each route has its own LRU.
+    store (route: string) {
+      if (redis !== null) return redis
+      let store = memory.get(route)
+      if (store === undefined) memory.set(route, store = new LocalStore(false, false, config.maxKeys))
+      return store
+    },
     failed (err: unknown, log: FastifyBaseLogger) {
       if (redis !== null) redis.down(err)
       else log.warn({ err: (err as Error).message }, 'rate-limit store failed')
@@ -266,7 +275,7 @@ export interface RouteLimiter {
 export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): RouteLimiter {
   const { route, limit } = opts
   const backend = scope.rateLimitBackend
-  const store = backend.store()
+  const store = backend.store(route)
   const by = parseLimitBy(limit.by)
   const windowMs = parseDuration(limit.window)
   const max = limit.max
