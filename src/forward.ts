@@ -38,8 +38,8 @@ export interface ForwarderOptions {
   /**
    * A body with a Content-Length up to this many bytes is read whole before the upstream request
    * starts, and sent with its head in one write; larger and chunked bodies are streamed. Default 0:
-   * every body streamed. (undici's stream-body path keeps each request's objects alive long enough
-   * to be promoted out of V8's young generation: slow scavenges, ≈ 25 % of a small-POST profile.)
+   * every body streamed. (For a small body, undici's stream-body path costs listeners, a writer
+   * and a second write, and it is what tipped node-floor into V8's pretenuring cliff: bench/PROFILE.md.)
    */
   bufferBodyBytes?: number
   /** The route's name, for events and logs. */
@@ -318,7 +318,8 @@ interface RouteState {
  * One forwarded request, and undici's dispatch handler for it (the raw-headers interface its
  * client speaks natively): the upstream's status and headers go to the client as soon as they
  * arrive, the body chunk by chunk with backpressure both ways. Per request it costs this object,
- * the header arrays and one closure (the client-close listener) — no promise (bench/PROFILE.md).
+ * the header arrays and one closure (the client-close listener), three more for a small body it
+ * reads first (readBody) — no promise (bench/PROFILE.md).
  */
 class ForwardedRequest implements Dispatcher.DispatchHandler {
   private started = false
@@ -370,7 +371,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
 
   /**
    * A small body of known length: read whole, then dispatched as one Buffer. The listeners stay
-   * on the finished request (removing them costs more than they do); `chunks` is null once the
+   * on the finished request (removing them costs more than they do); `state` is null once the
    * body is complete or failed, so a late 'error' does nothing.
    */
   readBody (): void {
