@@ -91,7 +91,7 @@ interface CounterClient extends Redis {
  * cut off by a disconnect are not replayed later. ioredis reconnects by itself (backing off up to
  * 1 s), so limiting resumes when Redis is back, without a restart.
  */
-export class RedisCounterStore {
+export class RedisCounterStore implements CounterStore {
   readonly client: CounterClient
   /** False after a failure, true again after a success or a reconnect. */
   healthy = true
@@ -130,17 +130,13 @@ export class RedisCounterStore {
     this.log.info('rate-limit store reachable again: limiting resumed')
   }
 
-  /** The @fastify/rate-limit store contract: incr, read, child. */
+  /** The @fastify/rate-limit store contract (`CounterStore`): incr and read. */
   incr (key: string, cb: StoreCallback, timeWindow: number): void {
     this.client.portcullisIncr(this.prefix + key, timeWindow, (err, result) => { this.settle(err, result, cb) })
   }
 
   read (key: string, cb: StoreCallback): void {
     this.client.portcullisRead(this.prefix + key, (err, result) => { this.settle(err, result, cb) })
-  }
-
-  child (): RedisCounterStore {
-    return this
   }
 
   private settle (err: Error | null | undefined, result: [number, number] | undefined, cb: StoreCallback): void {
