@@ -60,7 +60,7 @@ async function run (drf: DrfServer): Promise<void> {
     ]
   })
   const drfSaw = (method: string, path: string): number => drf.requests().filter((r) => r.method === method && r.path.startsWith(path)).length
-  /** drfSaw once gunicorn's access log has caught up (it writes a line after the response has gone). */
+  /** drfSaw once gunicorn's access log has caught up (it writes a line after the response has gone): every count the tests compare goes through this. */
   const drfSawSettled = async (method: string, path: string): Promise<number> => {
     let count = drfSaw(method, path)
     for (let i = 0; i < 20; i++) {
@@ -94,21 +94,21 @@ async function run (drf: DrfServer): Promise<void> {
     const forged = `${h ?? ''}.${p ?? ''}.${Buffer.from('not the signature').toString('base64url')}`
     t.equal((await req(`${gw}/api/people/`, { headers: bearer(forged) })).status, 401, 'a bad signature: 401')
     t.equal((await req(`${gw}/api/people/`)).status, 401, 'no credentials: 401')
-    t.equal(drfSaw('GET', '/api/people/'), before, 'DRF saw none of the refused requests')
+    t.equal(await drfSawSettled('GET', '/api/people/'), before, 'DRF saw none of the refused requests')
   })
 
   await t.test('scope people:read lists but cannot create: 403 from the gateway, DRF never reached', async (t) => {
     t.equal((await req(`${gw}/api/people/`, { headers: bearer(bob.access) })).status, 200, 'bob lists')
-    const posts = drfSaw('POST', '/api/people/')
+    const posts = await drfSawSettled('POST', '/api/people/')
     const create = await req(`${gw}/api/people/`, { method: 'POST', headers: { ...json, ...bearer(bob.access) }, body: JSON.stringify({ name: 'Eve', age: 30 }) })
     t.equal(create.status, 403)
     t.match(create.json, { status: 403, type: 'urn:portcullis:problem:forbidden' })
     t.match(create.json.detail, /people:write/, 'names the missing scope')
-    t.equal(drfSaw('POST', '/api/people/'), posts, 'DRF never saw the POST')
+    t.equal(await drfSawSettled('POST', '/api/people/'), posts, 'DRF never saw the POST')
   })
 
   await t.test('invalid bodies are refused by the gateway; DRF (which would coerce "42") gets only valid rows', async (t) => {
-    const posts = drfSaw('POST', '/api/people/')
+    const posts = await drfSawSettled('POST', '/api/people/')
     const post = (body: unknown, headers: Record<string, string> = json): ReturnType<typeof req> =>
       req(`${gw}/api/people/`, { method: 'POST', headers: { ...headers, ...bearer(alice.access) }, body: JSON.stringify(body) })
     const asString = await post({ name: 'Ada', age: '42' })
@@ -124,12 +124,12 @@ async function run (drf: DrfServer): Promise<void> {
     t.equal((await post({ name: 'Ada', age: 151 })).status, 400, 'age over 150: 400')
     const form = await req(`${gw}/api/people/`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...bearer(alice.access) }, body: 'name=Ada&age=42' })
     t.equal(form.status, 415, 'a form body (which DRF would parse): 415')
-    t.equal(drfSaw('POST', '/api/people/'), posts, 'DRF received none of them')
+    t.equal(await drfSawSettled('POST', '/api/people/'), posts, 'DRF received none of them')
 
     const valid = await post({ name: 'Ada', age: 42 })
     t.equal(valid.status, 201, 'a valid body: 201 from DRF')
     t.same({ name: valid.json.name, age: valid.json.age }, { name: 'Ada', age: 42 })
-    t.equal(drfSaw('POST', '/api/people/'), posts + 1, 'DRF received exactly the valid one')
+    t.equal(await drfSawSettled('POST', '/api/people/'), posts + 1, 'DRF received exactly the valid one')
 
     // What DRF does on its own with "42": coerces it (so only the gateway stood in the way).
     const direct = await req(`${drf.origin}/api/people/`, { method: 'POST', headers: { ...json, ...bearer(alice.access) }, body: JSON.stringify({ name: 'Coerced', age: '42' }) })
@@ -171,7 +171,7 @@ async function run (drf: DrfServer): Promise<void> {
 
   await t.test('DRF\'s token endpoint is public but rate-limited per IP through the gateway', async (t) => {
     const attempt = (): ReturnType<typeof req> => req(`${gw}/api/token/`, { method: 'POST', headers: json, body: JSON.stringify({ username: 'alice', password: 'guess' }) })
-    const start = drfSaw('POST', '/api/token/')
+    const start = await drfSawSettled('POST', '/api/token/')
     const first = await attempt()
     const remaining = Number(/;r=([0-9]+)/.exec(String(first.headers.ratelimit ?? ''))?.[1])
     t.equal(first.status, 401, 'a wrong password is DRF\'s 401')
