@@ -2,7 +2,7 @@
  * Pipeline stage 7: what the upstream learns about the caller. On every route (public ones
  * too) the client's own copies of the identity headers never reach the upstream: the forwarder
  * drops them route-wide (`routeStripHeaders`, set as ForwarderOptions.stripHeaders in
- * src/app.ts). After authentication this plugin adds the gateway's own:
+ * src/app.ts). After authentication the forwarder adds the gateway's own:
  *
  *   X-Authenticated-User    the subject (percent-encoded outside printable ASCII)
  *   X-Authenticated-Scopes  the scopes, space-separated
@@ -13,18 +13,14 @@
  * may verify it again) and strips Basic credentials and API keys (ForwarderOptions
  * .bearerOnlyAuthorization); `all` forwards everything; `none` strips them all (stripHeaders).
  *
- * The hook runs at `preHandler`, so an identity set by a route's own plugin (at onRequest or
- * preValidation) is forwarded too; a public route without plugins gets no hook at all.
+ * The headers are added by the forwarder when it dispatches the request (ForwarderOptions
+ * .identityHeaders, from `identityHeaderSource` below): no hook, no copy of `request.upstream`.
+ * So an identity set by a route's own plugin, at any stage before the handler, is forwarded
+ * too, and a retried request carries the same headers.
  */
-import type { FastifyInstance } from 'fastify'
-import fp from 'fastify-plugin'
+import type { FastifyRequest } from 'fastify'
 import type { GatewayConfig, RouteConfig } from '../schemas/config.js'
 import type { Identity } from '../schemas/auth.js'
-
-export interface IdentityOptions {
-  config: Readonly<GatewayConfig>
-  route: Readonly<RouteConfig>
-}
 
 /** Request headers the forwarder drops on every request of this route. */
 export function routeStripHeaders (config: Readonly<GatewayConfig>, route: Readonly<RouteConfig>): string[] {
@@ -41,20 +37,20 @@ export function headerSafe (value: string): string {
     : value.replace(/[^\x20-\x24\x26-\x7E]+/gu, (s) => encodeURIComponent(s).replace(/[!'()*]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase()))
 }
 
-async function identityPlugin (scope: FastifyInstance, opts: IdentityOptions): Promise<void> {
-  const { config, route } = opts
+/** The identity headers of a request (after the client's own copies were dropped), or undefined. */
+export type IdentityHeaderSource = (request: FastifyRequest) => ReadonlyArray<readonly [string, string]> | undefined
+
+/** One per gateway: what the forwarder asks at dispatch for the headers of `request.identity`. */
+export function identityHeaderSource (config: Readonly<GatewayConfig>): IdentityHeaderSource {
   const userHeader = config.identityHeaders.user.toLowerCase()
   const scopesHeader = config.identityHeaders.scopes.toLowerCase()
   const viaHeader = config.identityHeaders.via.toLowerCase()
-  // Only a route that can have an identity (authentication, or the route's own plugins) needs the hook.
-  if (route.auth.length === 0 && route.plugins.length === 0) return
-
   // A verified token is remembered (plugins/jwt), so the same frozen Identity object comes back
   // request after request: its three header values are computed once.
   const headersOf = new WeakMap<Identity, ReadonlyArray<readonly [string, string]>>()
-  scope.addHook('preHandler', function identityHeaders (request, _reply, done) {
+  return function identityHeaders (request) {
     const identity = request.identity
-    if (identity === undefined) { done(); return }
+    if (identity === undefined) return undefined
     let own = headersOf.get(identity)
     if (own === undefined) {
       own = [
@@ -65,12 +61,6 @@ async function identityPlugin (scope: FastifyInstance, opts: IdentityOptions): P
       // Only frozen identities (what the gateway's schemes make) can be remembered safely.
       if (Object.isFrozen(identity) && Object.isFrozen(identity.scopes)) headersOf.set(identity, own)
     }
-    const extras = request.upstream
-    request.upstream = extras === undefined
-      ? { headers: own }
-      : { ...extras, headers: extras.headers === undefined ? own : [...extras.headers, ...own] }
-    done()
-  })
+    return own
+  }
 }
-
-export default fp(identityPlugin, { name: 'portcullis-identity', fastify: '5.x' })

@@ -17,7 +17,7 @@ import rateLimit from '../plugins/rate-limit.js'
 import metricsPlugin, { GatewayMetrics } from '../plugins/metrics.js'
 import tracingPlugin, { Tracer, TRACE_HEADERS } from '../plugins/tracing.js'
 import tokenEndpoint from '../plugins/token-endpoint.js'
-import { routeStripHeaders } from '../plugins/identity.js'
+import { identityHeaderSource, routeStripHeaders } from '../plugins/identity.js'
 import { createForwarder, type Forwarder } from './forward.js'
 import { routeScope } from './route.js'
 import type { Logger } from 'pino'
@@ -181,6 +181,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   app.addHook('onClose', async () => { await Promise.all(forwarders.map((f) => f.close())) })
   const keepAliveTimeoutMs = Math.min(4_000, parseDuration(server.timeouts.keepAlive))
   const hideResponseHeaders = hiddenUpstreamHeaders(config.securityHeaders)
+  const identityHeaders = identityHeaderSource(config)
   for (const route of config.routes) {
     const forwarder = createForwarder({
       upstreams: Array.isArray(route.upstream) ? route.upstream : [route.upstream],
@@ -199,6 +200,8 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       // nor do the credentials routes[].forwardAuthorization keeps back.
       stripHeaders: [...(tracer === null ? [] : TRACE_HEADERS), ...routeStripHeaders(config, route)],
       bearerOnlyAuthorization: route.forwardAuthorization === 'bearer',
+      // Pipeline stage 7: the identity headers, added at dispatch (plugins/identity).
+      identityHeaders,
       responseHeaders: securityResponseHeaders
     })
     forwarders.push(forwarder)

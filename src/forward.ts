@@ -56,6 +56,12 @@ export interface ForwarderOptions {
    */
   bearerOnlyAuthorization?: boolean
   /**
+   * The gateway's identity headers for the request (plugins/identity), asked at each dispatch and
+   * sent after the client's headers and `request.upstream`'s: what `request.identity` holds when
+   * the request is forwarded.
+   */
+  identityHeaders?: (request: FastifyRequest) => ReadonlyArray<readonly [string, string]> | undefined
+  /**
    * Upstream response headers (lower-case) never passed to the client, e.g. `server` and
    * `x-powered-by` (version leaks).
    */
@@ -154,7 +160,8 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
   const routeName = options.routeName ?? options.prefix
   const policy: HeaderPolicy = {
     skip: new Set([...REQUEST_SKIP, ...(options.stripHeaders ?? []).map((h) => h.toLowerCase())]),
-    bearerOnly: options.bearerOnlyAuthorization === true
+    bearerOnly: options.bearerOnlyAuthorization === true,
+    identity: options.identityHeaders ?? null
   }
   const fixed = (options.responseHeaders ?? []).map(([name, value]) => [name.toLowerCase(), value] as const)
   // The upstream's values of the fixed headers are replaced: hidden, then ours appended.
@@ -221,7 +228,11 @@ function hasBody (headers: IncomingHttpHeaders): boolean {
 }
 
 /** What a route never forwards from the client, fixed at start. */
-interface HeaderPolicy { skip: ReadonlySet<string>, bearerOnly: boolean }
+interface HeaderPolicy {
+  skip: ReadonlySet<string>
+  bearerOnly: boolean
+  identity: ((request: FastifyRequest) => ReadonlyArray<readonly [string, string]> | undefined) | null
+}
 
 function isBearer (value: string): boolean {
   return value.length > 7 && value.slice(0, 7).toLowerCase() === 'bearer '
@@ -254,6 +265,8 @@ function upstreamHeaders (request: FastifyRequest, host: string, extras: Forward
     out.push('content-type', extras.contentType ?? 'application/json', 'content-length', String(Buffer.byteLength(extras.body)))
   }
   if (extras.headers !== undefined) for (const [k, v] of extras.headers) out.push(k, v)
+  const identity = policy.identity === null ? undefined : policy.identity(request)
+  if (identity !== undefined) for (const [k, v] of identity) out.push(k, v)
   return out
 }
 

@@ -18,7 +18,6 @@ import cors, { corsRouteMethods } from '../plugins/cors.js'
 import { rateLimitConsumer, rateLimitEdge } from '../plugins/rate-limit.js'
 import authenticate from '../plugins/authenticate.js'
 import authorize from '../plugins/authorize.js'
-import identity from '../plugins/identity.js'
 
 export interface RouteScopeOptions {
   /** The whole config (users, jwt, rateLimit… are global sections the route's plugins read). */
@@ -45,7 +44,7 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
   //  4. authenticate, then authorize        (plugins/authenticate, plugins/authorize)
   //  5. rate limit by consumer              (plugins/rate-limit)
   //  6. parse + validate the body           (plugins/validate)
-  //  7. identity headers for the upstream   (plugins/identity)
+  //  7. identity headers for the upstream   (plugins/identity: added by the forwarder at dispatch, no hook)
   //  8. the route's own plugins (config routes[].plugins)
   //  9. the proxy routes
   scope.addHook('onRequest', pathGuard(route.prefix))
@@ -68,7 +67,6 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
       bodyLimit: parseSize(route.bodyLimit ?? opts.config.server.bodyLimit)
     })
   }
-  await scope.register(identity, { config: opts.config, route }) // 7
 
   for (const entry of route.plugins) {
     const { plugin, options } = await loadRoutePlugin(entry)

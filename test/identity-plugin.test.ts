@@ -58,3 +58,31 @@ export default Object.assign(async function hmacAuth (scope) {
   await app.inject({ url: '/partner/x', headers: { 'x-authenticated-user': 'admin' } })
   t.equal(upstream.requests[1].headers['x-authenticated-user'], undefined, 'without the plugin\'s identity, nothing')
 })
+
+t.test('an identity set as late as preHandler is forwarded, request by request (the forwarder asks at dispatch)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-plugin-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const plugin = join(dir, 'late-auth.mjs')
+  // Not frozen, so never remembered: each request's identity is its own.
+  writeFileSync(plugin, `
+export default Object.assign(async function lateAuth (scope) {
+  scope.addHook('preHandler', async (request) => {
+    const who = request.headers['x-partner-name']
+    if (typeof who === 'string') request.identity = { subject: decodeURIComponent(who), scopes: ['a', 'b'], scheme: 'late', claims: {} }
+  })
+}, { [Symbol.for('skip-override')]: true })
+`)
+  const upstream = await startUpstream(t)
+  const app = await gatewayFrom(t, {
+    routes: [{ name: 'partner', prefix: '/partner', upstream: `${upstream.origin}/partner`, plugins: [plugin] }]
+  })
+  for (const name of ['ann', 'jürgen', 'ann']) {
+    const res = await app.inject({ method: 'POST', url: '/partner/x', headers: { 'x-partner-name': encodeURIComponent(name), 'x-authenticated-via': 'spoofed' }, payload: { n: 1 } })
+    t.equal(res.statusCode, 200)
+  }
+  t.same(upstream.requests.map((r) => [r.headers['x-authenticated-user'], r.headers['x-authenticated-scopes'], r.headers['x-authenticated-via']]),
+    [['ann', 'a b', 'late'], ['j%C3%BCrgen', 'a b', 'late'], ['ann', 'a b', 'late']])
+  t.same(upstream.requests.map((r) => r.body.toString()), ['{"n":1}', '{"n":1}', '{"n":1}'], 'the body still reaches the upstream')
+  await app.inject({ url: '/partner/x' })
+  t.equal(upstream.requests[3].headers['x-authenticated-user'], undefined, 'no identity, no identity headers')
+})
