@@ -3,7 +3,7 @@
  * §8.3, RFC 8259), the size limit while reading, the nesting depth before JSON.parse can recurse,
  * and keys or numbers that would not survive being parsed and re-serialized unchanged.
  */
-import type { IncomingMessage } from 'node:http'
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import { escapePointer } from '../schemas/problem.js'
 
 // RFC 9110 §5.6.2: token = 1*tchar
@@ -47,36 +47,50 @@ export class BodyError extends Error {
   constructor (readonly kind: 'too-large' | 'aborted', message: string) { super(message) }
 }
 
-/** Reads the whole body, failing as soon as it exceeds `limit` bytes (the rest is never read). */
-export function readBody (raw: IncomingMessage, limit: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = []
-    let size = 0
-    const cleanup = (): void => {
-      raw.removeListener('data', onData)
-      raw.removeListener('end', onEnd)
-      raw.removeListener('error', onError)
-      raw.removeListener('close', onClose)
-    }
-    const onData = (chunk: Buffer): void => {
-      size += chunk.length
-      if (size > limit) {
-        cleanup()
-        raw.pause()
-        reject(new BodyTooLarge(limit))
-        return
-      }
-      chunks.push(chunk)
-    }
-    const onEnd = (): void => { cleanup(); resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size)) }
-    const onError = (): void => { cleanup(); reject(new BodyError('aborted', 'The request body ended before it was complete.')) }
-    const onClose = (): void => { if (!raw.complete) onError() }
-    raw.on('data', onData)
-    raw.once('end', onEnd)
-    raw.once('error', onError)
-    raw.once('close', onClose)
-  })
+/** Whether the request has a body: a chunked one, or a Content-Length other than 0. */
+export function hasBody (headers: IncomingHttpHeaders): boolean {
+  const length = headers['content-length']
+  return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
 }
+
+/**
+ * Reads the whole body and calls `done` once: with the bytes, or with a BodyError as soon as the
+ * body exceeds `limit` bytes (the stream is paused, the rest never read) or breaks off. Used by
+ * validation (plugins/validate) and by the forwarder for a small body it sends in one write
+ * (src/forward.ts). A callback, not a promise: it runs on every validated request. The listeners
+ * stay on the finished request (removing four costs more than leaving them); once `done` has been
+ * called `chunks` is null, so a late event does nothing. `done` must not throw: it runs inside
+ * the stream's event.
+ */
+export function readBody (raw: IncomingMessage, limit: number, done: (err: BodyError | null, body: Buffer) => void): void {
+  let chunks: Buffer[] | null = []
+  let size = 0
+  const fail = (err: BodyError): void => {
+    if (chunks === null) return
+    chunks = null
+    done(err, EMPTY)
+  }
+  raw.on('data', (chunk: Buffer) => {
+    if (chunks === null) return
+    size += chunk.length
+    if (size > limit) {
+      raw.pause()
+      fail(new BodyTooLarge(limit))
+      return
+    }
+    chunks.push(chunk)
+  })
+  raw.on('end', () => {
+    if (chunks === null) return
+    const all = chunks
+    chunks = null
+    done(null, all.length === 1 ? all[0] : Buffer.concat(all, size))
+  })
+  raw.on('error', () => { fail(new BodyError('aborted', 'The request body ended before it was complete.')) })
+  raw.on('close', () => { if (!raw.complete) fail(new BodyError('aborted', 'The request body ended before it was complete.')) })
+}
+
+const EMPTY = Buffer.alloc(0)
 
 export class BodyTooLarge extends BodyError {
   constructor (readonly limit: number) { super('too-large', `The request body is larger than ${limit} bytes.`) }

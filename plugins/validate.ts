@@ -15,7 +15,7 @@ import fp from 'fastify-plugin'
 import { GatewayError, type ErrorCode, type ProblemViolation } from '../schemas/errors.js'
 import { channels, publish, type ValidationFailureEvent } from '../schemas/events.js'
 import { normalizeValidate, type ValidateConfig, type ValidateOptions } from '../schemas/validate.js'
-import { BodyError, BodyTooLarge, findUnsafe, jsonMediaType, readBody, scanJson } from './json-body.js'
+import { BodyTooLarge, findUnsafe, hasBody, jsonMediaType, readBody, scanJson, type BodyError } from './json-body.js'
 import { importOpenApi, OPENAPI_ID, readOpenApi } from './openapi.js'
 import {
   Compiler, compilePath, matchPath, pathSegments, resolveSchemaRef, ValidateConfigError,
@@ -76,7 +76,7 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
     request.log.debug({ validation: { route, part, detail, errors } }, 'request failed validation')
     const raw = request.raw
     // A body we did not read is never read: close the connection after the answer.
-    if (!raw.readableEnded && hasBody(request)) reply.header('connection', 'close')
+    if (!raw.readableEnded && hasBody(raw.headers)) reply.header('connection', 'close')
     if (options.errorFormat === 'drf' && code === 'GW_ERR_VALIDATION') {
       reply.code(400).type('application/json; charset=utf-8').send(JSON.stringify(drfBody(errors ?? [], detail)))
       return true
@@ -96,7 +96,27 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
     }
     if (body === null) return // answered already (errorFormat: drf)
     if (body === undefined) { done(); return }
-    validateBody(request, reply, body).then(() => { if (!reply.sent) done() }, done)
+    let mediaType: string | null
+    try {
+      mediaType = checkBodyHead(request, reply, body)
+    } catch (err) {
+      done(err as Error)
+      return
+    }
+    if (mediaType === null) { if (!reply.sent) done(); return }
+    const rule = body
+    const media = mediaType
+    readBody(request.raw, opts.bodyLimit, (err, bytes) => {
+      // Inside the stream's event: whatever the checks throw goes to Fastify, never up the stack.
+      try {
+        if (err === null) checkBody(request, reply, rule, bytes, media)
+        else bodyFailed(request, reply, err)
+      } catch (thrown) {
+        done(thrown as Error)
+        return
+      }
+      if (!reply.sent) done()
+    })
   })
 
   /**
@@ -140,87 +160,90 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
     return rule.body
   }
 
-  async function validateBody (request: FastifyRequest, reply: FastifyReply, body: NonNullable<Rule['body']>): Promise<void> {
-    const raw = request.raw
-    const present = hasBody(request)
-    if (!present && !body.required) return
-    const contentType = raw.headers['content-type']
-    const mediaType = jsonMediaType(contentType)
+  /**
+   * What the head says about a body the rule has a schema for: throws or answers (drf), or
+   * returns null, when the request needs nothing more (no body where none is required, or a
+   * failure in report mode); otherwise the JSON media type, and the body is to be read.
+   */
+  function checkBodyHead (request: FastifyRequest, reply: FastifyReply, body: NonNullable<Rule['body']>): string | null {
+    const headers = request.raw.headers
+    const present = hasBody(headers)
+    if (!present && !body.required) return null
+    const mediaType = jsonMediaType(headers['content-type'])
     if (mediaType === null) {
       fail(request, reply, 'content-type', 'GW_ERR_UNSUPPORTED_MEDIA_TYPE', 'This route accepts only JSON bodies (application/json or application/*+json, UTF-8).')
-      return
+      return null
     }
-    const encoding = raw.headers['content-encoding']
+    const encoding = headers['content-encoding']
     if (encoding !== undefined && encoding.toLowerCase() !== 'identity') {
       fail(request, reply, 'content-type', 'GW_ERR_UNSUPPORTED_MEDIA_TYPE', 'This route does not accept encoded (compressed) bodies.')
-      return
+      return null
     }
     if (!present) {
       fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The JSON body is empty.')
-      return
+      return null
     }
-    const length = raw.headers['content-length']
+    const length = headers['content-length']
     if (length !== undefined && Number(length) > opts.bodyLimit) {
       fail(request, reply, 'body', 'GW_ERR_PAYLOAD_TOO_LARGE', `The request body is larger than ${opts.bodyLimit} bytes.`)
+      return null
+    }
+    return mediaType
+  }
+
+  /** The body could not be read whole: too large (413, the connection closed), or broken off (400). */
+  function bodyFailed (request: FastifyRequest, reply: FastifyReply, err: BodyError): void {
+    if (err instanceof BodyTooLarge) {
+      reply.header('connection', 'close')
+      fail(request, reply, 'body', 'GW_ERR_PAYLOAD_TOO_LARGE', err.message)
       return
     }
-    let bytes: Buffer
-    try {
-      bytes = await readBody(raw, opts.bodyLimit)
-    } catch (err) {
-      if (err instanceof BodyTooLarge) {
-        reply.header('connection', 'close')
-        fail(request, reply, 'body', 'GW_ERR_PAYLOAD_TOO_LARGE', err.message)
-        return
-      }
-      if (err instanceof BodyError) throw new GatewayError('GW_ERR_BAD_REQUEST', err.message)
-      throw err
-    }
-    // Report mode forwards what the client sent, valid or not; enforce mode what it validated.
-    const passOriginal = (): void => { request.upstream = { ...request.upstream, body: bytes, contentType } }
+    throw new GatewayError('GW_ERR_BAD_REQUEST', err.message)
+  }
 
+  /** The body, read whole: throws or answers on a violation; otherwise sets what the upstream gets. */
+  function checkBody (request: FastifyRequest, reply: FastifyReply, body: NonNullable<Rule['body']>, bytes: Buffer, mediaType: string): void {
     let text: string
     try {
       text = UTF8.decode(bytes)
     } catch {
       // Not UTF-8 (RFC 8259 §8.1): decoding would replace bytes, and the upstream get other text.
-      if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The body is not valid UTF-8.')) passOriginal()
+      if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The body is not valid UTF-8.')) passOriginal(request, bytes)
       return
     }
-    if (text.trim() === '') { if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The JSON body is empty.')) passOriginal(); return }
+    if (text.trim() === '') { if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The JSON body is empty.')) passOriginal(request, bytes); return }
     const scan = scanJson(text, options.maxDepth)
     if (scan.tooDeep) {
-      if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', `The JSON body is nested deeper than ${options.maxDepth} levels.`, [{ pointer: '', message: `must not be nested deeper than ${options.maxDepth} levels` }])) passOriginal()
+      if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', `The JSON body is nested deeper than ${options.maxDepth} levels.`, [{ pointer: '', message: `must not be nested deeper than ${options.maxDepth} levels` }])) passOriginal(request, bytes)
       return
     }
     let value: unknown
     try {
       value = JSON.parse(text)
     } catch {
-      if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The body is not valid JSON.')) passOriginal()
+      if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The body is not valid JSON.')) passOriginal(request, bytes)
       return
     }
     if (scan.suspectKeys || scan.longInteger) {
       const unsafe = findUnsafe(value, scan.suspectKeys, scan.longInteger)
       if (unsafe !== null) {
-        if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The request does not match the schema of this route.', [unsafe])) passOriginal()
+        if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The request does not match the schema of this route.', [unsafe])) passOriginal(request, bytes)
         return
       }
     }
     const errors = body.schema.check(value, maxErrors)
     if (errors !== null) {
-      if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The request does not match the schema of this route.', errors)) passOriginal()
+      if (!fail(request, reply, 'body', 'GW_ERR_VALIDATION', 'The request does not match the schema of this route.', errors)) passOriginal(request, bytes)
       return
     }
-    if (report) passOriginal()
+    if (report) passOriginal(request, bytes)
     else request.upstream = { ...request.upstream, body: JSON.stringify(value), contentType: mediaType }
   }
 }
 
-function hasBody (request: FastifyRequest): boolean {
-  const headers = request.raw.headers
-  const length = headers['content-length']
-  return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
+/** Report mode forwards what the client sent, valid or not; enforce mode what it validated. */
+function passOriginal (request: FastifyRequest, bytes: Buffer): void {
+  request.upstream = { ...request.upstream, body: bytes, contentType: request.raw.headers['content-type'] }
 }
 
 function findRule (rules: readonly Rule[], method: string, segments: readonly string[]): { rule: Rule, params: Record<string, string> } | null {
