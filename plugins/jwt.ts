@@ -187,6 +187,8 @@ export function createJwtAuthenticator (config: Readonly<JwtConfig>, realm: stri
       verified.delete(token)
     }
     if (token.length > maxTokenLength) return F.tooLong
+    // Checked after the cache: a remembered token verified as a JWT, so it is token68 already.
+    if (!TOKEN68.test(token)) return F.malformed
     let decoded: { header: Record<string, unknown>, payload: Record<string, unknown> }
     try {
       decoded = decode(token) as typeof decoded
@@ -226,11 +228,11 @@ export function createJwtAuthenticator (config: Readonly<JwtConfig>, realm: stri
       const header = request.headers.authorization
       let token: string
       if (header !== undefined) {
-        if (header.length < 7 || header.slice(0, 7).toLowerCase() !== 'bearer ') {
+        // The scheme is case-insensitive (RFC 9110 §11.1); `Bearer ` is how clients spell it.
+        if (!header.startsWith('Bearer ') && (header.length < 7 || header.slice(0, 7).toLowerCase() !== 'bearer ')) {
           return header.toLowerCase() === 'bearer' ? F.malformed : null
         }
         token = header.slice(7)
-        if (!TOKEN68.test(token)) return F.malformed
       } else if (cookiePrefix !== null && request.headers.cookie !== undefined) {
         const found = cookieValue(request.headers.cookie, cookiePrefix)
         if (found === null) return null
