@@ -243,10 +243,28 @@ export interface RouteLimitOptions {
 
 interface MaybeIdentity { identity?: { subject?: string } | null }
 
-/** The client's counter key: `ip` normalised (IPv4-mapped → IPv4, IPv6 → its /64). */
+/**
+ * The client's counter key: `ip` normalised (IPv4-mapped → IPv4, IPv6 → its /64). An IPv4
+ * address (no `:`) is its own key; an IPv6 one costs @fastify/rate-limit two address objects to
+ * normalise, so its key is remembered (a bounded few, emptied when full).
+ */
 function ipKey (request: FastifyRequest): string {
-  return 'ip:' + fastifyRateLimit.normalizeIP(request.ip)
+  return ipKeyOf(request.ip)
 }
+
+export function ipKeyOf (ip: string): string {
+  if (!ip.includes(':')) return 'ip:' + ip
+  let key = ipv6Keys.get(ip)
+  if (key === undefined) {
+    key = 'ip:' + fastifyRateLimit.normalizeIP(ip)
+    if (ipv6Keys.size >= IPV6_KEYS_MAX) ipv6Keys.clear()
+    ipv6Keys.set(ip, key)
+  }
+  return key
+}
+
+const IPV6_KEYS_MAX = 4096
+const ipv6Keys = new Map<string, string>()
 
 function digest (value: string): string {
   return createHash('sha256').update(value).digest('base64url').slice(0, 24)

@@ -10,7 +10,7 @@ import { call, startTestGateway, startUpstream, type CallResult, type RawConfig 
 import { basic, cheapHash, hsToken, SECRET } from './auth-helper.js'
 import { channels, type RateLimitedEvent } from '../schemas/events.js'
 import { ConfigError, parseConfig } from '../src/config.js'
-import { rateLimitScaleWarning } from '../plugins/rate-limit.js'
+import { ipKeyOf, rateLimitScaleWarning } from '../plugins/rate-limit.js'
 
 async function gateway (t: Test, rateLimit: Record<string, unknown>, extra: RawConfig = {}, route: Record<string, unknown> = {}): Promise<{ url: string, requests: unknown[] }> {
   const up = await startUpstream(t)
@@ -95,6 +95,26 @@ t.test('every spelling of a path, the query string and HEAD share one bucket', a
     t.equal(res.status, 429, `${method} ${path} is refused: the bucket is spent`)
   }
   t.equal(requests.length, 7, 'exactly max requests reached the upstream')
+})
+
+t.test('IPv6 clients: one bucket per /64, an IPv4-mapped address shares the IPv4 bucket', async (t) => {
+  const { url } = await gateway(t, { max: 2, window: '1m', by: 'ip' }, { server: { trustProxy: ['127.0.0.1/32'] } })
+  const from = async (ip: string): Promise<number> => (await call(`${url}/api/people/`, { headers: { 'x-forwarded-for': ip } })).status
+  t.same([await from('2001:db8:0:7::1'), await from('2001:db8:0:7::2'), await from('2001:db8:0:7:ffff::9')], [200, 200, 429], 'three addresses of one /64: one bucket')
+  t.same([await from('2001:db8:0:8::1'), await from('2001:db8:0:8::1')], [200, 200], 'the next /64 has its own')
+  t.same([await from('203.0.113.9'), await from('::ffff:203.0.113.9'), await from('203.0.113.9')], [200, 200, 429], 'IPv4 and IPv4-mapped IPv6: one bucket')
+})
+
+t.test('ipKeyOf: the counter key of an address, the same after its memo is emptied', async (t) => {
+  t.equal(ipKeyOf('203.0.113.9'), 'ip:203.0.113.9')
+  t.equal(ipKeyOf('::ffff:203.0.113.9'), 'ip:203.0.113.9')
+  const first = ipKeyOf('2001:db8:0:7::1')
+  t.equal(first, ipKeyOf('2001:DB8:0:7:ffff::9'), 'one key per /64, whatever the spelling')
+  t.not(first, ipKeyOf('2001:db8:0:8::1'))
+  // More distinct addresses than the memo holds: it is emptied, and the keys do not change.
+  for (let i = 0; i < 5000; i++) ipKeyOf(`2001:db8:${i.toString(16)}::1`)
+  t.equal(ipKeyOf('2001:db8:0:7::1'), first)
+  t.equal(ipKeyOf('2001:db8:1387::1'), ipKeyOf('2001:db8:1387::2'))
 })
 
 t.test('by header: one bucket per header value, the IP when the header is absent', async (t) => {
