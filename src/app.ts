@@ -82,7 +82,9 @@ class AccessLog extends LogController {
     if (!this.enabled) return
     const url = request.raw.url ?? '/'
     const q = url.indexOf('?')
+    // reqId first: the fields in formatAccessLine's order, built once (no copy for the fast path).
     const line = {
+      reqId: request.id,
       method: request.method,
       ip: request.ip,
       route: routeNameOf(request) ?? null,
@@ -92,9 +94,14 @@ class AccessLog extends LogController {
       upstreamMs: request.upstreamMs === undefined ? null : Math.round(request.upstreamMs * 100) / 100,
       traceId: request.trace?.traceId ?? null
     }
-    if (error) request.log.warn({ ...line, err: error }, 'request errored')
-    else if (this.lines === null) request.log.info(line, 'request completed')
-    else if ((request.log as unknown as Logger).isLevelEnabled('info')) this.lines.write(formatAccessLine({ reqId: request.id, ...line }))
+    if (this.lines !== null && !error) {
+      if ((request.log as unknown as Logger).isLevelEnabled('info')) this.lines.write(formatAccessLine(line))
+      return
+    }
+    // request.log carries reqId already.
+    const { reqId: _, ...fields } = line
+    if (error) request.log.warn({ ...fields, err: error }, 'request errored')
+    else request.log.info(fields, 'request completed')
   }
 }
 
