@@ -5,11 +5,11 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { request as httpRequest } from 'node:http'
 import { createServer, type AddressInfo } from 'node:net'
 import { availableParallelism, tmpdir } from 'node:os'
-import { basename, join } from 'node:path'
+import { basename, dirname, join } from 'node:path'
 import { createRequire } from 'node:module'
 
 // --- processes ---------------------------------------------------------------------------
@@ -446,6 +446,29 @@ export function round (n: number, digits = 2): number {
 const BUILD = join(import.meta.dirname, '..')
 /** The repository root: bench/results/ and `git` are relative to it. */
 export const ROOT = basename(BUILD) === 'dist' ? join(BUILD, '..') : BUILD
+
+/**
+ * A runnable copy of a source tree without type-checking: every .ts file under `dirs` of `root`
+ * transpiled on its own (TypeScript's transpileModule) into `out`, a package.json, and `out`'s
+ * node_modules linked to `modules`. A few seconds where `tsc` takes half a minute: what the tests
+ * and `npm run ab` (a build of an older revision) run.
+ */
+export function transpileTree (ts: typeof import('typescript'), root: string, out: string, dirs: readonly string[], modules: string, version = '0.0.0-test'): void {
+  for (const dir of dirs) {
+    if (!existsSync(join(root, dir))) continue
+    for (const file of readdirSync(join(root, dir), { recursive: true, encoding: 'utf8' })) {
+      if (!file.endsWith('.ts') || file.endsWith('.d.ts')) continue
+      const { outputText } = ts.transpileModule(readFileSync(join(root, dir, file), 'utf8'), {
+        compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022, esModuleInterop: true },
+        fileName: file
+      })
+      mkdirSync(dirname(join(out, dir, file)), { recursive: true })
+      writeFileSync(join(out, dir, file.replace(/\.ts$/, '.js')), outputText)
+    }
+  }
+  writeFileSync(join(out, 'package.json'), JSON.stringify({ type: 'module', version }))
+  symlinkSync(modules, join(out, 'node_modules'))
+}
 
 /** A compiled file of the project: `builtFile('src/cli.js')`. */
 export function builtFile (relative: string): string {

@@ -4,7 +4,7 @@
  * Nothing here looks at how fast anything is.
  */
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -119,4 +119,49 @@ t.test('--quick runs every scenario, with zero errors, and writes a well-formed 
   }
   t.match(stdout, /\| scenario +\| method \| req\/s/, 'the table is printed')
   t.match(stdout, /fast-gateway cannot be installed here/, 'the fast-gateway skip is said in the output')
+})
+
+t.test('npm run ab: a revision against the working tree, alternating order, every run error-free', async (t) => {
+  const build = transpileProject(t, ['bench'])
+  const root = join(import.meta.dirname, '..')
+  const dir = mkdtempSync(join(tmpdir(), 'ab-test-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const run = async (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> => {
+    const child = spawn(process.execPath, [join(build, 'bench/ab.js'), '--repo', root, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM') })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c })
+    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c })
+    const [code] = await once(child, 'close') as [number | null]
+    return { code, stdout, stderr }
+  }
+
+  const bad = await run(['--base', 'no-such-revision-anywhere'])
+  t.equal(bad.code, 2, 'an unknown revision stops it')
+  t.match(bad.stderr, /--base no-such-revision-anywhere: not a revision of/)
+
+  const out = join(dir, 'ab.json')
+  const res = await run(['--base', 'HEAD', '--scenario', 'portcullis', '--method', 'POST', '--rounds', '2', '--seconds', '1', '--warmup', '0', '--connections', '10', '--no-pin', '--out', out])
+  t.equal(res.code, 0, 'it exits 0', res)
+  const report = JSON.parse(readFileSync(out, 'utf8')) as {
+    kind: string
+    base: { commit: string }
+    runs: Array<{ round: number, side: string, position: number, requests: number, errors: number, non2xx: number, cpuUsPerRequest: number }>
+    summary: Record<'cpuPerRequest' | 'rps' | 'p99', { median: number, rounds: number[] }>
+  }
+  t.equal(report.kind, 'ab')
+  const head = spawnSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim()
+  t.equal(report.base.commit, head, 'the base is the revision asked for')
+  t.same(report.runs.map((r) => `${r.round}:${r.position}:${r.side}`), ['1:0:base', '1:1:head', '2:0:head', '2:1:base'], 'the order alternates')
+  for (const r of report.runs) {
+    t.ok(r.requests > 0, `round ${r.round} ${r.side}: served requests`)
+    t.equal(r.errors + r.non2xx, 0, `round ${r.round} ${r.side}: no errors`)
+    t.ok(r.cpuUsPerRequest > 0, `round ${r.round} ${r.side}: its CPU was read`)
+  }
+  for (const key of ['cpuPerRequest', 'rps', 'p99'] as const) {
+    t.equal(report.summary[key].rounds.length, 2)
+    t.ok(report.summary[key].rounds.every((x) => Number.isFinite(x) && x > 0), `${key}: a ratio per round`)
+  }
+  t.match(res.stdout, /head ÷ base, per round: CPU per request [0-9.]+×/)
 })

@@ -4,9 +4,9 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import { once } from 'node:events'
 import { createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { Readable } from 'node:stream'
@@ -14,6 +14,7 @@ import { pipeline } from 'node:stream/promises'
 import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import ts from 'typescript'
+import { transpileTree } from '../bench/lib.js'
 import { parseConfig } from '../src/config.js'
 import { buildGateway } from '../src/app.js'
 
@@ -352,18 +353,6 @@ export function transpileProject (t: T, extra: string[] = []): string {
   const root = join(import.meta.dirname, '..')
   const out = mkdtempSync(join(tmpdir(), 'portcullis-build-'))
   t.teardown(() => { rmSync(out, { recursive: true, force: true }) })
-  for (const dir of ['src', 'plugins', 'schemas', ...extra]) {
-    for (const file of readdirSync(join(root, dir), { recursive: true, encoding: 'utf8' })) {
-      if (!file.endsWith('.ts') || file.endsWith('.d.ts')) continue
-      const { outputText } = ts.transpileModule(readFileSync(join(root, dir, file), 'utf8'), {
-        compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022, esModuleInterop: true },
-        fileName: file
-      })
-      mkdirSync(dirname(join(out, dir, file)), { recursive: true })
-      writeFileSync(join(out, dir, file.replace(/\.ts$/, '.js')), outputText)
-    }
-  }
-  writeFileSync(join(out, 'package.json'), JSON.stringify({ type: 'module', version: '0.0.0-test' }))
-  symlinkSync(join(root, 'node_modules'), join(out, 'node_modules'))
+  transpileTree(ts, root, out, ['src', 'plugins', 'schemas', ...extra], join(root, 'node_modules'))
   return out
 }
