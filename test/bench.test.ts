@@ -3,7 +3,7 @@
  * measured without a single error or skipped with a reason, and the JSON report is well formed.
  * Nothing here looks at how fast anything is.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
@@ -45,6 +45,18 @@ t.test('the wrk POST script carries method, body and headers, quoted for Lua', a
   t.throws(() => wrkScript('POST', {}, 'caf\u00e9'), /not plain ASCII/)
 })
 
+/** Runs a built bench script with node; if the test is cut short, its SIGTERM handler stops every process it started. */
+async function runScript (t: Test, script: string, args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM') })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c })
+  child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c })
+  const [code] = await once(child, 'close') as [number | null]
+  return { code, stdout, stderr }
+}
+
 interface Report {
   kind: string
   ok: boolean
@@ -64,16 +76,7 @@ t.test('--quick runs every scenario, with zero errors, and writes a well-formed 
   const dir = mkdtempSync(join(tmpdir(), 'bench-test-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const out = join(dir, 'report.json')
-  const child = spawn(process.execPath, [join(build, 'bench/run.js'), '--quick', '--duration', '1', '--warmup', '0', '--connections', '10', '--no-pin', '--out', out], {
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  // If this test is cut short, the runner's SIGTERM handler stops every process it started.
-  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM') })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c })
-  child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c })
-  const [code] = await once(child, 'close') as [number | null]
+  const { code, stdout, stderr } = await runScript(t, join(build, 'bench/run.js'), ['--quick', '--duration', '1', '--warmup', '0', '--connections', '10', '--no-pin', '--out', out])
   t.equal(code, 0, 'the runner exits 0', { stdout, stderr })
 
   const report = JSON.parse(readFileSync(out, 'utf8')) as Report
@@ -126,16 +129,8 @@ t.test('npm run ab: a revision against the working tree, alternating order, ever
   const root = join(import.meta.dirname, '..')
   const dir = mkdtempSync(join(tmpdir(), 'ab-test-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const run = async (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> => {
-    const child = spawn(process.execPath, [join(build, 'bench/ab.js'), '--repo', root, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-    t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM') })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c })
-    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c })
-    const [code] = await once(child, 'close') as [number | null]
-    return { code, stdout, stderr }
-  }
+  const run = async (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> =>
+    await runScript(t, join(build, 'bench/ab.js'), ['--repo', root, ...args])
 
   const bad = await run(['--base', 'no-such-revision-anywhere'])
   t.equal(bad.code, 2, 'an unknown revision stops it')

@@ -3,7 +3,7 @@
  * (examples/plugins/tenant-guard.ts) on a protected route, and a plugin that authenticates by
  * itself on a route without `auth`, whose identity the gateway still forwards.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { join } from 'node:path'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -11,6 +11,21 @@ import { startUpstream } from './helper.js'
 import { gatewayFrom, hsToken, SECRET } from './auth-helper.js'
 
 const EXAMPLE = join(import.meta.dirname, '..', 'examples', 'plugins', 'tenant-guard.ts')
+
+/** A route plugin file `name` with the given hook body, in a temp folder removed after the test. */
+function writePlugin (t: Test, name: string, hook: 'onRequest' | 'preHandler', body: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-plugin-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const plugin = join(dir, `${name}.mjs`)
+  writeFileSync(plugin, `
+export default Object.assign(async function ${name.replace(/-/g, '')} (scope) {
+  scope.addHook('${hook}', async (request) => {
+${body}
+  })
+}, { [Symbol.for('skip-override')]: true })
+`)
+  return plugin
+}
 
 t.test('the tenant-guard example reads request.identity after the gateway authenticated', async (t) => {
   const upstream = await startUpstream(t)
@@ -37,18 +52,10 @@ t.test('the tenant-guard example reads request.identity after the gateway authen
 })
 
 t.test('a plugin that authenticates by itself: its identity is forwarded, spoofed copies are not', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'portcullis-plugin-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const plugin = join(dir, 'hmac-auth.mjs')
-  writeFileSync(plugin, `
-export default Object.assign(async function hmacAuth (scope) {
-  scope.addHook('onRequest', async (request) => {
+  const plugin = writePlugin(t, 'hmac-auth', 'onRequest', `
     if (request.headers['x-partner'] === 'trusted-partner') {
       request.identity = { subject: 'partner-7', scopes: ['people:read'], scheme: 'partner', claims: {} }
-    }
-  })
-}, { [Symbol.for('skip-override')]: true })
-`)
+    }`)
   const upstream = await startUpstream(t)
   const app = await gatewayFrom(t, {
     routes: [{ name: 'partner', prefix: '/partner', upstream: `${upstream.origin}/partner`, plugins: [plugin] }]
@@ -60,18 +67,10 @@ export default Object.assign(async function hmacAuth (scope) {
 })
 
 t.test('an identity set as late as preHandler is forwarded, request by request (the forwarder asks at dispatch)', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'portcullis-plugin-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const plugin = join(dir, 'late-auth.mjs')
   // Not frozen, so never remembered: each request's identity is its own.
-  writeFileSync(plugin, `
-export default Object.assign(async function lateAuth (scope) {
-  scope.addHook('preHandler', async (request) => {
+  const plugin = writePlugin(t, 'late-auth', 'preHandler', `
     const who = request.headers['x-partner-name']
-    if (typeof who === 'string') request.identity = { subject: decodeURIComponent(who), scopes: ['a', 'b'], scheme: 'late', claims: {} }
-  })
-}, { [Symbol.for('skip-override')]: true })
-`)
+    if (typeof who === 'string') request.identity = { subject: decodeURIComponent(who), scopes: ['a', 'b'], scheme: 'late', claims: {} }`)
   const upstream = await startUpstream(t)
   const app = await gatewayFrom(t, {
     routes: [{ name: 'partner', prefix: '/partner', upstream: `${upstream.origin}/partner`, plugins: [plugin] }]
