@@ -386,7 +386,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     readBody(this.request.raw, this.route.options.bodyLimit, (err, body) => {
       if (err === null) {
         this.body = body
-        this.dispatch(this.route.pick())
+        this.dispatchFromEvent()
         return
       }
       this.finish()
@@ -396,6 +396,20 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
         ? new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', err.message)
         : new GatewayError('GW_ERR_BAD_REQUEST', 'The request body ended before its declared length.'))
     })
+  }
+
+  /**
+   * A dispatch from an event (the body's end, a retry), not from the route handler, where Fastify
+   * catches a throw: what a route's plugins set (a malformed `request.identity`, say) must give
+   * the client an error answer, never an uncaught exception.
+   */
+  private dispatchFromEvent (): void {
+    try {
+      this.dispatch(this.route.pick())
+    } catch (err) {
+      this.finish()
+      if (!this.res.destroyed) this.reply.send(err as Error)
+    }
   }
 
   onConnect (abort: (err?: Error) => void): void {
@@ -438,7 +452,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
       this.request.log.debug({ attempt: this.attempt, code }, 'retrying upstream request')
       this.done = false
       this.res.once('close', this.onClose)
-      this.dispatch(this.route.pick())
+      this.dispatchFromEvent()
       return
     }
     const routeName = this.route.routeName

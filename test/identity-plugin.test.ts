@@ -7,6 +7,7 @@ import t, { type Test } from 'tap'
 import { join } from 'node:path'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
+import type { AddressInfo } from 'node:net'
 import { startUpstream } from './helper.js'
 import { gatewayFrom, hsToken, SECRET } from './auth-helper.js'
 
@@ -84,4 +85,26 @@ t.test('an identity set as late as preHandler is forwarded, request by request (
   t.same(upstream.requests.map((r) => r.body.toString()), ['{"n":1}', '{"n":1}', '{"n":1}'], 'the body still reaches the upstream')
   await app.inject({ url: '/partner/x' })
   t.equal(upstream.requests[3].headers['x-authenticated-user'], undefined, 'no identity, no identity headers')
+})
+
+t.test('a malformed identity from a plugin is a 500 problem, never a crash, on a buffered body too', async (t) => {
+  const plugin = writePlugin(t, 'broken-auth', 'preHandler', `
+    request.identity = { subject: 'x', scheme: 'broken', claims: {} } // no scopes`)
+  const upstream = await startUpstream(t)
+  const app = await gatewayFrom(t, {
+    routes: [{ name: 'partner', prefix: '/partner', upstream: `${upstream.origin}/partner`, plugins: [plugin] }]
+  })
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
+  // Over a real socket: the buffered body is read from the stream, and the dispatch after it runs
+  // in the stream's 'end' event, not in the route handler.
+  for (const init of [{ method: 'GET' }, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"n":1}' }]) {
+    const res = await fetch(`${url}/partner/x`, init)
+    t.equal(res.status, 500, `${init.method}: 500`)
+    t.match(res.headers.get('content-type'), /^application\/problem\+json/)
+    const text = await res.text()
+    t.notMatch(text, /join|TypeError|Cannot read/, `${init.method}: no internal detail`)
+  }
+  t.equal(upstream.requests.length, 0, 'nothing reached the upstream')
+  t.equal((await fetch(`${url}/healthz`)).status, 200, 'the gateway still serves')
 })
