@@ -60,8 +60,11 @@ async function buildRevision (repo: string, rev: string, scratch: string): Promi
   if (commit.status !== 0) throw new Error(`--base ${rev}: not a revision of ${repo} (${commit.stderr.trim()})`)
   const src = join(scratch, 'base-src')
   mkdirSync(src, { recursive: true })
-  const archive = spawnSync('sh', ['-c', `git -C "${repo}" archive "${commit.stdout.trim()}" src plugins schemas bench | tar -x -C "${src}"`], { encoding: 'utf8' })
+  const tarball = join(scratch, 'base.tar')
+  const archive = spawnSync('git', ['-C', repo, 'archive', '-o', tarball, commit.stdout.trim(), 'src', 'plugins', 'schemas', 'bench'], { encoding: 'utf8' })
   if (archive.status !== 0) throw new Error(`--base ${rev}: git archive failed: ${archive.stderr.trim()}`)
+  const untar = spawnSync('tar', ['-x', '-f', tarball, '-C', src], { encoding: 'utf8' })
+  if (untar.status !== 0) throw new Error(`--base ${rev}: tar failed: ${untar.stderr.trim()}`)
   const ts = (await import('typescript')).default
   const build = join(scratch, 'base')
   transpileTree(ts, src, build, ['src', 'plugins', 'schemas', 'bench'], join(ROOT, 'node_modules'), `ab-base-${commit.stdout.trim()}`)
