@@ -19,7 +19,7 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
-  Proc, ROOT, cpuSeconds, detectTool, freePort, installCleanup, median, pinningPossible, removeDir, round, runLoad,
+  benchRequest, Proc, ROOT, cpuSeconds, detectTool, freePort, installCleanup, median, pinningPossible, removeDir, round, runLoad,
   scratchDir, startBenchUpstream, stopAll, transpileTree, waitForHttp, type LoadResult, type LoadSpec
 } from './lib.js'
 import type { Plan, PlanInput, Variant } from './portcullis-config.js'
@@ -90,10 +90,7 @@ async function startSide (name: 'base' | 'head', build: string, variant: Variant
     proc,
     protections: plan.protections,
     spec: {
-      url: url + (method === 'GET' ? '/api/people/1' : '/api/people/'),
-      method,
-      headers: method === 'POST' ? { ...plan.headers, 'content-type': 'application/json' } : plan.headers,
-      body: method === 'POST' ? JSON.stringify({ name: 'Grace Hopper', age: 85 }) : undefined,
+      ...benchRequest(url, method, plan.headers),
       connections,
       cpu: pin ? 1 : null,
       scratch

@@ -265,6 +265,18 @@ export interface LoadSpec {
   script?: string
 }
 
+/** The benchmark's two requests, the same for every tool, contender and scenario. */
+export const BENCH_GET_PATH = '/api/people/1'
+export const BENCH_POST_PATH = '/api/people/'
+export const BENCH_POST_BODY = JSON.stringify({ name: 'Grace Hopper', age: 85 })
+
+/** What the load generator sends for `method` to `baseUrl`, with the scenario's headers (a bearer token…). */
+export function benchRequest (baseUrl: string, method: 'GET' | 'POST', headers: Record<string, string>): Pick<LoadSpec, 'url' | 'method' | 'headers' | 'body'> {
+  return method === 'GET'
+    ? { url: baseUrl + BENCH_GET_PATH, method, headers }
+    : { url: baseUrl + BENCH_POST_PATH, method, headers: { ...headers, 'content-type': 'application/json' }, body: BENCH_POST_BODY }
+}
+
 export interface LoadResult {
   requests: number
   seconds: number

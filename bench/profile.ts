@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
-  Proc, ROOT, builtFile, detectTool, freePort, installCleanup, pinningPossible, removeDir, round, runLoad, scratchDir,
+  benchRequest, Proc, ROOT, builtFile, detectTool, freePort, installCleanup, pinningPossible, removeDir, round, runLoad, scratchDir,
   sleep, stopAll, waitForHttp, type LoadResult, startBenchUpstream
 } from './lib.js'
 import { portcullisConfig, type Variant } from './portcullis-config.js'
@@ -154,10 +154,7 @@ async function main (): Promise<number> {
       for (const check of plan.checks) await check(url)
     }
     const spec = {
-      url: url + (method === 'GET' ? '/api/people/1' : '/api/people/'),
-      method: method as 'GET' | 'POST',
-      headers: method === 'POST' ? { ...headers, 'content-type': 'application/json' } : headers,
-      body: method === 'POST' ? JSON.stringify({ name: 'Grace Hopper', age: 85 }) : undefined,
+      ...benchRequest(url, method, headers),
       connections: Number(values.connections),
       cpu: pin ? 1 : null,
       scratch

@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process'
 import { parseArgs } from 'node:util'
 import { isDeepStrictEqual } from 'node:util'
 import {
-  Proc, ROOT, builtFile, commandExists, cpuSeconds, detectTool, freePort, httpCall, installCleanup, median,
+  BENCH_GET_PATH, BENCH_POST_BODY, BENCH_POST_PATH, benchRequest, Proc, ROOT, builtFile, commandExists, cpuSeconds, detectTool, freePort, httpCall, installCleanup, median,
   pinningPossible, removeDir, round, runLoad, scratchDir, sleep, stopAll, waitForHttp, type LoadResult, type ToolName, startBenchUpstream
 } from './lib.js'
 import { portcullisConfig, type Variant } from './portcullis-config.js'
@@ -136,21 +136,18 @@ interface Context {
   loadCpu: number | null
 }
 
-const GET_PATH = '/api/people/1'
-const POST_PATH = '/api/people/'
 const GET_EXPECTED = { id: 1, name: 'Ada Lovelace', age: 36 }
-const POST_BODY = JSON.stringify({ name: 'Grace Hopper', age: 85 })
 
 const FAST_GATEWAY_SKIP = 'fast-gateway cannot be installed here: fast-gateway 5.0.1 needs fast-proxy-lite ^1.1.3, ' +
   'and the registry mirror this machine uses has only fast-proxy-lite 1.1.2'
 
 async function expectProxying (name: string, url: string, headers: Record<string, string>): Promise<void> {
-  const get = await httpCall(url + GET_PATH, { headers })
-  if (get.status !== 200) throw new Error(`${name}: GET ${GET_PATH} answered ${get.status}: ${get.body.slice(0, 300)}`)
-  if (!isDeepStrictEqual(JSON.parse(get.body), GET_EXPECTED)) throw new Error(`${name}: GET ${GET_PATH} returned ${get.body.slice(0, 300)}`)
-  const post = await httpCall(url + POST_PATH, { method: 'POST', headers: { ...headers, 'content-type': 'application/json' }, body: POST_BODY })
-  if (post.status !== 200) throw new Error(`${name}: POST ${POST_PATH} answered ${post.status}: ${post.body.slice(0, 300)}`)
-  if (!isDeepStrictEqual(JSON.parse(post.body), JSON.parse(POST_BODY))) throw new Error(`${name}: POST ${POST_PATH} echoed ${post.body.slice(0, 300)}`)
+  const get = await httpCall(url + BENCH_GET_PATH, { headers })
+  if (get.status !== 200) throw new Error(`${name}: GET ${BENCH_GET_PATH} answered ${get.status}: ${get.body.slice(0, 300)}`)
+  if (!isDeepStrictEqual(JSON.parse(get.body), GET_EXPECTED)) throw new Error(`${name}: GET ${BENCH_GET_PATH} returned ${get.body.slice(0, 300)}`)
+  const post = await httpCall(url + BENCH_POST_PATH, { method: 'POST', headers: { ...headers, 'content-type': 'application/json' }, body: BENCH_POST_BODY })
+  if (post.status !== 200) throw new Error(`${name}: POST ${BENCH_POST_PATH} answered ${post.status}: ${post.body.slice(0, 300)}`)
+  if (!isDeepStrictEqual(JSON.parse(post.body), JSON.parse(BENCH_POST_BODY))) throw new Error(`${name}: POST ${BENCH_POST_PATH} echoed ${post.body.slice(0, 300)}`)
 }
 
 function upstreamScenario (ctx: Context, upstream: Proc): Scenario {
@@ -351,10 +348,7 @@ function countLines (file: string): number {
 
 async function measure (ctx: Context, tool: ToolName, scenario: Scenario, target: Target, method: 'GET' | 'POST', round: number): Promise<RunRecord> {
   const spec = {
-    url: target.url + (method === 'GET' ? GET_PATH : POST_PATH),
-    method,
-    headers: method === 'POST' ? { ...target.headers, 'content-type': 'application/json' } : target.headers,
-    body: method === 'POST' ? POST_BODY : undefined,
+    ...benchRequest(target.url, method, target.headers),
     connections: ctx.options.connections,
     cpu: ctx.loadCpu,
     scratch: ctx.scratch

@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
-  Proc, ROOT, builtFile, detectTool, freePort, installCleanup, pinningPossible, removeDir, round, rssKiB,
+  benchRequest, Proc, ROOT, builtFile, detectTool, freePort, installCleanup, pinningPossible, removeDir, round, rssKiB,
   runLoad, scratchDir, sleep, slope, stopAll, waitForHttp, type LoadResult, startBenchUpstream
 } from './lib.js'
 import { portcullisConfig } from './portcullis-config.js'
@@ -120,14 +120,8 @@ async function main (): Promise<number> {
     const half = Math.max(1, Math.floor(opts.connections / 2))
     const common = { connections: half, seconds, cpu: pin ? 1 : null, scratch }
     const load = Promise.all([
-      runLoad(tool, { ...common, url: url + '/api/people/1', method: 'GET', headers: plan.headers }),
-      runLoad(tool, {
-        ...common,
-        url: url + '/api/people/',
-        method: 'POST',
-        headers: { ...plan.headers, 'content-type': 'application/json' },
-        body: JSON.stringify({ name: 'Grace Hopper', age: 85 })
-      })
+      runLoad(tool, { ...common, ...benchRequest(url, 'GET', plan.headers) }),
+      runLoad(tool, { ...common, ...benchRequest(url, 'POST', plan.headers) })
     ])
     const settled = load.then(() => {}, () => {})
     const take = (): void => {
