@@ -331,37 +331,39 @@ export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): 
     }))
   }
 
-  function run (request: FastifyRequest, reply: FastifyReply, increment: boolean, done: (err?: Error) => void): void {
-    // The memory store calls back synchronously, inside the try below: a throw from `settle`
-    // must not be taken for a store failure and settle the request twice.
+  /**
+   * One store call whose callback runs once. The memory store calls back synchronously, inside the
+   * try: a throw from what the callback ran (settle, Fastify's `done`) must not be taken for a
+   * store failure and call back a second time.
+   */
+  function callStore (increment: boolean, key: string, callback: StoreCallback): void {
     let settled = false
-    const callback: StoreCallback = (err, result) => {
+    const once: StoreCallback = (err, result) => {
       if (settled) return
       settled = true
-      settle(request, reply, increment, err ?? null, result, done)
+      callback(err, result)
     }
     try {
-      if (increment) store.incr(keyOf(request), callback, windowMs, max)
-      else store.read(keyOf(request), callback, windowMs, max)
+      if (increment) store.incr(key, once, windowMs, max)
+      else store.read(key, once, windowMs, max)
     } catch (err) {
       if (settled) throw err // Fastify answers a hook's throw as an error
-      callback(err as Error)
+      once(err as Error)
     }
+  }
+
+  function run (request: FastifyRequest, reply: FastifyReply, increment: boolean, done: (err?: Error) => void): void {
+    callStore(increment, keyOf(request), (err, result) => { settle(request, reply, increment, err ?? null, result, done) })
   }
 
   return {
     count: function rateLimitCount (request, reply, done) { run(request, reply, true, done) },
     peek: function rateLimitPeek (request, reply, done) { run(request, reply, false, done) },
     countIp (request, done) {
-      const callback: StoreCallback = (err) => {
-        if (err !== null) backend.failed(err, request.log)
+      callStore(true, ns + ipKey(request), (err) => {
+        if (err != null) backend.failed(err, request.log)
         done()
-      }
-      try {
-        store.incr(ns + ipKey(request), callback, windowMs, max)
-      } catch (err) {
-        callback(err as Error)
-      }
+      })
     }
   }
 }
