@@ -10,7 +10,7 @@ import { call, startTestGateway, startUpstream, type CallResult, type RawConfig 
 import { basic, cheapHash, hsToken, SECRET } from './auth-helper.js'
 import { channels, type RateLimitedEvent } from '../schemas/events.js'
 import { ConfigError, parseConfig } from '../src/config.js'
-import { ipKeyOf, rateLimitScaleWarning } from '../plugins/rate-limit.js'
+import { ipKeyOf, rateLimitScaleWarning, routeLimiter } from '../plugins/rate-limit.js'
 
 async function gateway (t: Test, rateLimit: Record<string, unknown>, extra: RawConfig = {}, route: Record<string, unknown> = {}): Promise<{ url: string, requests: unknown[] }> {
   const up = await startUpstream(t)
@@ -239,4 +239,24 @@ t.test('scale-out warning for several processes on the memory store', async (t) 
   t.equal(rateLimitScaleWarning({ rateLimit: { store: 'redis' }, routes }, 4), null, 'redis: shared')
   t.equal(rateLimitScaleWarning({ rateLimit: { store: 'memory' }, routes: [{ name: 'open' }] }, 4), null, 'nothing limited')
   t.match(rateLimitScaleWarning({ rateLimit: { store: 'memory' }, routes }, 4), /4 processes.*4 × max.*people.*rateLimit\.store: redis/)
+})
+
+t.test('a throw from what the store callback ran is not a store failure: done runs once, the throw goes up', async (t) => {
+  // A memory-like store that calls back synchronously, as LocalStore does.
+  const store = {
+    incr: (_key: string, cb: (err: Error | null, r?: { current: number, ttl: number }) => void) => { cb(null, { current: 1, ttl: 60_000 }) },
+    read: (_key: string, cb: (err: Error | null, r?: { current: number, ttl: number }) => void) => { cb(null, { current: 0, ttl: 60_000 }) }
+  }
+  const failures: unknown[] = []
+  const scope = { rateLimitBackend: { onStoreError: 'allow', store: () => store, failed: (err: unknown) => { failures.push(err) } } }
+  const limiter = routeLimiter(scope as never, { route: 'people', limit: { max: 5, window: '1m', by: 'ip' } as never })
+  const request = { ip: '203.0.113.9', headers: {}, log: { warn () {} } }
+  let calls = 0
+  t.throws(() => { limiter.countIp(request as never, () => { calls++; throw new Error('boom in done') }) }, /boom in done/)
+  t.equal(calls, 1, 'countIp: done ran once')
+  const reply = { header () { return reply } }
+  calls = 0
+  t.throws(() => { limiter.count.call(scope as never, request as never, reply as never, () => { calls++; throw new Error('boom in done') }) }, /boom in done/)
+  t.equal(calls, 1, 'count: done ran once')
+  t.same(failures, [], 'and no store failure was recorded')
 })
