@@ -37,3 +37,11 @@ export function parseAuthorization (value: string | undefined): { scheme: string
 export function quote (value: string): string {
   return '"' + value.replace(/["\\]/g, '\\$&') + '"'
 }
+
+/**
+ * Whether an Authorization value uses the Bearer scheme (case-insensitive, RFC 9110 §11.1).
+ * `Bearer ` is how clients spell it, so that is checked first, without slicing or lower-casing.
+ */
+export function hasBearerScheme (value: string): boolean {
+  return value.startsWith('Bearer ') || (value.length >= 7 && value.slice(0, 7).toLowerCase() === 'bearer ')
+}

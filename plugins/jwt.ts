@@ -19,7 +19,7 @@
 import { createDecoder, createVerifier, TokenError } from 'fast-jwt'
 import type { ClaimMatcher, Identity, JwtConfig } from '../schemas/auth.js'
 import { parseDuration } from '../schemas/common.js'
-import { AuthFailure, quote, type AuthResult, type Authenticator } from './auth-common.js'
+import { AuthFailure, hasBearerScheme, quote, type AuthResult, type Authenticator } from './auth-common.js'
 import { JwksClient, JwksError } from './jwks.js'
 
 /** Token header parameters that select or carry keys, or demand extensions: always refused. */
@@ -228,8 +228,7 @@ export function createJwtAuthenticator (config: Readonly<JwtConfig>, realm: stri
       const header = request.headers.authorization
       let token: string
       if (header !== undefined) {
-        // The scheme is case-insensitive (RFC 9110 §11.1); `Bearer ` is how clients spell it.
-        if (!header.startsWith('Bearer ') && (header.length < 7 || header.slice(0, 7).toLowerCase() !== 'bearer ')) {
+        if (!hasBearerScheme(header)) {
           return header.toLowerCase() === 'bearer' ? F.malformed : null
         }
         token = header.slice(7)

@@ -22,6 +22,7 @@ import { GatewayError } from '../schemas/errors.js'
 import { channels, publish, type UpstreamErrorEvent } from '../schemas/events.js'
 import { replyHeaders, type OwnHeaders } from '../plugins/fastify-internals.js'
 import { BodyTooLarge, hasBody, readBody } from '../plugins/json-body.js'
+import { hasBearerScheme } from '../plugins/auth-common.js'
 
 export interface ForwarderOptions {
   /** Upstream URLs; all share the same path, which replaces `prefix`. */
@@ -231,7 +232,7 @@ interface HeaderPolicy {
 }
 
 function isBearer (value: string): boolean {
-  return value.length > 7 && value.slice(0, 7).toLowerCase() === 'bearer '
+  return value.length > 7 && hasBearerScheme(value)
 }
 
 /** One pass over the client's headers; then the gateway's own. */

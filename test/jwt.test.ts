@@ -23,9 +23,10 @@ const bearer = (token: string): { authorization: string } => ({ authorization: `
 t.test('a valid HS256 token reaches the upstream with identity headers and the bearer token', async (t) => {
   const { upstream, app } = await setup(t, hs)
   const token = hsToken({ sub: 'alice', scope: 'people:read people:write' })
-  for (const scheme of ['Bearer', 'bearer', 'BEARER']) {
+  for (const [i, scheme] of ['Bearer', 'bearer', 'BEARER'].entries()) {
     const res = await app.inject({ url: '/api/people/', headers: { authorization: `${scheme} ${token}` } })
     t.equal(res.statusCode, 200, `scheme ${scheme}`)
+    t.equal(upstream.requests[i].headers.authorization, `${scheme} ${token}`, `scheme ${scheme}: forwarded as a bearer token`)
   }
   const seen = upstream.requests[0].headers
   t.equal(seen['x-authenticated-user'], 'alice')
