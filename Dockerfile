@@ -1,6 +1,13 @@
 # The Portcullis gateway. `docker build -t portcullis .`, then
 #   docker run -p 8080:8080 -v $PWD/my-gateway.yaml:/etc/portcullis/gateway.yaml:ro portcullis
 # The config must listen on 0.0.0.0 (server.host) to be reachable from outside the container.
+# The gateway refuses to start on a non-loopback address with a published demo secret or password
+# (and with an HS* secret under 32 bytes): the image fails closed until you give your own. With the
+# built-in gateway.yaml that means all three of
+#   docker run -p 8080:8080 -e JWT_SECRET="$(openssl rand -base64 48)" \
+#     -e DEMO_PASSWORD=… -e READER_PASSWORD=… -e PEOPLE_API_URL=http://api:8000/api/people portcullis
+# and otherwise it exits 1 naming each key to set (`jwt.secret: is the published demo secret; set
+# JWT_SECRET to your own secret of at least 32 bytes (openssl rand -base64 48)`).
 
 # --- build: compile TypeScript with the dev dependencies --------------------------------------
 FROM node:20-slim AS build
@@ -25,7 +32,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 COPY --from=build /app/dist ./dist
 # The default config (listens on $PORTCULLIS_HOST:$PORTCULLIS_PORT, proxies to $PEOPLE_API_URL);
-# mount your own over it.
+# mount your own over it. Its secrets default to the demo's published values, which the gateway
+# refuses on 0.0.0.0: set JWT_SECRET, DEMO_PASSWORD and READER_PASSWORD (see the top of this file).
 COPY gateway.yaml /etc/portcullis/gateway.yaml
 # `node` (uid 1000) comes with the image; it owns nothing in /app, so the code is read-only to it.
 USER node

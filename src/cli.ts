@@ -112,6 +112,15 @@ export async function main (argv: string[]): Promise<void> {
         if (err instanceof ConfigError) { process.stderr.write(err.message + '\n'); process.exit(1) }
         throw err
       }
+      if (values.host !== undefined) {
+        // The config's own server.host was checked at load; --host moves it, so check again.
+        const { knownSecretProblems } = await import('../schemas/secure-defaults.js')
+        const problems = knownSecretProblems(config, values.host)
+        if (problems.length > 0) {
+          process.stderr.write(`invalid config in ${file} with --host ${values.host}:\n  ${problems.join('\n  ')}\n`)
+          process.exit(1)
+        }
+      }
       if (workers !== undefined && !isWorker()) {
         const problem = perWorkerLimitProblem(config, workers)
         if (problem !== null && values['allow-per-worker-limits'] !== true) {

@@ -15,6 +15,7 @@ import { checkAuthSemantics, prepareAuthSecrets } from './auth-config.js'
 import { checkValidateSemantics, resolveValidatePaths } from '../schemas/validate.js'
 import { checkEdgeSemantics } from '../schemas/edge.js'
 import { checkObservabilitySemantics } from '../schemas/observability.js'
+import { checkKnownSecrets } from '../schemas/secure-defaults.js'
 
 export class ConfigError extends Error {
   readonly problems: string[]
@@ -70,7 +71,10 @@ export function parseConfig (raw: unknown, options: ParseOptions = {}): Readonly
   const baseDir = options.baseDir ?? process.cwd()
   checkSemantics(config, problems)
   checkAuthSemantics(config, problems, { fromEnv, baseDir })
+  // Published demo secrets: refused off loopback, one warning on loopback.
+  const warnings = checkKnownSecrets(config, problems, raw)
   if (problems.length > 0) throw new ConfigError(problems, options.source)
+  for (const warning of warnings) process.emitWarning(warning, { type: 'PortcullisWarning', code: 'PORTCULLIS_KNOWN_SECRET' })
   resolvePaths(config, baseDir)
   prepareAuthSecrets(config, baseDir)
   return deepFreeze(config)

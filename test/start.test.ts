@@ -118,6 +118,20 @@ t.test('npm start brings up the gateway and the example API; the README\'s curl 
   t.ok(created, 'the README creates a person')
   t.match(JSON.parse(created?.body ?? '{}'), { id: Number, name: String, age: Number }, 'and gets it back with its id')
 
+  // The demo's published secrets are accepted on loopback only, with one warning naming them.
+  const warnings = output.split('\n').filter((l) => l.includes('PortcullisWarning'))
+  t.equal(warnings.length, 1, 'one warning about the demo secrets')
+  t.match(warnings[0], 'jwt.secret, users[0].password, users[1].password: published demo values, accepted only because the gateway listens on loopback (127.0.0.1)')
+
   child.kill('SIGTERM')
   t.same(await exited, [0, null], 'SIGTERM stops both with exit 0')
+
+  // The same demo on 0.0.0.0 refuses to start, naming what to set.
+  const exposed = spawn(process.execPath, [entry], { cwd: ROOT, env: { ...env, PORTCULLIS_HOST: '0.0.0.0' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let exposedOutput = ''
+  exposed.stdout.setEncoding('utf8').on('data', (d: string) => { exposedOutput += d })
+  exposed.stderr.setEncoding('utf8').on('data', (d: string) => { exposedOutput += d })
+  t.same(await once(exposed, 'exit'), [1, null], 'npm start with PORTCULLIS_HOST=0.0.0.0 and the demo secrets: exit 1')
+  t.match(exposedOutput, 'jwt.secret: is the published demo secret; set JWT_SECRET to your own secret of at least 32 bytes (openssl rand -base64 48)')
+  t.notMatch(exposedOutput, /listening/, 'nothing listened')
 })
