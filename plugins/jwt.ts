@@ -7,7 +7,8 @@
  *    checked against the key's type (an HMAC token signed with an RSA public key never verifies);
  *  - `jku`, `x5u`, `jwk`, `x5c` (key selection by the token: never fetched, never trusted) and
  *    `crit` (no extension is understood);
- *  - a token without `exp`, an `iss` that is not a single string, a missing subject claim;
+ *  - a token without `exp`, an `iss` that is not a single string, a missing subject claim
+ *    (`subjectClaim`; `sub` for the token endpoint's own tokens, whose `iss` is ownTokenIssuer);
  *  - tokens longer than `maxTokenLength`.
  * Then fast-jwt checks the signature, `exp`/`nbf` (with `clockTolerance`), `iss` and `aud`,
  * and this module the `requiredClaims` values (e.g. `token_type: access`, which refuses
@@ -17,7 +18,7 @@
  * cookie when there is no Authorization header — never from the query string.
  */
 import { createDecoder, createVerifier, TokenError } from 'fast-jwt'
-import type { ClaimMatcher, Identity, JwtConfig } from '../schemas/auth.js'
+import { ownTokenIssuer, type ClaimMatcher, type Identity, type JwtConfig } from '../schemas/auth.js'
 import { parseDuration } from '../schemas/common.js'
 import { AuthFailure, hasBearerScheme, quote, type AuthResult, type Authenticator } from './auth-common.js'
 import { JwksClient, JwksError } from './jwks.js'
@@ -159,6 +160,9 @@ export function createJwtAuthenticator (config: Readonly<JwtConfig>, realm: stri
   const required = config.requiredClaims
   const hasRequired = Object.keys(required).length > 0
   const { subjectClaim, scopeClaim, maxTokenLength } = config
+  // The token endpoint's own tokens name their subject in `sub`, never in an upstream's claim
+  // (simplejwt's user_id): read theirs from `sub` whatever subjectClaim says.
+  const ownIssuer = ownTokenIssuer(config)
 
   /**
    * Tokens that verified, by their exact text, until min(60 s, exp + clockTolerance): a client
@@ -168,7 +172,7 @@ export function createJwtAuthenticator (config: Readonly<JwtConfig>, realm: stri
 
   function identityOf (token: string, claims: Record<string, unknown>): AuthResult {
     if (hasRequired && claimsMatch(claims, required) !== null) return F.claims
-    const sub = claims[subjectClaim]
+    const sub = claims[claims.iss === ownIssuer ? 'sub' : subjectClaim]
     if ((typeof sub !== 'string' || sub === '') && typeof sub !== 'number') return F.subject
     const identity: Identity = Object.freeze({ subject: String(sub), scopes: Object.freeze(scopesOf(claims[scopeClaim])), scheme: 'jwt', claims: Object.freeze(claims) })
     const now = Date.now()

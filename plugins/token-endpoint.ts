@@ -2,7 +2,12 @@
  * The token endpoint (the seed's Flask-JWT `/auth` flow): `POST {tokenEndpoint.path}` with JSON
  * `{ "username", "password" }` checks the gateway's `users` and answers
  * `{ "access_token", "token_type": "Bearer", "expires_in" }`, a JWT signed with the configured
- * key (sub = username, scope = the user's scopes, iss/aud when configured, jti, token_type=access).
+ * key. Its claims are exactly `sub` (the username), `iss` (jwt.issuer, else "portcullis"), `aud`
+ * (jwt.audience's first, when set), `exp`, `iat`, `jti`, the scope claim (jwt.scopeClaim) and
+ * `token_type: "access"` (so that `jwt.requiredClaims: { token_type: access }`, which refuses
+ * simplejwt refresh tokens, accepts the gateway's own). Never `user_id` or another upstream's
+ * identity claim, whatever jwt.subjectClaim names (that governs incoming tokens only): a gateway
+ * user named `1` must not be an upstream's user 1.
  *
  * - Wrong credentials cost the same as right ones: an unknown user is checked against a dummy
  *   hash, the verified-password cache is not used here, and a token is signed either way.
@@ -15,7 +20,7 @@ import type { FastifyInstance } from 'fastify'
 import { createSigner } from 'fast-jwt'
 import { Compile } from 'typebox/compile'
 import type { GatewayConfig } from '../schemas/config.js'
-import { TokenRequestSchema, type TokenRequest, type TokenResponse } from '../schemas/auth.js'
+import { ownTokenIssuer, TokenRequestSchema, type TokenRequest, type TokenResponse } from '../schemas/auth.js'
 import { parseDuration } from '../schemas/common.js'
 import { GatewayError } from '../schemas/errors.js'
 import { channels, publish } from '../schemas/events.js'
@@ -47,11 +52,10 @@ export default async function tokenEndpoint (scope: FastifyInstance, opts: Token
     key: (isHmac(algorithm) ? jwt.secret : te.privateKey) as string,
     algorithm: algorithm as never,
     expiresIn: expiresInMs,
-    ...(jwt.issuer === undefined ? {} : { iss: jwt.issuer }),
+    iss: ownTokenIssuer(jwt),
     ...(audience === undefined ? {} : { aud: audience })
   })
   const scopeClaim = jwt.scopeClaim
-  const subjectClaim = jwt.subjectClaim
 
   // The gateway-wide IP allow/deny list first, as on every route; then the per-IP limit.
   const ipFilter = ipFilterHook([config.ipFilter])
@@ -85,8 +89,8 @@ export default async function tokenEndpoint (scope: FastifyInstance, opts: Token
       const identity = checked
       // Signed either way, so that a wrong password costs what a right one does.
       const claims = {
-        [subjectClaim]: identity?.subject ?? username,
         [scopeClaim]: (identity?.scopes ?? []).join(' '),
+        sub: identity?.subject ?? username,
         token_type: 'access',
         jti: randomUUID()
       }

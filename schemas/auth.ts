@@ -116,6 +116,16 @@ export const JwtSchema = Type.Object({
   issuers: Type.Array(JwtIssuerSchema, { default: [], description: 'more issuers, each with its own keys; settings not given are taken from this section' })
 }, { additionalProperties: false })
 
+/**
+ * The `iss` of the token endpoint's own tokens: jwt.issuer when set (the issuer the gateway
+ * verifies), else "portcullis". There is no separate tokenEndpoint.issuer: with jwt.issuer set any
+ * other issuer would not verify, and the JWT authenticator, which sees only the jwt section,
+ * reads the subject of tokens with this issuer from `sub` whatever jwt.subjectClaim says.
+ */
+export function ownTokenIssuer (jwt: { issuer?: string }): string {
+  return jwt.issuer ?? 'portcullis'
+}
+
 export const TokenEndpointSchema = Type.Object({
   path: Type.String({ pattern: '^/[A-Za-z0-9._~!$&\'()*+,;=:@%/-]*$', default: '/auth/token', description: 'where POST { username, password } returns a token' }),
   expiresIn: Duration({ default: '15m', description: 'lifetime of the tokens it issues' }),

@@ -18,7 +18,12 @@ async function req (url: string, options: CallOptions = {}): Promise<{ status: n
   return { status: res.status, json: res.json }
 }
 
-const drf = await startDrf(t, { users: [{ username: 'carol', password: 'carol-pw-1', scopes: ['people:read', 'people:write'] }] })
+const compose = parse(readFileSync(join(ROOT, 'docker-compose.yml'), 'utf8')) as { services: { drf: { environment: Record<string, string> } } }
+// DRF's environment as compose sets it (its issuer), with the test's own key and users.
+const drf = await startDrf(t, {
+  users: [{ username: 'carol', password: 'carol-pw-1', scopes: ['people:read', 'people:write'] }],
+  env: { DRF_JWT_ISSUER: compose.services.drf.environment.DRF_JWT_ISSUER ?? '' }
+})
 if (drf !== null && requireCommand(t, 'redis-server', 'apt-get install redis-server')) {
   const redis = await startRedis(t)
   const raw = parse(readFileSync(join(ROOT, 'deploy/compose/gateway.yaml'), 'utf8')) as Record<string, unknown>
@@ -38,6 +43,9 @@ if (drf !== null && requireCommand(t, 'redis-server', 'apt-get install redis-ser
     t.equal(issued.status, 200, 'alice gets a gateway token')
     t.match(issued.json, { token_type: 'Bearer', expires_in: 900 })
     const alice = { authorization: `Bearer ${String(issued.json.access_token)}` }
+    // The key is shared with DRF, but DRF checks its own issuer: the gateway's token is not DRF's.
+    const verified = await req(`${drf.origin}/api/token/verify/`, { method: 'POST', headers: json, body: JSON.stringify({ token: issued.json.access_token }) })
+    t.equal(verified.status, 401, 'DRF refuses the gateway\'s token (iss portcullis, not DRF_JWT_ISSUER)')
 
     const bob = await req(`${gw}/api/whoami/`, { headers: { authorization: `Basic ${Buffer.from('bob:bob-pw-1').toString('base64')}` } })
     t.match(bob, { status: 200, json: { username: 'bob', scopes: ['people:read'], via: 'basic' } }, 'bob over Basic, as DRF sees him')

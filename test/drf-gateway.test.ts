@@ -23,14 +23,15 @@ const STRICT_PERSON = {
   properties: { name: { type: 'string', minLength: 1, maxLength: 100 }, age: { type: 'integer', minimum: 0, maximum: 150 } }
 }
 const hash = (password: string): string => hashPasswordSync(password, { N: 1024, r: 8, p: 1 })
+const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
 
-const drf = await startDrf(t, {
-  users: [
-    { username: 'alice', password: 'alice-pw-1', scopes: ['people:read', 'people:write'] },
-    { username: 'bob', password: 'bob-pw-1', scopes: ['people:read'] }
-  ]
-})
+const drfUsers = [
+  { username: 'alice', password: 'alice-pw-1', scopes: ['people:read', 'people:write'] },
+  { username: 'bob', password: 'bob-pw-1', scopes: ['people:read'] }
+]
+const drf = await startDrf(t, { users: drfUsers })
 if (drf !== null) await run(drf)
+if (drf !== null) await neverAlias(drf)
 
 async function run (drf: DrfServer): Promise<void> {
   const { url: gw } = await startTestGateway(t, {
@@ -78,7 +79,6 @@ async function run (drf: DrfServer): Promise<void> {
   }
   const alice = await tokens('alice', 'alice-pw-1')
   const bob = await tokens('bob', 'bob-pw-1')
-  const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
 
   await t.test('simplejwt access tokens pass the gateway; refresh tokens and foreign keys do not', async (t) => {
     const ok = await req(`${gw}/api/people/`, { headers: bearer(alice.access) })
@@ -187,5 +187,98 @@ async function run (drf: DrfServer): Promise<void> {
     t.ok(Number(limited.headers['retry-after']) >= 1, 'with Retry-After')
     await new Promise((resolve) => setTimeout(resolve, 300)) // time for an access line, had DRF seen it
     t.equal(drfSaw('POST', '/api/token/'), allowed, 'DRF did not see the limited attempt')
+  })
+}
+
+/**
+ * A gateway user whose name is a DRF user's id (`1` is alice, `2` is bob, seeded in that order)
+ * gets a token from the gateway's token endpoint; it never acts as that DRF user: its claims are
+ * sub/iss/… (never user_id), its iss is not DRF's, and in the README's setup its key is not DRF's.
+ */
+async function neverAlias (drf: DrfServer): Promise<void> {
+  const ids = JSON.parse(drf.manage(['shell', '-c', 'import json; from django.contrib.auth.models import User; print(json.dumps({u.username: u.id for u in User.objects.all()}))'])) as Record<string, number>
+  t.same(ids, { alice: 1, bob: 2 }, 'DRF\'s users 1 and 2')
+  const gwUsers = [
+    { username: '1', passwordHash: hash('one-pw'), scopes: ['people:read'] },
+    { username: '2', passwordHash: hash('two-pw'), scopes: ['people:read'] },
+    { username: 'alice', passwordHash: hash('gw-alice-pw'), scopes: ['people:read'] }
+  ]
+  const passwords: Record<string, string> = { 1: 'one-pw', 2: 'two-pw', alice: 'gw-alice-pw' }
+  const routes = (origin: string): unknown[] => [
+    { name: 'whoami', prefix: '/api/whoami', upstream: `${origin}/api/whoami`, methods: ['GET'], auth: ['jwt'] },
+    { name: 'people', prefix: '/api/people', upstream: `${origin}/api/people`, auth: ['jwt'] }
+  ]
+  const issue = async (gw: string, username: string): Promise<string> => {
+    const res = await req(`${gw}/auth/token`, { method: 'POST', headers: json, body: JSON.stringify({ username, password: passwords[username] }) })
+    if (res.status !== 200) throw new Error(`gateway token for ${username}: ${res.status} ${res.text}`)
+    return res.json.access_token as string
+  }
+  const claimsOf = (token: string): Record<string, unknown> => JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>
+  const verify = async (origin: string, token: string): Promise<number> =>
+    (await req(`${origin}/api/token/verify/`, { method: 'POST', headers: json, body: JSON.stringify({ token }) })).status
+
+  await t.test('the README\'s DRF setup: the gateway\'s own key and issuer, DRF\'s tokens by their iss; gateway tokens never verify at DRF', async (t) => {
+    const { url: gw } = await startTestGateway(t, {
+      users: gwUsers,
+      jwt: {
+        algorithms: ['HS256'],
+        secret: 'g'.repeat(48), // the gateway's own key, not DRF's
+        issuer: 'portcullis',
+        subjectClaim: 'user_id', // stock simplejwt: DRF's tokens name their user by id
+        requiredClaims: { token_type: 'access' },
+        issuers: [{ issuer: 'people-drf', secret: drf.signingKey }]
+      },
+      tokenEndpoint: {},
+      routes: routes(drf.origin)
+    })
+    for (const username of ['1', '2', 'alice']) {
+      const token = await issue(gw, username)
+      t.same(Object.keys(claimsOf(token)).sort(), ['exp', 'iat', 'iss', 'jti', 'scope', 'sub', 'token_type'], `${username}: no user_id in the gateway's token`)
+      t.equal(await verify(drf.origin, token), 401, `${username}: DRF's /api/token/verify/ refuses it`)
+      const direct = await req(`${drf.origin}/api/whoami/`, { headers: bearer(token) })
+      t.equal(direct.status, 401, `${username}: straight to DRF: 401, not DRF's user`)
+      const through = await req(`${gw}/api/whoami/`, { headers: bearer(token) })
+      t.equal(through.status, 200, `${username}: through the gateway`)
+      t.match(through.json, { username, authenticator: 'GatewayIdentityAuthentication' }, `${username}: DRF sees the gateway user ${username}, by name`)
+      if (username !== 'alice') t.equal(through.json.known_user, false, `${username}: not DRF's user ${username}`)
+    }
+    // DRF's own tokens still work through the gateway (verified with DRF's key, by their iss).
+    const pair = await req(`${gw}/api/people/`, { headers: bearer((await req(`${drf.origin}/api/token/`, { method: 'POST', headers: json, body: JSON.stringify({ username: 'bob', password: 'bob-pw-1' }) })).json.access) })
+    t.equal(pair.status, 200, 'a DRF access token passes the gateway')
+  })
+
+  await t.test('even with one shared key: DRF refuses the gateway\'s tokens (iss), and without DRF\'s issuer check they name no DRF user', async (t) => {
+    // The key shared (what the README used to show), DRF with its default issuer check.
+    const { url: shared } = await startTestGateway(t, {
+      users: gwUsers,
+      jwt: { algorithms: ['HS256'], secret: drf.signingKey, subjectClaim: 'user_id', requiredClaims: { token_type: 'access' } },
+      tokenEndpoint: {},
+      routes: routes(drf.origin)
+    })
+    const one = await issue(shared, '1')
+    t.equal(claimsOf(one).iss, 'portcullis')
+    t.equal(await verify(drf.origin, one), 401, 'DRF\'s /api/token/verify/ refuses it: not its issuer')
+    t.equal((await req(`${drf.origin}/api/people/`, { headers: bearer(one) })).status, 401, 'straight to DRF: 401')
+
+    // A DRF that checks no issuer (DRF_JWT_ISSUER empty, simplejwt's default) and shares the key:
+    // the signature verifies, but the token names no DRF user: 401, never alice, never a 500.
+    const bare = await startDrf(t, { users: drfUsers, env: { DRF_JWT_ISSUER: '' } })
+    if (bare === null) return
+    const { url: gw } = await startTestGateway(t, {
+      users: gwUsers,
+      jwt: { algorithms: ['HS256'], secret: bare.signingKey, subjectClaim: 'user_id', requiredClaims: { token_type: 'access' } },
+      tokenEndpoint: {},
+      routes: routes(bare.origin)
+    })
+    for (const username of ['1', '2', 'alice']) {
+      const token = await issue(gw, username)
+      const direct = await req(`${bare.origin}/api/whoami/`, { headers: bearer(token) })
+      t.equal(direct.status, 401, `${username}: straight to DRF: 401 (not DRF's user ${username}, not a 500)`)
+      t.notMatch(direct.text, /alice|bob/, 'names no DRF user')
+      const list = await req(`${bare.origin}/api/people/`, { headers: bearer(token) })
+      t.equal(list.status, 401, `${username}: /api/people/ too`)
+      const through = await req(`${gw}/api/whoami/`, { headers: bearer(token) })
+      t.match(through.json, { username, authenticator: 'GatewayIdentityAuthentication' }, `${username}: through the gateway, the gateway user`)
+    }
   })
 }

@@ -197,6 +197,28 @@ t.test('a 20 KB Authorization header: 431 by default, 401 (too long) when the he
   t.equal(upstream.requests.length, 0)
 })
 
+t.test('subjectClaim governs incoming tokens; the token endpoint\'s own (iss = jwt.issuer, else "portcullis") are read with sub', async (t) => {
+  const { upstream, app } = await setup(t, { ...hs, subjectClaim: 'user_id' })
+  const status = async (claims: Record<string, unknown>): Promise<number> =>
+    (await app.inject({ url: '/api/people/', headers: bearer(hsToken(claims)) })).statusCode
+  t.equal(await status({ iss: 'portcullis', sub: 'gw-user' }), 200, 'own token: subject from sub')
+  t.equal(upstream.requests.at(-1)?.headers['x-authenticated-user'], 'gw-user')
+  t.equal(await status({ iss: 'portcullis', user_id: 5 }), 401, 'own token without sub: no subject, even with a user_id')
+  t.equal(await status({ iss: 'portcullis', sub: 'gw-user', user_id: 5 }), 200)
+  t.equal(upstream.requests.at(-1)?.headers['x-authenticated-user'], 'gw-user', 'own token: its user_id is not the subject')
+  t.equal(await status({ sub: 'someone', user_id: 7 }), 200, 'an incoming token (no iss): subject from user_id')
+  t.equal(upstream.requests.at(-1)?.headers['x-authenticated-user'], '7')
+  t.equal(await status({ iss: 'drf', sub: 'someone' }), 401, 'another issuer without user_id: no subject')
+
+  // With jwt.issuer set, that is the token endpoint's issuer.
+  const named = await setup(t, { ...hs, subjectClaim: 'user_id', issuer: 'https://gw.example' })
+  const viaNamed = await named.app.inject({ url: '/api/people/', headers: bearer(hsToken({ iss: 'https://gw.example', sub: 'gw-user' })) })
+  t.equal(viaNamed.statusCode, 200)
+  t.equal(named.upstream.requests.at(-1)?.headers['x-authenticated-user'], 'gw-user')
+  const notOurs = await named.app.inject({ url: '/api/people/', headers: bearer(hsToken({ iss: 'portcullis', sub: 'gw-user' })) })
+  t.equal(notOurs.statusCode, 401, '"portcullis" is not the issuer then')
+})
+
 t.test('djangorestframework-simplejwt tokens: user_id subject, requiredClaims refuses refresh tokens', async (t) => {
   const jwt = { ...hs, subjectClaim: 'user_id', requiredClaims: { token_type: 'access' } }
   const { upstream, app } = await setup(t, jwt)

@@ -38,6 +38,7 @@ t.test('issue a token, then use it on a route', async (t) => {
   t.equal(body.expires_in, 900)
   const { header, payload } = decode(body.access_token) as { header: Record<string, unknown>, payload: Record<string, unknown> }
   t.equal(header.alg, 'HS256')
+  t.same(Object.keys(payload).sort(), ['aud', 'exp', 'iat', 'iss', 'jti', 'scope', 'sub', 'token_type'], 'exactly these claims')
   t.match(payload, { sub: 'bob', scope: 'people:read', iss: 'portcullis', aud: 'people-api', token_type: 'access' })
   t.equal((payload.exp as number) - (payload.iat as number), 900)
   t.match(payload.jti, /^[0-9a-f-]{36}$/)
@@ -50,6 +51,32 @@ t.test('issue a token, then use it on a route', async (t) => {
   t.equal(post.statusCode, 403, 'bob may not write')
   t.equal(post.json().detail, 'Missing scope people:write.')
   t.equal(upstream.requests.length, 1)
+})
+
+t.test('the claim set is fixed: sub, never an upstream\'s subject claim; iss "portcullis" without jwt.issuer', async (t) => {
+  const upstream = await startUpstream(t)
+  const numeric = [{ username: '1', passwordHash: cheapHash('one-pw'), scopes: ['people:read'] }, ...users]
+  const route = { name: 'people', prefix: '/api/people', upstream: `${upstream.origin}/api/people`, auth: ['jwt'] }
+  // The README's simplejwt setup: incoming tokens name their user in user_id.
+  const app = await gatewayFrom(t, {
+    users: numeric,
+    jwt: { algorithms: ['HS256'], secret: SECRET, subjectClaim: 'user_id', scopeClaim: 'scp', requiredClaims: { token_type: 'access' } },
+    tokenEndpoint: {},
+    routes: [route]
+  })
+  for (const username of ['1', 'alice']) {
+    const res = await app.inject({ method: 'POST', url: '/auth/token', payload: { username, password: username === '1' ? 'one-pw' : 'wonderland' } })
+    t.equal(res.statusCode, 200)
+    const token = res.json().access_token as string
+    const { payload } = decode(token) as { payload: Record<string, unknown> }
+    t.same(Object.keys(payload).sort(), ['exp', 'iat', 'iss', 'jti', 'scp', 'sub', 'token_type'], `${username}: exactly these claims (no aud configured)`)
+    t.match(payload, { sub: username, iss: 'portcullis', token_type: 'access' })
+    t.notOk('user_id' in payload, 'no user_id, although jwt.subjectClaim is user_id')
+    // The gateway reads its own tokens' subject from sub.
+    const get = await app.inject({ url: '/api/people/', headers: { authorization: `Bearer ${token}` } })
+    t.equal(get.statusCode, 200, `${username}: the gateway accepts its own token`)
+    t.equal(upstream.requests.at(-1)?.headers['x-authenticated-user'], username, 'as the gateway user')
+  }
 })
 
 t.test('wrong credentials: 401 with the same answer for unknown users; bad bodies are validated', async (t) => {

@@ -4,8 +4,10 @@ container and production comes from the environment:
 
   DRF_JWT_SIGNING_KEY        required: the HS256 key simplejwt signs with (the gateway verifies
                              with the same key)
-  DRF_JWT_ISSUER             optional `iss` claim put in (and required of) tokens
-  DRF_JWT_AUDIENCE           optional `aud` claim
+  DRF_JWT_ISSUER             the `iss` claim put in (and required of) every token, default
+                             "people-drf"; empty = none (simplejwt's default, not recommended:
+                             then any token signed with the key verifies, e.g. another issuer's)
+  DRF_JWT_AUDIENCE           optional `aud` claim put in (and required of) tokens
   DRF_ACCESS_TOKEN_LIFETIME  seconds, default 300
   DRF_REFRESH_TOKEN_LIFETIME seconds, default 86400
   DRF_DATA_DIR               folder for the SQLite database (default: <tmp>/portcullis-drf)
@@ -91,7 +93,9 @@ REST_FRAMEWORK = {
 SIMPLE_JWT = {
     "ALGORITHM": "HS256",
     "SIGNING_KEY": SIGNING_KEY,
-    "ISSUER": os.environ.get("DRF_JWT_ISSUER") or None,
+    # Tokens whose iss is not this one (the gateway's own, "portcullis") are refused, even if an
+    # operator signs both with the same key.
+    "ISSUER": os.environ.get("DRF_JWT_ISSUER", "people-drf") or None,
     "AUDIENCE": os.environ.get("DRF_JWT_AUDIENCE") or None,
     "ACCESS_TOKEN_LIFETIME": timedelta(seconds=int(os.environ.get("DRF_ACCESS_TOKEN_LIFETIME", "300"))),
     "REFRESH_TOKEN_LIFETIME": timedelta(seconds=int(os.environ.get("DRF_REFRESH_TOKEN_LIFETIME", "86400"))),
