@@ -119,6 +119,17 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
     })
   })
 
+  /** The rule (config rules first, then OpenAPI operations) for a method and decoded segments. */
+  function lookup (method: string, segments: readonly string[]): ReturnType<typeof findRule> {
+    let found = findRule(rules, method, segments)
+    if (found === null && operations.length > 0) found = findRule(operations, method, [...upstreamSegments, ...segments])
+    // HEAD is GET without the response body (RFC 9110 §9.3.2): GET's parameter schemas apply.
+    if (found === null && method === 'HEAD') {
+      found = findRule(rules, 'GET', segments) ?? (operations.length > 0 ? findRule(operations, 'GET', [...upstreamSegments, ...segments]) : null)
+    }
+    return found
+  }
+
   /**
    * The parts that arrive with the head (path parameters, headers, query string): throws or
    * answers (null) on a violation; otherwise the matched rule's body schema, if any. A request
@@ -127,14 +138,15 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
   function checkHead (request: FastifyRequest, reply: FastifyReply): NonNullable<Rule['body']> | null | undefined {
     const url = request.raw.url ?? '/'
     const q = url.indexOf('?')
-    const segments = pathSegments((q === -1 ? url : url.slice(0, q)).slice(prefixLength))
+    const path = (q === -1 ? url : url.slice(0, q)).slice(prefixLength)
+    const segments = pathSegments(path)
     if (segments === null) throw new GatewayError('GW_ERR_BAD_REQUEST', 'The path is not validly percent-encoded.')
     const method = request.method
-    let found = findRule(rules, method, segments)
-    if (found === null && operations.length > 0) found = findRule(operations, method, [...upstreamSegments, ...segments])
-    // HEAD is GET without the response body (RFC 9110 §9.3.2): GET's parameter schemas apply.
-    if (found === null && method === 'HEAD') {
-      found = findRule(rules, 'GET', segments) ?? (operations.length > 0 ? findRule(operations, 'GET', [...upstreamSegments, ...segments]) : null)
+    let found = lookup(method, segments)
+    if (found === null) {
+      // No rule for this exact spelling: the spelling a lenient upstream would resolve it to.
+      const folded = foldSegments(path)
+      if (folded !== null) found = lookup(method, folded)
     }
     if (found === null) {
       if (options.unmatched === 'reject') {
@@ -244,6 +256,50 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
 /** Report mode forwards what the client sent, valid or not; enforce mode what it validated. */
 function passOriginal (request: FastifyRequest, bytes: Buffer): void {
   request.upstream = { ...request.upstream, body: bytes, contentType: request.raw.headers['content-type'] }
+}
+
+/**
+ * A path's segments as the most lenient upstream would read them, or null when the path has
+ * nothing to fold (no `%`, backslash or `;`: the common case, three indexOf). Used only when no
+ * rule matches the path's own decoded segments, so a rule still sees exact parameter values
+ * whenever it matches; this only widens which requests get validated, so that no spelling of a
+ * rule's path reaches the upstream unvalidated (test/paths.test.ts):
+ *
+ * - `;params` are cut from each segment (Tomcat, Spring: `/api/people/;x=1` is `/api/people/`);
+ * - a segment is decoded up to three times (`%252F` → `%2F` → `/`, an upstream that decodes twice),
+ *   and a decoded `;` starts parameters, a decoded `#` ends the path;
+ * - a decoded `/`, a backslash or `%5C` separates segments (Tomcat's ALLOW_ENCODED_SLASH, IIS);
+ * - whitespace around a segment is dropped, and a segment left empty does not count
+ *   (`/api/people/%20` is `/api/people/` to Spring's trimming path matcher).
+ *
+ * Dot segments, NUL and fragments never get here: src/route.ts's path guard refuses them first.
+ */
+export function foldSegments (path: string): string[] | null {
+  if (path.indexOf('%') === -1 && path.indexOf('\\') === -1 && path.indexOf(';') === -1) return null
+  const out: string[] = []
+  for (const raw of path.split(SEPARATORS)) {
+    let segment = cutParams(raw)
+    for (let n = 0; n < 3 && segment.includes('%'); n++) {
+      let decoded: string
+      try { decoded = decodeURIComponent(segment) } catch { break }
+      if (decoded === segment) break
+      segment = decoded
+    }
+    const fragment = segment.indexOf('#')
+    for (const part of (fragment === -1 ? segment : segment.slice(0, fragment)).split(SEPARATORS)) {
+      const name = cutParams(part).trim()
+      if (name !== '') out.push(name)
+    }
+    if (fragment !== -1) break
+  }
+  return out
+}
+
+const SEPARATORS = /[/\\]/
+
+function cutParams (segment: string): string {
+  const semi = segment.indexOf(';')
+  return semi === -1 ? segment : segment.slice(0, semi)
 }
 
 function findRule (rules: readonly Rule[], method: string, segments: readonly string[]): { rule: Rule, params: Record<string, string> } | null {

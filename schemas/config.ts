@@ -78,6 +78,11 @@ export const RouteSchema = Type.Object({
   connections: Type.Integer({ minimum: 1, maximum: 4096, default: 128, description: 'keep-alive connections per upstream URL' }),
   bodyLimit: Type.Optional(Size({ description: 'largest request body on this route (default server.bodyLimit)' })),
   tls: RouteTlsSchema,
+  allowInPath: Type.Array(Type.Union([Type.Literal('encodedSlash'), Type.Literal('backslash'), Type.Literal('semicolon')]), {
+    default: [],
+    uniqueItems: true,
+    description: 'path spellings this route forwards instead of refusing them with 400: encodedSlash (%2F), backslash (\\ and %5C), semicolon (";" path parameters). Only for an upstream that needs them: one that decodes %2F or strips ";x" resolves such a path to another resource than the one the gateway checked. Dot segments, NUL and control bytes and a fragment (#) are always refused'
+  }),
   ...routeValidateProperties,
   plugins: Type.Array(RoutePluginSchema, { default: [], description: 'your own Fastify plugins, registered in this route\'s scope before the proxy' }),
   ...routeAuthProperties,
