@@ -19,6 +19,7 @@ export const ERRORS = {
   GW_ERR_RATE_LIMITED: { status: 429, title: 'Too Many Requests' },
   GW_ERR_HEADERS_TOO_LARGE: { status: 431, title: 'Request Header Fields Too Large' },
   GW_ERR_INTERNAL: { status: 500, title: 'Internal Server Error' },
+  GW_ERR_NOT_IMPLEMENTED: { status: 501, title: 'Not Implemented' },
   GW_ERR_BAD_GATEWAY: { status: 502, title: 'Bad Gateway' },
   GW_ERR_UNAVAILABLE: { status: 503, title: 'Service Unavailable' },
   GW_ERR_GATEWAY_TIMEOUT: { status: 504, title: 'Gateway Timeout' }
