@@ -22,6 +22,17 @@ const users = [
 
 const drf = await startDrf(t, { users })
 if (drf !== null) await run(drf)
+if (drf !== null) {
+  await t.test('DRF refuses to start with .env.example\'s placeholders (they are reachable through the gateway\'s token route)', async (t) => {
+    const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8')
+    const value = (name: string): string => new RegExp(`^${name}=(.*)$`, 'm').exec(example)?.[1] ?? ''
+    const placeholderUsers = value('DRF_USERS')
+    t.match(placeholderUsers, /"password":"replace-me/, '.env.example\'s DRF_USERS has a placeholder password')
+    await t.rejects(startDrf(t, { env: { DRF_USERS: placeholderUsers } }), /users\[0\]\.password: is the published placeholder from \.env\.example/, 'a DRF_USERS password')
+    await t.rejects(startDrf(t, { env: { DRF_JWT_SIGNING_KEY: value('JWT_SECRET') } }), /DRF_JWT_SIGNING_KEY is the published placeholder/, 'the signing key')
+    await t.rejects(startDrf(t, { env: { DJANGO_SECRET_KEY: value('DJANGO_SECRET_KEY') } }), /DJANGO_SECRET_KEY is the published placeholder/, 'Django\'s secret key')
+  })
+}
 
 async function run (drf: DrfServer): Promise<void> {
   const { url: gw } = await startTestGateway(t, {

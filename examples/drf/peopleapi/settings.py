@@ -38,6 +38,12 @@ SIGNING_KEY = os.environ.get("DRF_JWT_SIGNING_KEY", "")
 if len(SIGNING_KEY) < 32:
     raise ImproperlyConfigured("DRF_JWT_SIGNING_KEY must be set to a secret of at least 32 characters")
 
+# .env.example's placeholders all start with "replace-me": a copy left unedited must not serve.
+PLACEHOLDER_PREFIX = "replace-me"
+for _name in ("DRF_JWT_SIGNING_KEY", "DJANGO_SECRET_KEY"):
+    if os.environ.get(_name, "").startswith(PLACEHOLDER_PREFIX):
+        raise ImproperlyConfigured(f"{_name} is the published placeholder from .env.example; set your own secret (openssl rand -base64 48)")
+
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or hashlib.sha256(b"django-secret-key\0" + SIGNING_KEY.encode()).hexdigest()
 DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")

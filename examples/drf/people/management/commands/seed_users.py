@@ -9,6 +9,7 @@ groups are set to exactly the listed scopes. `"superuser": true` makes a superus
 import json
 import os
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
@@ -36,6 +37,8 @@ class Command(BaseCommand):
             for i, entry in enumerate(users):
                 if not isinstance(entry, dict) or not entry.get("username") or not entry.get("password"):
                     raise CommandError(f"users[{i}]: needs username and password")
+                if str(entry["password"]).startswith(settings.PLACEHOLDER_PREFIX):
+                    raise CommandError(f"users[{i}].password: is the published placeholder from .env.example; set your own in DRF_USERS")
                 user, _ = User.objects.get_or_create(username=entry["username"])
                 user.set_password(entry["password"])
                 user.is_superuser = user.is_staff = bool(entry.get("superuser", False))
