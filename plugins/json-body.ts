@@ -44,7 +44,7 @@ function parseJsonMediaType (header: string): string | null {
 }
 
 export class BodyError extends Error {
-  constructor (readonly kind: 'too-large' | 'aborted', message: string) { super(message) }
+  constructor (readonly kind: 'too-large' | 'aborted' | 'busy' | 'io', message: string) { super(message) }
 }
 
 /** Whether the request has a body: a chunked one, or a Content-Length other than 0. */

@@ -7,6 +7,7 @@ import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from
 import fp from 'fastify-plugin'
 import { codeForStatus, ERRORS, GatewayError, problemType, type ErrorCode, type ProblemViolation } from '../schemas/errors.js'
 import { escapePointer, PROBLEM_CONTENT_TYPE, type Problem } from '../schemas/problem.js'
+import { refuseUnreadBody } from './lingering-close.js'
 
 export interface ProblemPluginOptions {
   /** Prefix → allowed methods, to answer 405 (with `Allow`) instead of 404 under a route. */
@@ -34,12 +35,9 @@ export function problemBody (code: ErrorCode, detail: string, request: FastifyRe
 export function sendProblem (reply: FastifyReply, code: ErrorCode, detail: string, options: { headers?: Record<string, string | string[]>, errors?: ProblemViolation[] } = {}): FastifyReply {
   const body = problemBody(code, detail, reply.request, options.errors)
   if (options.headers !== undefined) reply.headers(options.headers)
-  // Refused before its body was read (401, 403, 413, 429…): close the connection after the answer
-  // instead of letting Node drain an unread (maybe huge) body to keep the connection alive.
-  const raw = reply.request.raw
-  if (!raw.complete && (raw.headers['transfer-encoding'] !== undefined || (raw.headers['content-length'] ?? '0') !== '0')) {
-    reply.header('connection', 'close')
-  }
+  // Refused before its body was read (401, 403, 413, 429…): the rest is read and discarded,
+  // bounded, so that a client still uploading reads this answer (plugins/lingering-close).
+  refuseUnreadBody(reply)
   return reply.code(body.status).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
 }
 

@@ -36,7 +36,17 @@ export const ServerSchema = Type.Object({
     description: 'whether X-Forwarded-* from the peer are believed: false, true, a hop count, or a list of trusted addresses/CIDRs'
   }),
   bodyLimit: Size({ default: '1mb', description: 'largest request body accepted (per-route override: routes[].bodyLimit)' }),
-  requestBuffer: Size({ default: '16kb', description: 'request bodies with a Content-Length up to this size are read whole before the upstream is contacted, then sent in one write; larger and chunked bodies are streamed (0b streams every body)' }),
+  requestBuffer: Size({ default: '64kb', description: 'a buffered request body (routes[].requestBuffering) up to this size is held in memory; a larger one is written to a temporary file in requestBufferDir (nginx: client_body_buffer_size)' }),
+  requestBufferDir: Type.Optional(Type.String({ minLength: 1, description: 'folder for the temporary files of buffered bodies larger than requestBuffer (default: the system temporary folder; files are created mode 0600 and removed when the request ends)' })),
+  requestBufferTotal: Size({ default: '1gb', description: 'most bytes of buffered request bodies held at once, in memory and on disk together, across all requests; a body that would pass it → 503 with Retry-After' }),
+  headersWithUnderscores: Type.Union([Type.Literal('drop'), Type.Literal('reject'), Type.Literal('allow')], {
+    default: 'drop',
+    description: 'request header names containing "_": drop them before forwarding (nginx: underscores_in_headers off), reject the request with 400, or allow them (then a name that an upstream could fold onto an identity or trust-bearing header, X_Authenticated_User, is still dropped)'
+  }),
+  lingeringClose: Type.Object({
+    time: Duration({ default: '5s', description: 'after the gateway refused a request before reading its body, how long it goes on reading and discarding the body so the client sees the answer (nginx: lingering_time)' }),
+    size: Size({ default: '64mb', description: 'most bytes of such a body read and discarded; past it the connection is closed' })
+  }, { additionalProperties: false, default: {} }),
   allocationSitePretenuring: Type.Boolean({ default: false, description: "V8's allocation-site pretenuring, process-wide, set when the gateway starts (portcullis start, startServer). Off by default: under load it moved request-scoped objects to the old generation, which made every scavenge slow (bench/PROFILE.md)" }),
   maxHeaderSize: Size({ default: '16kb', description: 'largest request head (request line + headers) accepted; larger → 431' }),
   ...serverEdgeProperties,
@@ -76,6 +86,9 @@ export const RouteSchema = Type.Object({
   timeout: Duration({ default: '30s', description: 'time the upstream has to send its response headers, and the longest pause inside its body' }),
   retries: Type.Integer({ minimum: 0, maximum: 5, default: 1, description: 'retries of idempotent, body-less requests whose connection failed before any response' }),
   connections: Type.Integer({ minimum: 1, maximum: 4096, default: 128, description: 'keep-alive connections per upstream URL' }),
+  maxPending: Type.Integer({ minimum: 0, maximum: 100000, default: 1024, description: 'requests that may wait for a free upstream connection (per upstream URL); one more → 503 with Retry-After (Envoy: max_pending_requests)' }),
+  queueTimeout: Duration({ default: '5s', description: 'longest wait for a free upstream connection; after it → 503 with Retry-After' }),
+  requestBuffering: Type.Boolean({ default: true, description: 'read the whole request body (up to bodyLimit) before contacting the upstream, so slow uploads never hold an upstream connection (nginx: proxy_request_buffering on); false streams bodies to the upstream as they arrive' }),
   bodyLimit: Type.Optional(Size({ description: 'largest request body on this route (default server.bodyLimit)' })),
   tls: RouteTlsSchema,
   allowInPath: Type.Array(Type.Union([Type.Literal('encodedSlash'), Type.Literal('backslash'), Type.Literal('semicolon')]), {

@@ -98,6 +98,26 @@ export const LoadSheddingSchema = Type.Object({
   retryAfter: Duration({ default: '10s', description: 'Retry-After on a shed request' })
 }, { additionalProperties: false, default: {} })
 
+// --- trust-bearing request headers -------------------------------------------------------------
+
+/**
+ * Request headers through which a proxy in front tells the upstream who the client is, which
+ * scheme, host, port or path it used, or which URL to serve instead. From a peer that
+ * `server.trustProxy` does not trust they are removed before forwarding (and their `_` spellings
+ * too, which WSGI servers fold onto the same name); from a trusted peer they are passed on.
+ * `Forwarded`, `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` are always
+ * replaced by the gateway's own (built from the trusted chain), whoever sent them.
+ */
+export const TRUST_BEARING_HEADERS: readonly string[] = [
+  'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port',
+  'x-forwarded-prefix', 'x-forwarded-ssl', 'x-forwarded-protocol', 'x-forwarded-scheme',
+  'x-forwarded-server', 'x-forwarded-uri', 'x-url-scheme', 'front-end-https', 'x-real-ip',
+  'x-original-url', 'x-rewrite-url', 'x-original-uri', 'x-original-host', 'x-host',
+  'true-client-ip', 'cf-connecting-ip', 'x-client-ip', 'x-cluster-client-ip', 'fastly-client-ip',
+  'x-envoy-external-address', 'x-original-forwarded-for', 'x-proxyuser-ip', 'client-ip',
+  'script-name', 'path-info', 'x-script-name'
+]
+
 // --- spread into schemas/config.ts --------------------------------------------------------
 
 export const edgeConfigProperties = {

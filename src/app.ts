@@ -23,6 +23,11 @@ import { routeScope } from './route.js'
 import type { Logger } from 'pino'
 import { createGatewayLogger, formatAccessLine, lazyChildLoggerFactory, type LineBuffer } from './logging.js'
 import { routeNameOf } from '../plugins/fastify-internals.js'
+import lingeringClose from '../plugins/lingering-close.js'
+import { BodyBuffers } from './body-buffer.js'
+import { TRUST_BEARING_HEADERS } from '../schemas/edge.js'
+import { GatewayError } from '../schemas/errors.js'
+import { compile as compileTrust } from '@fastify/proxy-addr'
 
 export interface BuildOptions {
   /** Fastify/pino logger options, or false. Default: JSON logs at `logging.level`, secrets redacted. */
@@ -86,7 +91,8 @@ class AccessLog extends LogController {
     const line = {
       reqId: request.id,
       method: request.method,
-      ip: request.ip,
+      // Undefined once the client's socket has closed: null keeps the line valid JSON.
+      ip: request.ip ?? null,
       route: routeNameOf(request) ?? null,
       path: q === -1 ? url : url.slice(0, q),
       status: reply.statusCode,
@@ -114,6 +120,17 @@ class AccessLog extends LogController {
 export function trustProxyOption (value: boolean | number | readonly string[]): FastifyServerOptions['trustProxy'] {
   if (typeof value === 'number') return (_address: string, hop: number) => hop < value
   return value as FastifyServerOptions['trustProxy']
+}
+
+/**
+ * Whether a request's peer (the socket's address, not any header) is one `server.trustProxy`
+ * trusts: the trust-bearing headers it sends are passed on (src/forward.ts). Null: none is.
+ */
+export function trustedPeer (value: boolean | number | readonly string[]): ((request: FastifyRequest) => boolean) | null {
+  if (value === false) return null
+  if (value === true || typeof value === 'number') return () => true
+  const trust = compileTrust([...value])
+  return (request) => trust(request.raw.socket?.remoteAddress ?? '', 0)
 }
 
 export async function buildGateway (config: Readonly<GatewayConfig>, options: BuildOptions = {}): Promise<FastifyInstance> {
@@ -166,6 +183,16 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
     }
   })
   app.decorate('gatewayConfig', config)
+  await app.register(lingeringClose, { timeMs: parseDuration(server.lingeringClose.time), bytes: parseSize(server.lingeringClose.size) })
+  if (server.headersWithUnderscores === 'reject') {
+    // nginx answers 400 too with `ignore_invalid_headers off` and underscores refused.
+    app.addHook('onRequest', function refuseUnderscoreHeaders (request, _reply, done) {
+      for (const name in request.raw.headers) {
+        if (name.includes('_')) { done(new GatewayError('GW_ERR_BAD_REQUEST', 'Header names must not contain "_".')); return }
+      }
+      done()
+    })
+  }
   if (own !== null) app.addHook('onClose', (_app, done) => { own.close(); done() })
   app.decorateRequest('upstreamMs', undefined)
   app.decorateRequest('upstream', undefined)
@@ -185,7 +212,12 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   if (config.tokenEndpoint !== undefined) await app.register(tokenEndpoint, { config })
 
   const forwarders: Forwarder[] = []
-  app.addHook('onClose', async () => { await Promise.all(forwarders.map((f) => f.close())) })
+  const buffers = new BodyBuffers(parseSize(server.requestBufferTotal), server.requestBufferDir)
+  app.addHook('onClose', async () => {
+    await Promise.all(forwarders.map((f) => f.close()))
+    buffers.close()
+  })
+  const trustBearing = { names: TRUST_BEARING_HEADERS, trusted: trustedPeer(server.trustProxy) ?? (() => false) }
   const keepAliveTimeoutMs = Math.min(4_000, parseDuration(server.timeouts.keepAlive))
   const hideResponseHeaders = hiddenUpstreamHeaders(config.securityHeaders)
   const identityHeaders = identityHeaderSource(config)
@@ -197,11 +229,17 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       timeoutMs: parseDuration(route.timeout),
       retries: route.retries,
       connections: route.connections,
+      maxPending: route.maxPending,
+      queueTimeoutMs: parseDuration(route.queueTimeout),
       keepAliveTimeoutMs,
       tls: route.tls,
       hideResponseHeaders: route.cors === undefined ? hideResponseHeaders : [...hideResponseHeaders, ...CORS_RESPONSE_HEADERS],
       bodyLimit: parseSize(route.bodyLimit ?? server.bodyLimit),
       bufferBodyBytes: parseSize(server.requestBuffer),
+      requestBuffering: route.requestBuffering,
+      buffers,
+      underscoreHeaders: server.headersWithUnderscores === 'allow' ? 'allow' : 'drop',
+      trustBearing,
       // The client's trace headers are replaced by the gateway's own (request.upstream).
       // The client's copies of the identity headers never reach the upstream, on any route;
       // nor do the credentials routes[].forwardAuthorization keeps back.

@@ -16,12 +16,13 @@
 import { readFileSync } from 'node:fs'
 import type { ServerResponse } from 'node:http'
 import { Transform, type Readable } from 'node:stream'
+import { BodyBuffers, BuffersFull, bufferBody, type BufferedBody } from './body-buffer.js'
 import { Pool, type Dispatcher } from 'undici'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { GatewayError } from '../schemas/errors.js'
 import { channels, publish, type UpstreamErrorEvent } from '../schemas/events.js'
 import { replyHeaders, type OwnHeaders } from '../plugins/fastify-internals.js'
-import { BodyTooLarge, hasBody, readBody } from '../plugins/json-body.js'
+import { BodyTooLarge, hasBody, readBody, type BodyError } from '../plugins/json-body.js'
 import { hasBearerScheme } from '../plugins/auth-common.js'
 
 export interface ForwarderOptions {
@@ -33,6 +34,13 @@ export interface ForwarderOptions {
   timeoutMs: number
   retries: number
   connections: number
+  /**
+   * Requests that may wait for a free connection to one upstream URL; one more gets 503 with
+   * Retry-After at once. Default 1024 (Envoy's max_pending_requests).
+   */
+  maxPending?: number
+  /** Longest wait for a free upstream connection, in ms; then 503 with Retry-After. Default 5000. */
+  queueTimeoutMs?: number
   keepAliveTimeoutMs?: number
   tls?: { insecureSkipVerify?: boolean, ca?: string }
   /** Largest streamed request body in bytes: a larger Content-Length → 413 before any byte is read. */
@@ -44,6 +52,25 @@ export interface ForwarderOptions {
    * and a second write, and it is what tipped node-floor into V8's pretenuring cliff: bench/PROFILE.md.)
    */
   bufferBodyBytes?: number
+  /**
+   * Read every request body whole before the upstream is contacted (routes[].requestBuffering):
+   * up to `bufferBodyBytes` in memory, the rest in a temporary file, counted against `buffers`.
+   * Off, bodies larger than `bufferBodyBytes` and chunked ones are streamed, and the upstream
+   * request is aborted the moment the client errors, times out or passes `bodyLimit`.
+   */
+  requestBuffering?: boolean
+  /** The gateway's budget and folder for buffered bodies (required with requestBuffering). */
+  buffers?: BodyBuffers
+  /**
+   * Request header names with `_`: `drop` (default) never forwards them; `allow` forwards them,
+   * except a name that an upstream could fold (`_` read as `-`) onto one the gateway strips.
+   */
+  underscoreHeaders?: 'drop' | 'allow'
+  /**
+   * Trust-bearing request headers (schemas/edge.ts TRUST_BEARING_HEADERS) and whether a request
+   * came from a peer that server.trustProxy trusts: from any other peer those headers are dropped.
+   */
+  trustBearing?: { names: readonly string[], trusted: (request: FastifyRequest) => boolean }
   /** The route's name, for events and logs. */
   routeName?: string
   /**
@@ -126,7 +153,22 @@ const RETRYABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'UND_ERR_SOCKET', 'EPIP
 
 const NO_EXTRAS: ForwardExtras = Object.freeze({})
 
-interface Target { pool: Pool, host: string, origin: string }
+/**
+ * One upstream URL: its pool, and the gateway's own bound on what waits for it. The forwarder
+ * never lets undici queue: at most `connections` requests are dispatched to a pool at once, the
+ * rest wait here in order (at most `maxPending`, each at most `queueTimeout`), so a client that
+ * gives up while waiting leaves the queue at once and never reaches the upstream.
+ */
+interface Target {
+  pool: Pool
+  host: string
+  origin: string
+  /** Requests dispatched to the pool and not finished. */
+  active: number
+  /** Requests waiting for one of them to finish, oldest first (cancelled ones are null). */
+  waiting: Array<ForwardedRequest | null>
+  waitingCount: number
+}
 
 /** How upstream `Location` values map back onto the gateway. */
 interface Rewrite { prefix: string, basePath: string, origins: string[] }
@@ -145,7 +187,7 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
         ? { rejectUnauthorized: options.tls?.insecureSkipVerify !== true, ca, timeout: Math.min(options.timeoutMs, 10_000) }
         : { timeout: Math.min(options.timeoutMs, 10_000) }
     })
-    return { pool, host: url.host, origin: url.origin }
+    return { pool, host: url.host, origin: url.origin, active: 0, waiting: [], waitingCount: 0 }
   })
   // The config check guarantees every URL of a balanced upstream has the same path.
   const basePath = new URL(options.upstreams[0]).pathname.replace(/\/+$/, '')
@@ -160,8 +202,14 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
   }
 
   const routeName = options.routeName ?? options.prefix
+  const skip = new Set([...REQUEST_SKIP, ...(options.stripHeaders ?? []).map((h) => h.toLowerCase())])
+  const trustBearing = new Set((options.trustBearing?.names ?? []).map((h) => h.toLowerCase()))
+  for (const name of trustBearing) if (!skip.has(name)) skip.add(name)
   const policy: HeaderPolicy = {
-    skip: new Set([...REQUEST_SKIP, ...(options.stripHeaders ?? []).map((h) => h.toLowerCase())]),
+    skip,
+    trustBearing,
+    trusted: options.trustBearing?.trusted ?? null,
+    allowUnderscores: options.underscoreHeaders === 'allow',
     bearerOnly: options.bearerOnlyAuthorization === true,
     identity: options.identityHeaders ?? null
   }
@@ -169,8 +217,20 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
   // The upstream's values of the fixed headers are replaced: hidden, then ours appended.
   const hide = new Set([...RESPONSE_SKIP, ...(options.hideResponseHeaders ?? []).map((h) => h.toLowerCase()), ...fixed.map(([name]) => name)])
 
-  const route: RouteState = { options, rewrite, hide, fixed, policy, routeName, pick }
+  const route: RouteState = {
+    options,
+    rewrite,
+    hide,
+    fixed,
+    policy,
+    routeName,
+    pick,
+    connections: options.connections,
+    maxPending: options.maxPending ?? 1024,
+    queueTimeoutMs: options.queueTimeoutMs ?? 5_000
+  }
   const bufferBodyBytes = options.bufferBodyBytes ?? 0
+  const buffering = options.requestBuffering === true && options.buffers !== undefined
 
   function forward (request: FastifyRequest, reply: FastifyReply, extras: ForwardExtras = request.upstream ?? NO_EXTRAS): void {
     const raw = request.raw
@@ -189,24 +249,36 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
         return
       }
       if (bytes !== -1 && bytes <= bufferBodyBytes) {
-        new ForwardedRequest(route, request, reply, extras, path, null, true).readBody()
+        new ForwardedRequest(route, request, reply, extras, path, null, true).readSmallBody(bytes, buffering ? options.buffers as BodyBuffers : null)
+        return
+      }
+      if (buffering) {
+        new ForwardedRequest(route, request, reply, extras, path, null, true).bufferBody(options.buffers as BodyBuffers)
         return
       }
       body = bytes === -1 ? limitBody(raw, options.bodyLimit) : raw
     }
-    new ForwardedRequest(route, request, reply, extras, path, body, body !== null).dispatch(pick())
+    new ForwardedRequest(route, request, reply, extras, path, body, body !== null).send()
   }
 
   return {
     forward,
     async close () {
+      for (const target of targets) {
+        for (const waiting of target.waiting) waiting?.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The gateway is shutting down.'))
+        target.waiting.length = 0
+      }
       await Promise.all(targets.map((t) => t.pool.close()))
     }
   }
 }
 
-/** A chunked body passes through a counter that fails the upload once it exceeds the limit. */
-function limitBody (source: Readable, limit: number): Readable {
+/**
+ * A streamed chunked body passes through a counter that fails the upload once it exceeds the
+ * limit: at most `limit` bytes reach the upstream, whose request is then aborted (it never sees a
+ * complete body). Its errors always have a listener: the forwarded request's, set at once.
+ */
+function limitBody (source: Readable, limit: number): Transform {
   let seen = 0
   const counter = new Transform({
     transform (chunk: Buffer, _encoding, callback) {
@@ -216,6 +288,8 @@ function limitBody (source: Readable, limit: number): Readable {
     }
   })
   source.on('error', (err) => counter.destroy(err))
+  // The client went away before the body ended: the counter fails, so the upstream request does.
+  source.on('close', () => { if (!(source as unknown as { complete: boolean }).complete) counter.destroy(new Error('client closed the connection')) })
   return source.pipe(counter)
 }
 
@@ -224,9 +298,21 @@ class BodyTooLargeError extends Error {
   constructor (readonly limit: number) { super('request body too large') }
 }
 
+/** An upstream answered with a status HTTP does not define (outside 100–599). */
+class InvalidStatusError extends Error {
+  readonly code = 'GW_INVALID_STATUS'
+  constructor (readonly status: number) { super(`upstream status ${status}`) }
+}
+
 /** What a route never forwards from the client, fixed at start. */
 interface HeaderPolicy {
+  /** Never forwarded from the client (the trust-bearing names too: see `trusted`). */
   skip: ReadonlySet<string>
+  /** Names in `skip` that a trusted peer may send after all. */
+  trustBearing: ReadonlySet<string>
+  /** Whether the request's peer is one server.trustProxy trusts; null: none is. */
+  trusted: ((request: FastifyRequest) => boolean) | null
+  allowUnderscores: boolean
   bearerOnly: boolean
   identity: ((request: FastifyRequest) => ReadonlyArray<readonly [string, string]> | undefined) | null
 }
@@ -235,16 +321,40 @@ function isBearer (value: string): boolean {
   return value.length > 7 && hasBearerScheme(value)
 }
 
+/** Headers the gateway sets itself from the trusted chain: never the client's, trusted or not. */
+const ALWAYS_OWN = new Set(['forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id', 'host'])
+
+/**
+ * Whether a client header is dropped by name: a hop-by-hop or gateway-set header, an identity
+ * header, or a trust-bearing one from an untrusted peer — in every spelling an upstream could fold
+ * onto those (`_` for `-`: WSGI servers map both to the same HTTP_* key).
+ */
+function dropped (name: string, request: FastifyRequest, policy: HeaderPolicy, trust: { value: boolean | null }): boolean {
+  let folded = name
+  if (name.includes('_')) {
+    if (!policy.allowUnderscores) return true
+    folded = name.replaceAll('_', '-')
+  }
+  if (!policy.skip.has(folded)) return false
+  if (!policy.trustBearing.has(folded) || ALWAYS_OWN.has(folded) || policy.trusted === null) return true
+  // A trust-bearing header: passed on only from a peer that server.trustProxy trusts.
+  trust.value ??= policy.trusted(request)
+  return !trust.value
+}
+
 /** One pass over the client's headers; then the gateway's own. */
-function upstreamHeaders (request: FastifyRequest, host: string, extras: ForwardExtras, policy: HeaderPolicy): string[] {
+function upstreamHeaders (request: FastifyRequest, host: string, extras: ForwardExtras, policy: HeaderPolicy, buffered: number): string[] {
   const skip = policy.skip
   const incoming = request.raw.headers
   const named = connectionTokens(incoming.connection)
   const strip = extras.strip
+  const replaceBody = extras.body !== undefined || buffered !== -1
+  const trust = { value: null as boolean | null }
   const out: string[] = []
   for (const name in incoming) {
-    if (skip.has(name) || (named !== null && named.has(name)) || (strip !== undefined && strip.has(name))) continue
-    if (extras.body !== undefined && (name === 'content-length' || name === 'content-type')) continue
+    if ((skip.has(name) || name.includes('_')) && dropped(name, request, policy, trust)) continue
+    if ((named !== null && named.has(name)) || (strip !== undefined && strip.has(name))) continue
+    if (replaceBody && (name === 'content-length' || (extras.body !== undefined && name === 'content-type'))) continue
     const value = incoming[name]
     if (value === undefined) continue
     if (name === 'authorization' && policy.bearerOnly && !isBearer(value as string)) continue
@@ -260,6 +370,8 @@ function upstreamHeaders (request: FastifyRequest, host: string, extras: Forward
   )
   if (extras.body !== undefined) {
     out.push('content-type', extras.contentType ?? 'application/json', 'content-length', String(Buffer.byteLength(extras.body)))
+  } else if (buffered !== -1) {
+    out.push('content-length', String(buffered))
   }
   if (extras.headers !== undefined) for (const [k, v] of extras.headers) out.push(k, v)
   const identity = policy.identity === null ? undefined : policy.identity(request)
@@ -310,7 +422,19 @@ function upstreamError (err: Error, request: FastifyRequest, origin: string): Ga
   if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH' || code === 'UND_ERR_ABORTED' || code === 'ECONNABORTED') {
     return new GatewayError('GW_ERR_BAD_REQUEST', 'The request body ended before its declared length.', { cause: err })
   }
+  if (err instanceof InvalidStatusError) {
+    return new GatewayError('GW_ERR_BAD_GATEWAY', 'The upstream answered with an invalid status.', { cause: err })
+  }
   return new GatewayError('GW_ERR_BAD_GATEWAY', 'The upstream could not be reached.', { cause: err })
+}
+
+/** The answer to a body that could not be buffered. */
+function bodyError (err: BodyError): GatewayError {
+  if (err instanceof BodyTooLarge) return new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', err.message)
+  if (err instanceof BuffersFull || err.kind === 'io') {
+    return new GatewayError('GW_ERR_UNAVAILABLE', err.message, { headers: { 'retry-after': '1' } })
+  }
+  return new GatewayError('GW_ERR_BAD_REQUEST', 'The request body ended before its declared length.')
 }
 
 /** What every request of one route shares, fixed at start. */
@@ -322,6 +446,9 @@ interface RouteState {
   policy: HeaderPolicy
   routeName: string
   pick: () => Target
+  connections: number
+  maxPending: number
+  queueTimeoutMs: number
 }
 
 /**
@@ -338,6 +465,15 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
   private resume: (() => void) | null = null
   private attempt = 0
   private target: Target | null = null
+  /** Holds one of target's `connections` slots. */
+  private holding = false
+  /** Index in target.waiting while queued, else -1. */
+  private queuedAt = -1
+  private queueTimer: NodeJS.Timeout | null = null
+  /** A body buffered by bufferBody (memory or a file), given back when the request is over. */
+  private buffered: BufferedBody | null = null
+  /** Budget bytes held for a small body read whole (readSmallBody on a buffering route). */
+  private held = 0
   private readonly res: ServerResponse
   private readonly startedAt = performance.now()
   private readonly attempts: number
@@ -357,23 +493,113 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     const method = request.raw.method
     this.idempotent = !hasBody && (method === 'GET' || method === 'HEAD' || method === 'OPTIONS')
     this.attempts = this.idempotent ? route.options.retries + 1 : 1
-    // The client went away: stop the upstream request too.
+    // The client went away: leave the queue, or stop the upstream request.
     this.onClose = () => {
-      if (!this.done && this.abort !== null) this.abort(new Error('client closed the connection'))
+      if (this.done) return
+      if (this.queuedAt !== -1) {
+        this.leaveQueue()
+        this.finish()
+        this.clientGone('while waiting for an upstream connection')
+      } else if (this.abort !== null) {
+        this.abort(new Error('client closed the connection'))
+      }
     }
     this.res.once('close', this.onClose)
+    // A streamed body that fails (over the limit, the client gone) before undici reads it.
+    if (body !== null && typeof body !== 'string' && !Buffer.isBuffer(body) && body !== request.raw) {
+      body.on('error', (err) => {
+        if (this.done) return
+        if (this.queuedAt !== -1) {
+          this.leaveQueue()
+          this.finish()
+          if (!this.res.destroyed) this.reply.send(upstreamError(err, this.request, ''))
+        } else if (this.abort !== null) {
+          this.abort(err)
+        }
+      })
+    }
+  }
+
+  /** Takes a connection slot on the next target, or waits for one; then dispatches. */
+  send (): void {
+    const target = this.route.pick()
+    this.target = target
+    if (target.active < this.route.connections) {
+      target.active++
+      this.holding = true
+      this.dispatchFromEvent(target)
+      return
+    }
+    if (target.waitingCount >= this.route.maxPending) {
+      this.finish()
+      this.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The upstream is busy; retry shortly.', { headers: { 'retry-after': '1' } }))
+      return
+    }
+    this.queuedAt = target.waiting.length
+    target.waiting.push(this)
+    target.waitingCount++
+    this.queueTimer = setTimeout(() => {
+      this.queueTimer = null
+      if (this.queuedAt === -1 || this.done) return
+      this.leaveQueue()
+      this.finish()
+      this.request.log.warn({ upstream: target.origin, waited: this.route.queueTimeoutMs }, 'no upstream connection became free in time')
+      this.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The upstream is busy; retry shortly.', { headers: { 'retry-after': '1' } }))
+    }, this.route.queueTimeoutMs)
+  }
+
+  /** Called by `release` when a slot is free: this request takes it. */
+  private wake (): void {
+    this.queuedAt = -1
+    if (this.queueTimer !== null) { clearTimeout(this.queueTimer); this.queueTimer = null }
+    this.holding = true
+    this.dispatchFromEvent(this.target as Target)
+  }
+
+  private leaveQueue (): void {
+    const target = this.target as Target
+    if (target.waiting[this.queuedAt] === this) target.waiting[this.queuedAt] = null
+    target.waitingCount--
+    this.queuedAt = -1
+    if (this.queueTimer !== null) { clearTimeout(this.queueTimer); this.queueTimer = null }
+  }
+
+  /** Gives the connection slot back and hands it to the oldest waiting request. */
+  private release (): void {
+    if (!this.holding) return
+    this.holding = false
+    const target = this.target as Target
+    const waiting = target.waiting
+    while (waiting.length > 0) {
+      const next = waiting.shift() as ForwardedRequest | null
+      if (next === null) continue
+      target.waitingCount--
+      // Indices moved by one: the queue is short, so re-number it instead of keeping a head offset.
+      for (let i = 0; i < waiting.length; i++) { const w = waiting[i]; if (w !== null) w.queuedAt = i }
+      next.wake()
+      return
+    }
+    target.active--
+  }
+
+  /** An answer from the gateway (503, shutdown) to a request that never reached the upstream. */
+  refuse (err: GatewayError): void {
+    if (this.queuedAt !== -1) this.leaveQueue()
+    this.finish()
+    if (!this.res.destroyed) this.reply.send(err)
   }
 
   dispatch (target: Target): void {
     this.attempt++
     this.target = target
     this.abort = null
+    const buffered = this.buffered
     target.pool.dispatch({
       origin: target.origin,
       path: this.path,
       method: this.request.raw.method as Dispatcher.HttpMethod,
-      headers: upstreamHeaders(this.request, target.host, this.extras, this.route.policy),
-      body: this.body,
+      headers: upstreamHeaders(this.request, target.host, this.extras, this.route.policy, buffered === null ? -1 : buffered.size),
+      body: buffered === null ? this.body : (buffered.bytes ?? buffered.open()),
       idempotent: this.idempotent,
       blocking: false
     }, this)
@@ -381,36 +607,76 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
 
   /**
    * A small body of known length: read whole (plugins/json-body's reader), then dispatched as
-   * one Buffer. A body that breaks off never reaches the upstream.
+   * one Buffer. A body that breaks off never reaches the upstream. With buffering on, its bytes
+   * count against the gateway's budget while it is held.
    */
-  readBody (): void {
+  readSmallBody (length: number, buffers: BodyBuffers | null): void {
+    if (buffers !== null) {
+      if (!buffers.reserve(length)) {
+        this.finish()
+        this.reply.send(bodyError(new BuffersFull()))
+        return
+      }
+      this.held = length
+    }
     readBody(this.request.raw, this.route.options.bodyLimit, (err, body) => {
       if (err === null) {
         this.body = body
-        this.dispatchFromEvent()
+        this.sendFromEvent()
         return
       }
       this.finish()
       // The client went away or broke off its body: the upstream was never contacted.
-      if (this.res.destroyed) return
-      this.reply.send(err instanceof BodyTooLarge
-        ? new GatewayError('GW_ERR_PAYLOAD_TOO_LARGE', err.message)
-        : new GatewayError('GW_ERR_BAD_REQUEST', 'The request body ended before its declared length.'))
+      if (this.res.destroyed) { this.clientGone('during its body'); return }
+      this.reply.send(bodyError(err))
+    })
+  }
+
+  /** Any other body on a buffering route: read whole (memory, then a file) before anything is sent. */
+  bufferBody (buffers: BodyBuffers): void {
+    const options = this.route.options
+    bufferBody(this.request.raw, options.bodyLimit, options.bufferBodyBytes ?? 0, buffers, (err, body) => {
+      if (err === null) {
+        this.buffered = body
+        this.sendFromEvent()
+        return
+      }
+      this.finish()
+      if (this.res.destroyed) { this.clientGone('during its body'); return }
+      this.reply.send(bodyError(err))
     })
   }
 
   /**
-   * A dispatch from an event (the body's end, a retry), not from the route handler, where Fastify
-   * catches a throw: what a route's plugins set (a malformed `request.identity`, say) must give
-   * the client an error answer, never an uncaught exception.
+   * A send or dispatch from an event (the body's end, a freed slot, a retry), not from the route
+   * handler, where Fastify catches a throw: what a route's plugins set (a malformed
+   * `request.identity`, say) must give the client an error answer, never an uncaught exception.
    */
-  private dispatchFromEvent (): void {
+  private sendFromEvent (): void {
+    if (this.res.destroyed) { this.finish(); return }
     try {
-      this.dispatch(this.route.pick())
+      this.send()
     } catch (err) {
-      this.finish()
-      if (!this.res.destroyed) this.reply.send(err as Error)
+      this.fail(err as Error)
     }
+  }
+
+  private dispatchFromEvent (target: Target): void {
+    try {
+      this.dispatch(target)
+    } catch (err) {
+      this.fail(err as Error)
+    }
+  }
+
+  /** The one log line of a request whose client left before any answer (no access line follows). */
+  private clientGone (when: string): void {
+    this.request.log.info({ route: this.route.routeName, status: null }, `client closed the connection ${when}; the upstream was not contacted`)
+  }
+
+  private fail (err: Error): void {
+    this.finish()
+    if (!this.res.destroyed) this.reply.send(err)
   }
 
   onConnect (abort: (err?: Error) => void): void {
@@ -419,17 +685,28 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
   }
 
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    if (statusCode < 100 || statusCode > 599) {
+      // Not an HTTP status (RFC 9110 §15): the client gets 502, as from nginx.
+      ;(this.abort as (err?: Error) => void)(new InvalidStatusError(statusCode))
+      return false
+    }
     if (statusCode < 200) return true // 1xx informational: wait for the final response
-    this.started = true
-    this.resume = resume
     const request = this.request
-    request.upstreamMs = performance.now() - this.startedAt
-    this.reply.hijack()
     const headers = responseHeaders(rawHeaders, request.id, this.route, replyHeaders(this.reply))
     // Draining (plugins/health): this response closes its connection, so the client does not
     // send another request on a connection the gateway is about to close.
     if ((request.server as { readiness?: { state: string } }).readiness?.state === 'draining') this.res.shouldKeepAlive = false
-    this.res.writeHead(statusCode, statusText, headers)
+    try {
+      this.res.writeHead(statusCode, statusText, headers)
+    } catch (err) {
+      // A header value Node refuses to send: the upstream's response is not passed on (502).
+      ;(this.abort as (err?: Error) => void)(err as Error)
+      return false
+    }
+    this.started = true
+    this.resume = resume
+    request.upstreamMs = performance.now() - this.startedAt
+    this.reply.hijack()
     return true
   }
 
@@ -453,11 +730,15 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
       this.request.log.debug({ attempt: this.attempt, code }, 'retrying upstream request')
       this.done = false
       this.res.once('close', this.onClose)
-      this.dispatchFromEvent()
+      this.sendFromEvent()
       return
     }
     const routeName = this.route.routeName
     publish(channels.upstreamError, () => ({ route: routeName, kind: errorKind(err) }))
+    if (this.res.destroyed) {
+      this.request.log.info({ code, upstream: target.origin }, 'client closed the connection before the response ended')
+      return
+    }
     if (this.started) {
       // The response has begun: nothing left but to abort it, so the client sees a broken
       // response and never a clean one.
@@ -468,9 +749,20 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     this.reply.send(upstreamError(err, this.request, target.origin))
   }
 
+  /** The request is over (answered, failed, or the client left): everything it held is given back. */
   private finish (): void {
     this.done = true
     this.res.removeListener('close', this.onClose)
+    this.release()
+    // Only body-less requests are retried, so a held body is never needed again.
+    if (this.buffered !== null) {
+      this.buffered.release()
+      this.buffered = null
+    }
+    if (this.held !== 0) {
+      (this.route.options.buffers as BodyBuffers).release(this.held)
+      this.held = 0
+    }
   }
 }
 

@@ -2,7 +2,9 @@
  * Bodies are streamed, not buffered: 50 MB each way through the gateway arrives intact (sha256
  * compared at the other end) while the process's memory stays flat; bodies over the limit are
  * refused before (honest Content-Length) or while (chunked) they arrive, and the upstream never
- * gets a complete one. Only small bodies (server.requestBuffer) are read whole first.
+ * gets a complete one. With routes[].requestBuffering (the default) every body is read whole before
+ * the upstream is contacted (test/request-buffering.test.ts); with it off, only small bodies
+ * (server.requestBuffer) are, and the rest stream.
  */
 import t, { type Test } from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
@@ -210,7 +212,7 @@ t.test('a chunked body over the limit is refused and the upstream never gets it 
   t.equal(seen.at(-1)?.bytes, 512 * 1024)
 })
 
-t.test('small bodies are read whole before the upstream is contacted (server.requestBuffer); larger ones are streamed', async (t) => {
+t.test('requestBuffering: false — small bodies are read whole before the upstream is contacted (server.requestBuffer); larger ones are streamed', async (t) => {
   const heads: string[] = []
   const up = await startUpstream(t, async (req, res) => {
     heads.push(`${req.method ?? ''} ${req.url ?? ''} ${req.headers['content-length'] ?? 'chunked'}`)
@@ -222,7 +224,7 @@ t.test('small bodies are read whole before the upstream is contacted (server.req
   }, { stream: true })
   const { url: gw } = await startTestGateway(t, {
     server: { requestBuffer: '1kb' },
-    routes: [{ name: 'files', prefix: '/files', upstream: up.origin }]
+    routes: [{ name: 'files', prefix: '/files', upstream: up.origin, requestBuffering: false }]
   })
 
   // Under, at and over the buffer size: every body arrives intact, with its length.
@@ -272,7 +274,7 @@ t.test('small bodies are read whole before the upstream is contacted (server.req
   t.equal(done.statusCode, 200)
 })
 
-t.test('requestBuffer: 0b streams every body', async (t) => {
+t.test('requestBuffering: false with requestBuffer: 0b streams every body', async (t) => {
   const heads: string[] = []
   const up = await startUpstream(t, async (req, res) => {
     heads.push(req.url ?? '')
@@ -280,7 +282,7 @@ t.test('requestBuffer: 0b streams every body', async (t) => {
     await once(req, 'end')
     res.end('ok')
   }, { stream: true })
-  const { url: gw } = await startTestGateway(t, { server: { requestBuffer: '0b' }, routes: [{ name: 'files', prefix: '/files', upstream: up.origin }] })
+  const { url: gw } = await startTestGateway(t, { server: { requestBuffer: '0b' }, routes: [{ name: 'files', prefix: '/files', upstream: up.origin, requestBuffering: false }] })
   const req = httpRequest(`${gw}/files/small`, { method: 'PUT', agent: false, headers: { 'content-length': '10' } })
   req.on('error', () => {})
   req.write('12345')

@@ -31,4 +31,12 @@ class WhoAmIView(APIView):
             "via": via,
             "authenticator": type(request.successful_authenticator).__name__,
             "known_user": request.user.pk is not None,
+            # What a proxy in front could have told it: the client address, the mount point, the
+            # URL it builds links with. The gateway sets these; a client's spoofs never arrive.
+            "client": {
+                "remote_addr": request.META.get("REMOTE_ADDR"),
+                "x_forwarded_for": request.META.get("HTTP_X_FORWARDED_FOR"),
+                "script_name": request.META.get("SCRIPT_NAME", ""),
+                "url": request.build_absolute_uri(),
+            },
         })

@@ -1,0 +1,85 @@
+/**
+ * Refusals that arrive. When the gateway answers before it has read the request body (401, 403,
+ * 413, 429…), a client still uploading must still read that answer:
+ *
+ * - Lingering close (RFC 9112 §9.6, nginx's `lingering_close`): the rest of the body is read and
+ *   discarded, for at most `server.lingeringClose.time` and `.size`, instead of closing at once —
+ *   closing a socket with unread bytes makes the kernel send a reset, and the client loses the
+ *   answer it has not read yet. Past either bound the connection is closed.
+ * - `Expect: 100-continue`: Node answers `100 Continue` by itself as soon as the head arrives,
+ *   before any check has run. The gateway takes the `checkContinue` event instead and sends the
+ *   100 only when something starts reading the body (the forwarder, validation, the token
+ *   endpoint); a request refused before that gets its final status and no 100, and since the client
+ *   has not sent its body, the connection is closed after the answer.
+ */
+import type { FastifyInstance, FastifyReply } from 'fastify'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import fp from 'fastify-plugin'
+import { hasBody } from './json-body.js'
+
+export interface LingeringCloseOptions {
+  /** Longest time the rest of a refused body is read, in ms. */
+  timeMs: number
+  /** Most bytes of a refused body read and discarded. */
+  bytes: number
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** How long and how much of a refused request's body is read before closing (plugins/lingering-close). */
+    lingeringClose: LingeringCloseOptions
+  }
+}
+
+const kExpecting = Symbol('portcullis.expectContinue')
+type ExpectingResponse = ServerResponse & { [kExpecting]?: boolean }
+
+async function lingeringClosePlugin (app: FastifyInstance, opts: LingeringCloseOptions): Promise<void> {
+  app.decorate('lingeringClose', { timeMs: opts.timeMs, bytes: opts.bytes })
+  const server = app.server
+  server.on('checkContinue', (req: IncomingMessage, res: ExpectingResponse) => {
+    res[kExpecting] = true
+    // The first read of the body (a 'data' listener, resume or pipe) resumes the stream.
+    req.once('resume', () => {
+      if (res.headersSent || res.writableEnded) return
+      res[kExpecting] = false
+      res.writeContinue()
+    })
+    server.emit('request', req, res)
+  })
+}
+
+export default fp(lingeringClosePlugin, { name: 'portcullis-lingering-close', fastify: '5.x' })
+
+/**
+ * Called for every answer the gateway makes itself (plugins/problem.ts sendProblem): when the
+ * request's body has not been read whole, either close after the answer (a client waiting for
+ * `100 Continue` has sent nothing) or read and discard the rest, bounded, so the answer arrives.
+ */
+export function refuseUnreadBody (reply: FastifyReply): void {
+  const raw = reply.request.raw
+  if (raw.complete || !hasBody(raw.headers)) return
+  const res = reply.raw as ExpectingResponse
+  if (res[kExpecting] === true) {
+    reply.header('connection', 'close')
+    return
+  }
+  const socket = raw.socket
+  // A connection that is closed on purpose (the gateway is draining) stays so.
+  if (socket === null || typeof socket.destroy !== 'function' || socket.destroyed || reply.hasHeader('connection')) return
+  const limits = reply.server.lingeringClose
+  let seen = 0
+  const stop = (): void => { clearTimeout(timer) }
+  const timer = setTimeout(() => { socket.destroy() }, limits.timeMs)
+  raw.removeAllListeners('data')
+  raw.on('data', (chunk: Buffer) => {
+    seen += chunk.length
+    if (seen > limits.bytes) {
+      stop()
+      socket.destroy()
+    }
+  })
+  raw.once('end', stop)
+  raw.once('close', stop)
+  raw.resume()
+}

@@ -1,0 +1,100 @@
+/**
+ * Refusals arrive: a client still uploading when the gateway answers (413, 401) reads the answer,
+ * because the rest of its body is read and discarded, bounded (server.lingeringClose), before the
+ * connection closes; a client waiting for `100 Continue` gets the final status instead.
+ */
+import t from 'tap'
+import { connect } from 'node:net'
+import { call, startTestGateway, startUpstream } from './helper.js'
+import { cheapHash } from './auth-helper.js'
+
+const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
+const basicUser = { username: 'alice', passwordHash: cheapHash('pw'), scopes: [] }
+
+t.test('fetch uploading 16 MB to a 1 MB route gets 413 ten times in ten; 3 MB without credentials to a Basic route gets 401 ten in ten', async (t) => {
+  const up = await startUpstream(t)
+  const { url: gw } = await startTestGateway(t, {
+    users: [basicUser],
+    routes: [
+      { name: 'small', prefix: '/small', upstream: up.origin, bodyLimit: '1mb' },
+      { name: 'basic', prefix: '/basic', upstream: up.origin, auth: ['basic'], bodyLimit: '8mb' }
+    ]
+  })
+  const big = Buffer.alloc(16 * 1024 * 1024, 120)
+  const three = Buffer.alloc(3 * 1024 * 1024, 120)
+  const outcomes: string[] = []
+  for (let i = 0; i < 10; i++) {
+    const res = await fetch(`${gw}/small/upload`, { method: 'POST', body: big }).then((r) => String(r.status), (e: Error) => `${e.name}: ${(e.cause as Error | undefined)?.message ?? e.message}`)
+    outcomes.push(res)
+  }
+  t.same(outcomes, Array(10).fill('413'), '16 MB to a 1 MB route: 413 each time')
+  const refusals: string[] = []
+  for (let i = 0; i < 10; i++) {
+    const res = await fetch(`${gw}/basic/upload`, { method: 'PUT', body: three }).then((r) => String(r.status), (e: Error) => `${e.name}: ${(e.cause as Error | undefined)?.message ?? e.message}`)
+    refusals.push(res)
+  }
+  t.same(refusals, Array(10).fill('401'), '3 MB without credentials to a Basic route: 401 each time')
+  t.equal(up.requests.length, 0, 'nothing reached the upstream')
+})
+
+t.test('Expect: 100-continue on a request that is refused gets the final status, never 100, and the connection closes', async (t) => {
+  const up = await startUpstream(t)
+  const { url: gw } = await startTestGateway(t, {
+    users: [basicUser],
+    routes: [{ name: 'basic', prefix: '/basic', upstream: up.origin, auth: ['basic'] }, { name: 'pub', prefix: '/pub', upstream: up.origin }]
+  })
+  const port = Number(new URL(gw).port)
+  const ask = async (path: string, extra = ''): Promise<string> => {
+    const socket = connect(port, '127.0.0.1')
+    socket.on('error', () => {})
+    socket.write(`POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nExpect: 100-continue\r\n${extra}\r\n`)
+    let got = ''
+    socket.on('data', (d: Buffer) => { got += d.toString() })
+    await sleep(400)
+    socket.destroy()
+    return got
+  }
+  const refused = await ask('/basic/x')
+  t.match(refused, /^HTTP\/1\.1 401 /, 'the first line is the final status')
+  t.notMatch(refused, /100 Continue/, 'no 100 was sent')
+  t.match(refused, /connection: close/i, 'and the connection closes (the client sent no body)')
+  const accepted = await ask('/pub/y')
+  t.match(accepted, /^HTTP\/1\.1 100 Continue\r\n\r\n/, 'an accepted request gets its 100 when the gateway starts reading the body')
+  t.equal(up.requests.length, 0, 'the upstream saw no body-less request (the body never came)')
+})
+
+t.test('the lingering is bounded: past lingeringClose.size or .time the connection closes', async (t) => {
+  const up = await startUpstream(t)
+  const { url: gw } = await startTestGateway(t, {
+    server: { lingeringClose: { time: '600ms', size: '64kb' } },
+    routes: [{ name: 'small', prefix: '/small', upstream: up.origin, bodyLimit: '1kb' }]
+  })
+  const port = Number(new URL(gw).port)
+  // Size: keeps sending well past 64 KB of discarded body.
+  const fast = connect(port, '127.0.0.1')
+  fast.on('error', () => {})
+  fast.write('POST /small/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n')
+  let answer = ''
+  fast.on('data', (d: Buffer) => { answer += d.toString() })
+  const fastClosed = new Promise((resolve) => { fast.once('close', resolve) })
+  for (let i = 0; i < 40 && !fast.destroyed; i++) { fast.write(Buffer.alloc(8192)); await sleep(5) }
+  await Promise.race([fastClosed, sleep(2000)])
+  t.match(answer, /^HTTP\/1\.1 413 /, 'the 413 arrived')
+  t.ok(fast.destroyed || fast.readableEnded, 'past the size bound the connection was closed')
+
+  // Time: trickles slowly, under the size bound, past the time bound.
+  const slow = connect(port, '127.0.0.1')
+  slow.on('error', () => {})
+  slow.write('POST /small/y HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n')
+  const started = Date.now()
+  const slowClosed = new Promise((resolve) => { slow.once('close', resolve) })
+  const trickle = setInterval(() => { if (!slow.destroyed) slow.write('x') }, 50)
+  await Promise.race([slowClosed, sleep(3000)])
+  clearInterval(trickle)
+  t.ok(slow.destroyed, 'the slow client was disconnected')
+  t.ok(Date.now() - started < 2500, 'within about lingeringClose.time')
+  t.equal(up.requests.length, 0)
+  // And a refused body sent in full leaves the connection usable.
+  const res = await call(`${gw}/small/z`, { method: 'POST', body: Buffer.alloc(4096) })
+  t.equal(res.status, 413)
+})
