@@ -5,6 +5,7 @@
  * description, on the first request; if a Fastify release renames it, the public form is used
  * (slower, same result). test/fastify-internals.test.ts fails if the fast path is lost.
  */
+import type { ServerResponse } from 'node:http'
 import type { FastifyContextConfig, FastifyReply, FastifyRequest } from 'fastify'
 
 export type OwnHeaders = Record<string, number | string | string[] | undefined>
@@ -44,4 +45,13 @@ export function replyHeaders (reply: FastifyReply): OwnHeaders {
 /** For the test: whether both fast paths are in use. */
 export function fastPathsFound (): { context: boolean, headers: boolean } {
   return { context: typeof contextKey === 'symbol', headers: typeof headersKey === 'symbol' }
+}
+
+/**
+ * The response being written on this client socket, if any: Node's own `socketOnError` reads the
+ * same field (`socket._httpMessage`) before it writes a raw 400 after a parse error. Node has no
+ * public form of it.
+ */
+export function responseInFlight (socket: object): ServerResponse | null {
+  return (socket as { _httpMessage?: ServerResponse | null })._httpMessage ?? null
 }

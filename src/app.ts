@@ -22,7 +22,7 @@ import { createForwarder, type Forwarder } from './forward.js'
 import { routeScope } from './route.js'
 import type { Logger } from 'pino'
 import { createGatewayLogger, formatAccessLine, lazyChildLoggerFactory, type LineBuffer } from './logging.js'
-import { routeNameOf } from '../plugins/fastify-internals.js'
+import { responseInFlight, routeNameOf } from '../plugins/fastify-internals.js'
 import lingeringClose from '../plugins/lingering-close.js'
 import { BodyBuffers } from './body-buffer.js'
 import { TRUST_BEARING_HEADERS } from '../schemas/edge.js'
@@ -177,8 +177,17 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       sendProblem(reply, 'GW_ERR_BAD_REQUEST', error.code === 'FST_ERR_BAD_URL' ? 'The request URL is malformed.' : 'The request could not be routed.')
     },
     clientErrorHandler (err, socket) {
+      // Bytes after a request that is still being answered (a body longer than its
+      // Content-Length, say) are not answered ahead of it — the client would read the 400 as the
+      // answer to its request: that answer goes out, then the connection closes.
+      const pending = responseInFlight(socket)
+      if (pending !== null && pending.req.complete) {
+        if (!pending.headersSent) pending.shouldKeepAlive = false
+        pending.once('close', () => { socket.end() })
+        return
+      }
       // Answered on the raw socket, before Fastify: the security headers are added here too.
-      if (socket.writable) socket.end(clientErrorResponse(err, requestId({ headers: {} } as never), securityResponseHeaders))
+      if (socket.writable && (pending === null || !pending.headersSent)) socket.end(clientErrorResponse(err, requestId({ headers: {} } as never), securityResponseHeaders))
       else socket.destroy()
     }
   })
