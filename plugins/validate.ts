@@ -15,6 +15,7 @@ import fp from 'fastify-plugin'
 import { GatewayError, type ErrorCode, type ProblemViolation } from '../schemas/errors.js'
 import { channels, publish, type ValidationFailureEvent } from '../schemas/events.js'
 import { normalizeValidate, type ValidateConfig, type ValidateOptions } from '../schemas/validate.js'
+import { refuseUnreadBody } from './lingering-close.js'
 import { BodyTooLarge, findUnsafe, hasBody, jsonMediaType, readBody, scanJson, type BodyError } from './json-body.js'
 import { importOpenApi, OPENAPI_ID, readOpenApi } from './openapi.js'
 import {
@@ -74,10 +75,10 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
       return false
     }
     request.log.debug({ validation: { route, part, detail, errors } }, 'request failed validation')
-    const raw = request.raw
-    // A body we did not read is never read: close the connection after the answer.
-    if (!raw.readableEnded && hasBody(raw.headers)) reply.header('connection', 'close')
+    // A body we did not read is read and discarded, bounded, so the client sees this answer
+    // (plugins/lingering-close; sendProblem does the same for the thrown error below).
     if (options.errorFormat === 'drf' && code === 'GW_ERR_VALIDATION') {
+      refuseUnreadBody(reply)
       reply.code(400).type('application/json; charset=utf-8').send(JSON.stringify(drfBody(errors ?? [], detail)))
       return true
     }
@@ -203,10 +204,9 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
     return mediaType
   }
 
-  /** The body could not be read whole: too large (413, the connection closed), or broken off (400). */
+  /** The body could not be read whole: too large (413, the rest read and discarded, bounded), or broken off (400). */
   function bodyFailed (request: FastifyRequest, reply: FastifyReply, err: BodyError): void {
     if (err instanceof BodyTooLarge) {
-      reply.header('connection', 'close')
       fail(request, reply, 'body', 'GW_ERR_PAYLOAD_TOO_LARGE', err.message)
       return
     }
