@@ -623,12 +623,9 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
       if (err === null) {
         this.body = body
         this.sendFromEvent()
-        return
+      } else {
+        this.bodyFailed(err)
       }
-      this.finish()
-      // The client went away or broke off its body: the upstream was never contacted.
-      if (this.res.destroyed) { this.clientGone('during its body'); return }
-      this.reply.send(bodyError(err))
     })
   }
 
@@ -639,12 +636,18 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
       if (err === null) {
         this.buffered = body
         this.sendFromEvent()
-        return
+      } else {
+        this.bodyFailed(err)
       }
-      this.finish()
-      if (this.res.destroyed) { this.clientGone('during its body'); return }
-      this.reply.send(bodyError(err))
     })
+  }
+
+  /** The body could not be read whole: the upstream was never contacted. */
+  private bodyFailed (err: BodyError): void {
+    this.finish()
+    // The client went away or broke off its body: nobody to answer, one log line says so.
+    if (this.res.destroyed) { this.clientGone('during its body'); return }
+    this.reply.send(bodyError(err))
   }
 
   /**
