@@ -165,10 +165,13 @@ interface Target {
   origin: string
   /** Requests dispatched to the pool and not finished. */
   active: number
-  /** Requests waiting for one of them to finish, oldest first (cancelled ones are null). */
-  waiting: Array<ForwardedRequest | null>
+  /** Requests waiting for one of them to finish, oldest first (a cancelled place holds null). */
+  waiting: QueuePlace[]
   waitingCount: number
 }
+
+/** A place in a target's queue; the request leaves it by emptying it (no search, no re-numbering). */
+interface QueuePlace { request: ForwardedRequest | null }
 
 /** How upstream `Location` values map back onto the gateway. */
 interface Rewrite { prefix: string, basePath: string, origins: string[] }
@@ -265,7 +268,7 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
     forward,
     async close () {
       for (const target of targets) {
-        for (const waiting of target.waiting) waiting?.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The gateway is shutting down.'))
+        for (const place of target.waiting) place.request?.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The gateway is shutting down.'))
         target.waiting.length = 0
       }
       await Promise.all(targets.map((t) => t.pool.close()))
@@ -329,7 +332,7 @@ const ALWAYS_OWN = new Set(['forwarded', 'x-forwarded-for', 'x-forwarded-proto',
  * header, or a trust-bearing one from an untrusted peer — in every spelling an upstream could fold
  * onto those (`_` for `-`: WSGI servers map both to the same HTTP_* key).
  */
-function dropped (name: string, request: FastifyRequest, policy: HeaderPolicy, trust: { value: boolean | null }): boolean {
+function dropped (name: string, request: FastifyRequest, policy: HeaderPolicy): boolean {
   let folded = name
   if (name.includes('_')) {
     if (!policy.allowUnderscores) return true
@@ -337,9 +340,8 @@ function dropped (name: string, request: FastifyRequest, policy: HeaderPolicy, t
   }
   if (!policy.skip.has(folded)) return false
   if (!policy.trustBearing.has(folded) || ALWAYS_OWN.has(folded) || policy.trusted === null) return true
-  // A trust-bearing header: passed on only from a peer that server.trustProxy trusts.
-  trust.value ??= policy.trusted(request)
-  return !trust.value
+  // A trust-bearing header (rare): passed on only from a peer that server.trustProxy trusts.
+  return !policy.trusted(request)
 }
 
 /** One pass over the client's headers; then the gateway's own. */
@@ -349,10 +351,9 @@ function upstreamHeaders (request: FastifyRequest, host: string, extras: Forward
   const named = connectionTokens(incoming.connection)
   const strip = extras.strip
   const replaceBody = extras.body !== undefined || buffered !== -1
-  const trust = { value: null as boolean | null }
   const out: string[] = []
   for (const name in incoming) {
-    if ((skip.has(name) || name.includes('_')) && dropped(name, request, policy, trust)) continue
+    if ((skip.has(name) || name.includes('_')) && dropped(name, request, policy)) continue
     if ((named !== null && named.has(name)) || (strip !== undefined && strip.has(name))) continue
     if (replaceBody && (name === 'content-length' || (extras.body !== undefined && name === 'content-type'))) continue
     const value = incoming[name]
@@ -467,8 +468,8 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
   private target: Target | null = null
   /** Holds one of target's `connections` slots. */
   private holding = false
-  /** Index in target.waiting while queued, else -1. */
-  private queuedAt = -1
+  /** Its place in target.waiting while queued, else null. */
+  private place: QueuePlace | null = null
   private queueTimer: NodeJS.Timeout | null = null
   /** A body buffered by bufferBody (memory or a file), given back when the request is over. */
   private buffered: BufferedBody | null = null
@@ -496,7 +497,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     // The client went away: leave the queue, or stop the upstream request.
     this.onClose = () => {
       if (this.done) return
-      if (this.queuedAt !== -1) {
+      if (this.place !== null) {
         this.leaveQueue()
         this.finish()
         this.clientGone('while waiting for an upstream connection')
@@ -509,7 +510,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     if (body !== null && typeof body !== 'string' && !Buffer.isBuffer(body) && body !== request.raw) {
       body.on('error', (err) => {
         if (this.done) return
-        if (this.queuedAt !== -1) {
+        if (this.place !== null) {
           this.leaveQueue()
           this.finish()
           if (!this.res.destroyed) this.reply.send(upstreamError(err, this.request, ''))
@@ -535,12 +536,12 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
       this.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The upstream is busy; retry shortly.', { headers: { 'retry-after': '1' } }))
       return
     }
-    this.queuedAt = target.waiting.length
-    target.waiting.push(this)
+    this.place = { request: this }
+    target.waiting.push(this.place)
     target.waitingCount++
     this.queueTimer = setTimeout(() => {
       this.queueTimer = null
-      if (this.queuedAt === -1 || this.done) return
+      if (this.place === null || this.done) return
       this.leaveQueue()
       this.finish()
       this.request.log.warn({ upstream: target.origin, waited: this.route.queueTimeoutMs }, 'no upstream connection became free in time')
@@ -550,7 +551,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
 
   /** Called by `release` when a slot is free: this request takes it. */
   private wake (): void {
-    this.queuedAt = -1
+    this.place = null
     if (this.queueTimer !== null) { clearTimeout(this.queueTimer); this.queueTimer = null }
     this.holding = true
     this.dispatchFromEvent(this.target as Target)
@@ -558,9 +559,9 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
 
   private leaveQueue (): void {
     const target = this.target as Target
-    if (target.waiting[this.queuedAt] === this) target.waiting[this.queuedAt] = null
+    ;(this.place as QueuePlace).request = null
     target.waitingCount--
-    this.queuedAt = -1
+    this.place = null
     if (this.queueTimer !== null) { clearTimeout(this.queueTimer); this.queueTimer = null }
   }
 
@@ -571,11 +572,9 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     const target = this.target as Target
     const waiting = target.waiting
     while (waiting.length > 0) {
-      const next = waiting.shift() as ForwardedRequest | null
+      const next = (waiting.shift() as QueuePlace).request
       if (next === null) continue
       target.waitingCount--
-      // Indices moved by one: the queue is short, so re-number it instead of keeping a head offset.
-      for (let i = 0; i < waiting.length; i++) { const w = waiting[i]; if (w !== null) w.queuedAt = i }
       next.wake()
       return
     }
@@ -584,7 +583,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
 
   /** An answer from the gateway (503, shutdown) to a request that never reached the upstream. */
   refuse (err: GatewayError): void {
-    if (this.queuedAt !== -1) this.leaveQueue()
+    if (this.place !== null) this.leaveQueue()
     this.finish()
     if (!this.res.destroyed) this.reply.send(err)
   }
