@@ -29,7 +29,7 @@ import fc from 'fast-check'
 import type { FastifyInstance } from 'fastify'
 import { buildGateway } from '../src/app.js'
 import { parseConfig } from '../src/config.js'
-import { hashPasswordSync } from '../plugins/password-hash.js'
+import { hashPasswordSync } from '../plugins/auth/password-hash.js'
 
 /** Longest wait for the answer to a complete, well-framed request. */
 export const ANSWER_MS = 5_000

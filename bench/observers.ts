@@ -12,8 +12,8 @@ import { IncomingMessage, ServerResponse } from 'node:http'
 import { Socket } from 'node:net'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { parseConfig } from '../src/config.js'
-import { GatewayMetrics } from '../plugins/metrics.js'
-import { Tracer } from '../plugins/tracing.js'
+import { GatewayMetrics } from '../plugins/observability/metrics.js'
+import { Tracer } from '../plugins/observability/tracing.js'
 
 interface Observer { start: (request: FastifyRequest, reply: FastifyReply) => void }
 

@@ -1,6 +1,6 @@
 /**
  * Which validator for request bodies: ajv 8 (what Fastify compiles route schemas with; here its
- * JSON Schema 2020-12 class, as plugins/validate-compile.ts uses it) or
+ * JSON Schema 2020-12 class, as plugins/validation/validate-compile.ts uses it) or
  * TypeBox 1.x's own compiler? Both compile the same JSON Schema (the Person schema of
  * schemas/person.ts), and each is timed on what the gateway does per request:
  *   - valid:   check a small valid body (the hot path);

@@ -6,24 +6,24 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import { RESERVED_PATHS, type GatewayConfig } from '../schemas/config.js'
 import { parseDuration, parseSize } from '../schemas/common.js'
-import problem, { clientErrorResponse, sendProblem } from '../plugins/problem.js'
-import requestIdPlugin, { requestId } from '../plugins/request-id.js'
-import health from '../plugins/health.js'
-import clientLimits from '../plugins/client-limits.js'
-import securityHeaders, { hiddenUpstreamHeaders, securityHeaderValues } from '../plugins/security-headers.js'
-import { CORS_RESPONSE_HEADERS } from '../plugins/cors.js'
-import loadShedding from '../plugins/load-shedding.js'
-import rateLimit from '../plugins/rate-limit.js'
-import metricsPlugin, { GatewayMetrics } from '../plugins/metrics.js'
-import tracingPlugin, { Tracer, TRACE_HEADERS } from '../plugins/tracing.js'
-import tokenEndpoint from '../plugins/token-endpoint.js'
-import { identityHeaderSource, routeStripHeaders } from '../plugins/identity.js'
+import problem, { clientErrorResponse, sendProblem } from '../plugins/core/problem.js'
+import requestIdPlugin, { requestId } from '../plugins/core/request-id.js'
+import health from '../plugins/core/health.js'
+import clientLimits from '../plugins/edge/client-limits.js'
+import securityHeaders, { hiddenUpstreamHeaders, securityHeaderValues } from '../plugins/edge/security-headers.js'
+import { CORS_RESPONSE_HEADERS } from '../plugins/edge/cors.js'
+import loadShedding from '../plugins/edge/load-shedding.js'
+import rateLimit from '../plugins/rate-limit/rate-limit.js'
+import metricsPlugin, { GatewayMetrics } from '../plugins/observability/metrics.js'
+import tracingPlugin, { Tracer, TRACE_HEADERS } from '../plugins/observability/tracing.js'
+import tokenEndpoint from '../plugins/auth/token-endpoint.js'
+import { identityHeaderSource, routeStripHeaders } from '../plugins/auth/identity.js'
 import { createForwarder, type Forwarder } from './forward.js'
 import { routeScope } from './route.js'
 import type { Logger } from 'pino'
 import { createGatewayLogger, formatAccessLine, lazyChildLoggerFactory, type LineBuffer } from './logging.js'
-import { responseInFlight, routeNameOf } from '../plugins/fastify-internals.js'
-import lingeringClose from '../plugins/lingering-close.js'
+import { responseInFlight, routeNameOf } from '../plugins/core/fastify-internals.js'
+import lingeringClose from '../plugins/edge/lingering-close.js'
 import { BodyBuffers } from './body-buffer.js'
 import { TRUST_BEARING_HEADERS } from '../schemas/edge.js'
 import { GatewayError } from '../schemas/errors.js'
@@ -163,7 +163,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       // than the timeouts themselves): slow-loris sockets are closed within a second of theirs.
       connectionsCheckingInterval: Math.min(1000, parseDuration(server.timeouts.headers))
     },
-    // plugins/health answers requests that arrive while draining (problem+json, /readyz 503).
+    // plugins/core/health answers requests that arrive while draining (problem+json, /readyz 503).
     return503OnClosing: false,
     forceCloseConnections: 'idle',
     exposeHeadRoutes: false,
@@ -254,7 +254,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       // nor do the credentials routes[].forwardAuthorization keeps back.
       stripHeaders: [...(tracer === null ? [] : TRACE_HEADERS), ...routeStripHeaders(config, route)],
       bearerOnlyAuthorization: route.forwardAuthorization === 'bearer',
-      // Pipeline stage 7: the identity headers, added at dispatch (plugins/identity).
+      // Pipeline stage 7: the identity headers, added at dispatch (plugins/auth/identity).
       identityHeaders,
       responseHeaders: securityResponseHeaders
     })

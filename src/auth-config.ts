@@ -9,8 +9,8 @@ import { isAbsolute, resolve } from 'node:path'
 import type { GatewayConfig } from '../schemas/config.js'
 import { RESERVED_PATHS } from '../schemas/config.js'
 import type { JwtIssuerConfig } from '../schemas/auth.js'
-import { algorithmsForKey, HMAC_MIN_BYTES, isHmac, isInlinePem } from '../plugins/jwt-keys.js'
-import { ENV_SCRYPT, hashApiKey, hashPasswordSync, parsePasswordHash } from '../plugins/password-hash.js'
+import { algorithmsForKey, HMAC_MIN_BYTES, isHmac, isInlinePem } from '../plugins/auth/jwt-keys.js'
+import { ENV_SCRYPT, hashApiKey, hashPasswordSync, parsePasswordHash } from '../plugins/auth/password-hash.js'
 
 export interface AuthCheckContext {
   /** Paths (`users[1].password`) whose value was one whole `${VAR}` reference. */

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { IncomingMessage } from 'node:http'
 import type { Readable } from 'node:stream'
-import { BodyError, BodyTooLarge } from '../plugins/json-body.js'
+import { BodyError, BodyTooLarge } from '../plugins/validation/json-body.js'
 
 /** The gateway's byte budget for buffered bodies, and the folder their files go to. */
 export class BodyBuffers {

@@ -81,7 +81,7 @@ export async function main (argv: string[]): Promise<void> {
     case 'validate': {
       if (values.port !== undefined || values.host !== undefined || values.workers !== undefined) usageError('validate takes only --config')
       const { ConfigError, loadConfig } = await import('./config.js')
-      const { checkValidation, ValidateConfigError } = await import('../plugins/validate.js')
+      const { checkValidation, ValidateConfigError } = await import('../plugins/validation/validate.js')
       try {
         // Schemas named in routes[].validate are loaded and compiled too, as at start.
         await checkValidation(loadConfig(file))
@@ -130,7 +130,7 @@ export async function main (argv: string[]): Promise<void> {
         if (problem !== null) process.stderr.write(`portcullis: warning: ${problem}\n`)
         const { parseDuration } = await import('../schemas/common.js')
         // Metrics are per process: with a metrics port the primary serves the sum of the workers'.
-        const { startClusterMetrics } = await import('../plugins/metrics.js')
+        const { startClusterMetrics } = await import('../plugins/observability/metrics.js')
         try {
           await startClusterMetrics(config)
         } catch (err) {

@@ -11,7 +11,7 @@ import cluster, { type Worker } from 'node:cluster'
 import { hostname, availableParallelism } from 'node:os'
 import closeWithGrace from 'close-with-grace'
 import type { GatewayConfig } from '../schemas/config.js'
-import { rateLimitScaleWarning } from '../plugins/rate-limit.js'
+import { rateLimitScaleWarning } from '../plugins/rate-limit/rate-limit.js'
 
 export const MAX_WORKERS = 256
 

@@ -9,7 +9,7 @@
  * api-key prints a new random key (give it to the client) and its `sha256$…` hash (for
  * `apiKeys[].keyHash`).
  */
-import { generateApiKey, hashApiKey, hashPasswordSync } from '../plugins/password-hash.js'
+import { generateApiKey, hashApiKey, hashPasswordSync } from '../plugins/auth/password-hash.js'
 
 /** Read one line from a terminal without echoing it. Null when the user gave up (Ctrl-C, Ctrl-D). */
 function readHidden (prompt: string, input: NodeJS.ReadStream, output: NodeJS.WriteStream): Promise<string | null> {

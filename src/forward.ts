@@ -21,9 +21,9 @@ import { Pool, type Dispatcher } from 'undici'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { GatewayError } from '../schemas/errors.js'
 import { channels, publish, type UpstreamErrorEvent } from '../schemas/events.js'
-import { replyHeaders, type OwnHeaders } from '../plugins/fastify-internals.js'
-import { BodyTooLarge, hasBody, readBody, type BodyError } from '../plugins/json-body.js'
-import { hasBearerScheme } from '../plugins/auth-common.js'
+import { replyHeaders, type OwnHeaders } from '../plugins/core/fastify-internals.js'
+import { BodyTooLarge, hasBody, readBody, type BodyError } from '../plugins/validation/json-body.js'
+import { hasBearerScheme } from '../plugins/auth/auth-common.js'
 
 export interface ForwarderOptions {
   /** Upstream URLs; all share the same path, which replaces `prefix`. */
@@ -85,7 +85,7 @@ export interface ForwarderOptions {
    */
   bearerOnlyAuthorization?: boolean
   /**
-   * The gateway's identity headers for the request (plugins/identity), asked at each dispatch and
+   * The gateway's identity headers for the request (plugins/auth/identity), asked at each dispatch and
    * sent after the client's headers and `request.upstream`'s: what `request.identity` holds when
    * the request is forwarded.
    */
@@ -605,7 +605,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
   }
 
   /**
-   * A small body of known length: read whole (plugins/json-body's reader), then dispatched as
+   * A small body of known length: read whole (plugins/validation/json-body's reader), then dispatched as
    * one Buffer. A body that breaks off never reaches the upstream. With buffering on, its bytes
    * count against the gateway's budget while it is held.
    */
@@ -695,7 +695,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return true // 1xx informational: wait for the final response
     const request = this.request
     const headers = responseHeaders(rawHeaders, request.id, this.route, replyHeaders(this.reply))
-    // Draining (plugins/health): this response closes its connection, so the client does not
+    // Draining (plugins/core/health): this response closes its connection, so the client does not
     // send another request on a connection the gateway is about to close.
     if ((request.server as { readiness?: { state: string } }).readiness?.state === 'draining') this.res.shouldKeepAlive = false
     try {

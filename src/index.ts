@@ -7,8 +7,8 @@ export { GatewayError, ERRORS, type ErrorCode } from '../schemas/errors.js'
 export type { GatewayConfig, RouteConfig, ServerConfig } from '../schemas/config.js'
 export { GatewayConfigSchema } from '../schemas/config.js'
 export type { Problem } from '../schemas/problem.js'
-export { sendProblem } from '../plugins/problem.js'
-// Exporting from plugins/authenticate brings its declaration merging (`request.identity`) along.
-export { AuthFailure, type Authenticator, type Identity } from '../plugins/authenticate.js'
-export { hashPasswordSync, hashApiKey } from '../plugins/password-hash.js'
+export { sendProblem } from '../plugins/core/problem.js'
+// Exporting from plugins/auth/authenticate brings its declaration merging (`request.identity`) along.
+export { AuthFailure, type Authenticator, type Identity } from '../plugins/auth/authenticate.js'
+export { hashPasswordSync, hashApiKey } from '../plugins/auth/password-hash.js'
 export { channels } from '../schemas/events.js'

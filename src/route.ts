@@ -11,13 +11,13 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyPluginAsync,
 import type { GatewayConfig, RouteConfig, RoutePlugin } from '../schemas/config.js'
 import { GatewayError } from '../schemas/errors.js'
 import type { Forwarder } from './forward.js'
-import validate from '../plugins/validate.js'
+import validate from '../plugins/validation/validate.js'
 import { parseSize } from '../schemas/common.js'
-import ipFilter from '../plugins/ip-filter.js'
-import cors, { corsRouteMethods } from '../plugins/cors.js'
-import { rateLimitConsumer, rateLimitEdge } from '../plugins/rate-limit.js'
-import authenticate from '../plugins/authenticate.js'
-import authorize from '../plugins/authorize.js'
+import ipFilter from '../plugins/edge/ip-filter.js'
+import cors, { corsRouteMethods } from '../plugins/edge/cors.js'
+import { rateLimitConsumer, rateLimitEdge } from '../plugins/rate-limit/rate-limit.js'
+import authenticate from '../plugins/auth/authenticate.js'
+import authorize from '../plugins/auth/authorize.js'
 
 export interface RouteScopeOptions {
   /** The whole config (users, jwt, rateLimit… are global sections the route's plugins read). */
@@ -39,12 +39,12 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
   // scope, and hooks of one stage run in the order registered here. Every stage before the body
   // is parsed runs at onRequest, so a request refused there is never parsed.
   //  1. path guard (canonical prefix; no dot segments, %2F, backslash, ;, NUL, #)
-  //  2. IP allow/deny                       (edge: plugins/ip-filter)
-  //  3. CORS preflight, rate limit by IP    (edge: plugins/cors, plugins/rate-limit)
-  //  4. authenticate, then authorize        (plugins/authenticate, plugins/authorize)
-  //  5. rate limit by consumer              (plugins/rate-limit)
-  //  6. parse + validate the body           (plugins/validate)
-  //  7. identity headers for the upstream   (plugins/identity: added by the forwarder at dispatch, no hook)
+  //  2. IP allow/deny                       (edge: plugins/edge/ip-filter)
+  //  3. CORS preflight, rate limit by IP    (edge: plugins/edge/cors, plugins/rate-limit/rate-limit)
+  //  4. authenticate, then authorize        (plugins/auth/authenticate, plugins/auth/authorize)
+  //  5. rate limit by consumer              (plugins/rate-limit/rate-limit)
+  //  6. parse + validate the body           (plugins/validation/validate)
+  //  7. identity headers for the upstream   (plugins/auth/identity: added by the forwarder at dispatch, no hook)
   //  8. the route's own plugins (config routes[].plugins)
   //  9. the proxy routes
   scope.addHook('onRequest', pathGuard(route.prefix, route.allowInPath))
@@ -118,7 +118,7 @@ const FRAGMENT = 'The request target must not contain a fragment (#).'
  *
  * `allow` lets a route accept encoded slashes, backslashes or `;` (routes[].allowInPath); dot
  * segments stay refused whatever the separator, and `..;x` counts as `..` when `;` is allowed.
- * Other percent-encodings (`%20`, `%25`, `%41`…) are ordinary: plugins/validate.ts matches its
+ * Other percent-encodings (`%20`, `%25`, `%41`…) are ordinary: plugins/validation/validate.ts matches its
  * rules on decoded, trimmed segments, so they cannot slip past a rule either.
  */
 export function pathGuard (prefix: string, allow: readonly PathAllowance[] = []): onRequestHookHandler {

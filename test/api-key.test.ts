@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { ConfigError, parseConfig } from '../src/config.js'
-import { hashApiKey } from '../plugins/password-hash.js'
+import { hashApiKey } from '../plugins/auth/password-hash.js'
 import { startUpstream } from './helper.js'
 import { gatewayFrom } from './auth-helper.js'
 

@@ -11,7 +11,7 @@ import type { FastifyInstance } from 'fastify'
 import { createSigner } from 'fast-jwt'
 import { parseConfig } from '../src/config.js'
 import { buildGateway } from '../src/app.js'
-import { hashPasswordSync } from '../plugins/password-hash.js'
+import { hashPasswordSync } from '../plugins/auth/password-hash.js'
 import type { RawConfig, T } from './helper.js'
 
 /** A scrypt hash with the lowest accepted cost, so that tests run fast. */

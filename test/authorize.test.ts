@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import { request as httpRequest } from 'node:http'
 import { channels } from '../schemas/events.js'
-import { hashApiKey } from '../plugins/password-hash.js'
+import { hashApiKey } from '../plugins/auth/password-hash.js'
 import { startUpstream } from './helper.js'
 import { basic, cheapHash, gatewayFrom, hsToken, SECRET } from './auth-helper.js'
 

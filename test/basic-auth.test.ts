@@ -2,8 +2,8 @@ import t, { type Test } from 'tap'
 import { ConfigError, parseConfig } from '../src/config.js'
 import { startUpstream } from './helper.js'
 import { basic, cheapHash, gatewayFrom } from './auth-helper.js'
-import { HASH_CONCURRENCY } from '../plugins/basic-auth.js'
-import { hashPasswordSync } from '../plugins/password-hash.js'
+import { HASH_CONCURRENCY } from '../plugins/auth/basic-auth.js'
+import { hashPasswordSync } from '../plugins/auth/password-hash.js'
 
 const users = [
   { username: 'alice', passwordHash: cheapHash('wonderland'), scopes: ['people:read', 'people:write'] },

@@ -13,7 +13,7 @@ import t, { type Test } from 'tap'
 import { stringify } from 'yaml'
 import { parseWorkers, perWorkerLimitProblem } from '../src/cluster.js'
 import { parseConfig } from '../src/config.js'
-import { hashPasswordSync } from '../plugins/password-hash.js'
+import { hashPasswordSync } from '../plugins/auth/password-hash.js'
 import { echo, requireCommand, startRedis, startUpstream, transpileProject, type RawConfig } from './helper.js'
 
 // The CLI as real processes, from the sources transpiled once for this file (no build needed).

@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { parse, parseAllDocuments } from 'yaml'
 import { ConfigError, parseConfig } from '../src/config.js'
-import { checkValidation } from '../plugins/validate.js'
+import { checkValidation } from '../plugins/validation/validate.js'
 import { KNOWN_DEMO_SECRETS } from '../schemas/secure-defaults.js'
 
 const ROOT = new URL('..', import.meta.url).pathname

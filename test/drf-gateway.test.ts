@@ -6,7 +6,7 @@
  */
 import { request } from 'node:http'
 import t from 'tap'
-import { hashPasswordSync } from '../plugins/password-hash.js'
+import { hashPasswordSync } from '../plugins/auth/password-hash.js'
 import { call, startDrf, startTestGateway, type CallOptions, type CallResult, type DrfServer } from './helper.js'
 
 async function req (url: string, options: CallOptions = {}): Promise<CallResult & { json: any, text: string }> {

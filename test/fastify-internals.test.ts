@@ -1,11 +1,11 @@
 /**
- * plugins/fastify-internals.ts reads two private Fastify fields to avoid per-request copies.
+ * plugins/core/fastify-internals.ts reads two private Fastify fields to avoid per-request copies.
  * This checks, on a real gateway, that the fast reads give what the public API gives, and that
  * they are in use: a Fastify release that renames the fields fails here, not silently slower.
  */
 import t from 'tap'
 import Fastify from 'fastify'
-import { fastPathsFound, replyHeaders, routeConfig, routeNameOf } from '../plugins/fastify-internals.js'
+import { fastPathsFound, replyHeaders, routeConfig, routeNameOf } from '../plugins/core/fastify-internals.js'
 
 t.test('routeConfig and replyHeaders match routeOptions.config and getHeaders()', async (t) => {
   const app = Fastify()

@@ -5,7 +5,7 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
-import { hashApiKey, parsePasswordHash, verifyPassword } from '../plugins/password-hash.js'
+import { hashApiKey, parsePasswordHash, verifyPassword } from '../plugins/auth/password-hash.js'
 import { transpileProject } from './helper.js'
 
 const build = transpileProject(t)

@@ -8,7 +8,7 @@ import { request } from 'undici'
 import { call, buildTestGateway, startTestGateway, startUpstream, type CallResult, type Upstream } from './helper.js'
 import { cheapHash } from './auth-helper.js'
 import { ConfigError, parseConfig } from '../src/config.js'
-import { ipAllowed, blockList } from '../plugins/ip-filter.js'
+import { ipAllowed, blockList } from '../plugins/edge/ip-filter.js'
 
 function assert403 (t: Test, res: CallResult): void {
   t.equal(res.status, 403)

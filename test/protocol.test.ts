@@ -1,7 +1,7 @@
 /**
  * Protocol strictness for Transfer-Encoding (the "Hostile clients" issue): only `chunked` is
- * accepted; any other coding is 501 (plugins/client-limits.ts), what Node's parser refuses itself
- * is a 400 problem (plugins/problem.ts clientErrorResponse), and none of it is forwarded — the
+ * accepted; any other coding is 501 (plugins/edge/client-limits.ts), what Node's parser refuses itself
+ * is a 400 problem (plugins/core/problem.ts clientErrorResponse), and none of it is forwarded — the
  * recording upstream proves it. Raw request heads over node:net, as a hostile client sends them.
  */
 import t, { type Test } from 'tap'
@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ERRORS, problemType } from '../schemas/errors.js'
-import { hashApiKey } from '../plugins/password-hash.js'
+import { hashApiKey } from '../plugins/auth/password-hash.js'
 import { startTestGateway, startUpstream, type Upstream } from './helper.js'
 import { sendRaw } from './raw-http.js'
 

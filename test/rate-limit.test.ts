@@ -10,7 +10,7 @@ import { call, startTestGateway, startUpstream, type CallResult, type RawConfig 
 import { basic, cheapHash, hsToken, SECRET } from './auth-helper.js'
 import { channels, type RateLimitedEvent } from '../schemas/events.js'
 import { ConfigError, parseConfig } from '../src/config.js'
-import { ipKeyOf, rateLimitScaleWarning, routeLimiter } from '../plugins/rate-limit.js'
+import { ipKeyOf, rateLimitScaleWarning, routeLimiter } from '../plugins/rate-limit/rate-limit.js'
 
 async function gateway (t: Test, rateLimit: Record<string, unknown>, extra: RawConfig = {}, route: Record<string, unknown> = {}): Promise<{ url: string, requests: unknown[] }> {
   const up = await startUpstream(t)

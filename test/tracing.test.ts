@@ -11,7 +11,7 @@ import { Writable } from 'node:stream'
 import { request } from 'undici'
 import { buildGateway } from '../src/app.js'
 import { ConfigError, parseConfig } from '../src/config.js'
-import { parseTraceparent, parseTracestate, type OtlpSpan } from '../plugins/tracing.js'
+import { parseTraceparent, parseTracestate, type OtlpSpan } from '../plugins/observability/tracing.js'
 import { freePort, startTestGateway, startUpstream, type RawConfig, type T } from './helper.js'
 import { basic, cheapHash } from './auth-helper.js'
 

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url'
 import { channels, type ValidationFailureEvent } from '../schemas/events.js'
 import { buildGateway } from '../src/app.js'
 import { parseConfig, ConfigError } from '../src/config.js'
-import { jsonMediaType } from '../plugins/json-body.js'
+import { jsonMediaType } from '../plugins/validation/json-body.js'
 import { call, startTestGateway, startUpstream, type CallResult, type Upstream } from './helper.js'
 
 const FIXTURES = fileURLToPath(new URL('./fixtures/', import.meta.url))
@@ -466,7 +466,7 @@ t.test('authentication runs first: a request without valid credentials never has
 })
 
 t.test('checkValidation (portcullis validate) compiles every route\'s schemas without starting', async (t) => {
-  const { checkValidation } = await import('../plugins/validate.js')
+  const { checkValidation } = await import('../plugins/validation/validate.js')
   const route = { name: 'people', prefix: '/api/people', upstream: 'http://127.0.0.1:9/api/people' }
   await t.resolves(checkValidation(parseConfig({ routes: [{ ...route, validate: PERSON_RULES }] })))
   await t.rejects(checkValidation(parseConfig({ routes: [{ ...route, validate: [{ method: 'POST', path: '/', body: 'Persn' }] }] })), {

@@ -5,8 +5,8 @@
  */
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { GatewayError } from '../schemas/errors.js'
-import { PROBLEM_CONTENT_TYPE } from '../schemas/problem.js'
+import { GatewayError } from '../../schemas/errors.js'
+import { PROBLEM_CONTENT_TYPE } from '../../schemas/problem.js'
 import { problemBody } from './problem.js'
 
 export type ReadinessCheck = () => Promise<string | null> | string | null

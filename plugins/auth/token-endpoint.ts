@@ -12,20 +12,20 @@
  * - Wrong credentials cost the same as right ones: an unknown user is checked against a dummy
  *   hash, the verified-password cache is not used here, and a token is signed either way.
  * - Rate-limited per client IP (tokenEndpoint.rateLimit; every attempt counts), on the shared
- *   rate-limit store (plugins/rate-limit.ts), before the body is read.
+ *   rate-limit store (plugins/rate-limit/rate-limit.ts), before the body is read.
  * - The body is JSON only (else 415), at most 8 KB, and validated against TokenRequestSchema.
  */
 import { randomUUID } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import { createSigner } from 'fast-jwt'
 import { Compile } from 'typebox/compile'
-import type { GatewayConfig } from '../schemas/config.js'
-import { ownTokenIssuer, TokenRequestSchema, type TokenRequest, type TokenResponse } from '../schemas/auth.js'
-import { parseDuration } from '../schemas/common.js'
-import { GatewayError } from '../schemas/errors.js'
-import { channels, publish } from '../schemas/events.js'
-import { routeLimiter } from './rate-limit.js'
-import { ipFilterHook } from './ip-filter.js'
+import type { GatewayConfig } from '../../schemas/config.js'
+import { ownTokenIssuer, TokenRequestSchema, type TokenRequest, type TokenResponse } from '../../schemas/auth.js'
+import { parseDuration } from '../../schemas/common.js'
+import { GatewayError } from '../../schemas/errors.js'
+import { channels, publish } from '../../schemas/events.js'
+import { routeLimiter } from '../rate-limit/rate-limit.js'
+import { ipFilterHook } from '../edge/ip-filter.js'
 import { sharedSchemes } from './authenticate.js'
 import { BasicVerifier, BUSY } from './basic-auth.js'
 import { isHmac } from './jwt-keys.js'

@@ -15,7 +15,7 @@
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import fp from 'fastify-plugin'
-import { hasBody } from './json-body.js'
+import { hasBody } from '../validation/json-body.js'
 
 export interface LingeringCloseOptions {
   /** Longest time the rest of a refused body is read, in ms. */
@@ -26,7 +26,7 @@ export interface LingeringCloseOptions {
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** How long and how much of a refused request's body is read before closing (plugins/lingering-close). */
+    /** How long and how much of a refused request's body is read before closing (plugins/edge/lingering-close). */
     lingeringClose: LingeringCloseOptions
   }
 }
@@ -52,7 +52,7 @@ async function lingeringClosePlugin (app: FastifyInstance, opts: LingeringCloseO
 export default fp(lingeringClosePlugin, { name: 'portcullis-lingering-close', fastify: '5.x' })
 
 /**
- * Called for every answer the gateway makes itself (plugins/problem.ts sendProblem): when the
+ * Called for every answer the gateway makes itself (plugins/core/problem.ts sendProblem): when the
  * request's body has not been read whole, either close after the answer (a client waiting for
  * `100 Continue` has sent nothing) or read and discard the rest, bounded, so the answer arrives.
  */

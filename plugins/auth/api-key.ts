@@ -5,7 +5,7 @@
  * timing says nothing about how close a guess came or which key it matched.
  */
 import { timingSafeEqual } from 'node:crypto'
-import type { ApiKeyConfig, Identity } from '../schemas/auth.js'
+import type { ApiKeyConfig, Identity } from '../../schemas/auth.js'
 import { AuthFailure, quote, type Authenticator } from './auth-common.js'
 import { apiKeyDigest } from './password-hash.js'
 

@@ -12,10 +12,10 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { GatewayError, type ErrorCode, type ProblemViolation } from '../schemas/errors.js'
-import { channels, publish, type ValidationFailureEvent } from '../schemas/events.js'
-import { normalizeValidate, type ValidateConfig, type ValidateOptions } from '../schemas/validate.js'
-import { refuseUnreadBody } from './lingering-close.js'
+import { GatewayError, type ErrorCode, type ProblemViolation } from '../../schemas/errors.js'
+import { channels, publish, type ValidationFailureEvent } from '../../schemas/events.js'
+import { normalizeValidate, type ValidateConfig, type ValidateOptions } from '../../schemas/validate.js'
+import { refuseUnreadBody } from '../edge/lingering-close.js'
 import { BodyTooLarge, findUnsafe, hasBody, jsonMediaType, readBody, scanJson, type BodyError } from './json-body.js'
 import { importOpenApi, OPENAPI_ID, readOpenApi } from './openapi.js'
 import {
@@ -76,7 +76,7 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
     }
     request.log.debug({ validation: { route, part, detail, errors } }, 'request failed validation')
     // A body we did not read is read and discarded, bounded, so the client sees this answer
-    // (plugins/lingering-close; sendProblem does the same for the thrown error below).
+    // (plugins/edge/lingering-close; sendProblem does the same for the thrown error below).
     if (options.errorFormat === 'drf' && code === 'GW_ERR_VALIDATION') {
       refuseUnreadBody(reply)
       reply.code(400).type('application/json; charset=utf-8').send(JSON.stringify(drfBody(errors ?? [], detail)))

@@ -5,9 +5,9 @@
  */
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { codeForStatus, ERRORS, GatewayError, problemType, type ErrorCode, type ProblemViolation } from '../schemas/errors.js'
-import { escapePointer, PROBLEM_CONTENT_TYPE, type Problem } from '../schemas/problem.js'
-import { refuseUnreadBody } from './lingering-close.js'
+import { codeForStatus, ERRORS, GatewayError, problemType, type ErrorCode, type ProblemViolation } from '../../schemas/errors.js'
+import { escapePointer, PROBLEM_CONTENT_TYPE, type Problem } from '../../schemas/problem.js'
+import { refuseUnreadBody } from '../edge/lingering-close.js'
 
 export interface ProblemPluginOptions {
   /** Prefix → allowed methods, to answer 405 (with `Allow`) instead of 404 under a route. */
@@ -36,7 +36,7 @@ export function sendProblem (reply: FastifyReply, code: ErrorCode, detail: strin
   const body = problemBody(code, detail, reply.request, options.errors)
   if (options.headers !== undefined) reply.headers(options.headers)
   // Refused before its body was read (401, 403, 413, 429…): the rest is read and discarded,
-  // bounded, so that a client still uploading reads this answer (plugins/lingering-close).
+  // bounded, so that a client still uploading reads this answer (plugins/edge/lingering-close).
   refuseUnreadBody(reply)
   return reply.code(body.status).type(PROBLEM_CONTENT_TYPE).send(JSON.stringify(body))
 }

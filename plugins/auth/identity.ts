@@ -19,8 +19,8 @@
  * too, and a retried request carries the same headers.
  */
 import type { FastifyRequest } from 'fastify'
-import type { GatewayConfig, RouteConfig } from '../schemas/config.js'
-import type { Identity } from '../schemas/auth.js'
+import type { GatewayConfig, RouteConfig } from '../../schemas/config.js'
+import type { Identity } from '../../schemas/auth.js'
 
 /** Request headers the forwarder drops on every request of this route. */
 export function routeStripHeaders (config: Readonly<GatewayConfig>, route: Readonly<RouteConfig>): string[] {
@@ -45,7 +45,7 @@ export function identityHeaderSource (config: Readonly<GatewayConfig>): Identity
   const userHeader = config.identityHeaders.user.toLowerCase()
   const scopesHeader = config.identityHeaders.scopes.toLowerCase()
   const viaHeader = config.identityHeaders.via.toLowerCase()
-  // A verified token is remembered (plugins/jwt), so the same frozen Identity object comes back
+  // A verified token is remembered (plugins/auth/jwt), so the same frozen Identity object comes back
   // request after request: its three header values are computed once.
   const headersOf = new WeakMap<Identity, ReadonlyArray<readonly [string, string]>>()
   return function identityHeaders (request) {

@@ -7,7 +7,7 @@
  *   request would reach the upstream with some of its headers missing. So the server keeps one
  *   header more than the limit, and a request that has it is refused with 431 before anything else.
  *   (A head larger than `server.maxHeaderSize` is refused by Node's parser: 431 too, see
- *   plugins/problem.ts `clientErrorResponse`; slow heads by `server.timeouts.headers`: 408.)
+ *   plugins/core/problem.ts `clientErrorResponse`; slow heads by `server.timeouts.headers`: 408.)
  * - Transfer codings: only `Transfer-Encoding: chunked` (any case; Node trims the spaces around
  *   it). Node's parser frames `gzip, chunked` or `eee, chunked` as chunked and hands the request
  *   on, and the coding would be dropped on the way upstream (the forwarder re-frames the body):
@@ -26,7 +26,7 @@
  */
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { GatewayError } from '../schemas/errors.js'
+import { GatewayError } from '../../schemas/errors.js'
 
 export interface ClientLimitsOptions {
   maxHeaders: number

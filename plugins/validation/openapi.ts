@@ -9,8 +9,8 @@
  */
 import { readFileSync } from 'node:fs'
 import { parse as parseYaml } from 'yaml'
-import { HTTP_METHODS } from '../schemas/common.js'
-import { escapePointer } from '../schemas/problem.js'
+import { HTTP_METHODS } from '../../schemas/common.js'
+import { escapePointer } from '../../schemas/problem.js'
 import { compilePath, type JsonSchema, type PathTemplate } from './validate-compile.js'
 
 /** The `$id` the document is registered under, so operation schemas can `$ref` into it. */

@@ -6,15 +6,15 @@
  * a refused request's body is never read and the upstream never sees it; and an IP rate limiter
  * registered earlier at onRequest has already counted it.
  *
- * The schemes (plugins/jwt.ts, plugins/basic-auth.ts, plugins/api-key.ts) are built once per
+ * The schemes (plugins/auth/jwt.ts, plugins/auth/basic-auth.ts, plugins/auth/api-key.ts) are built once per
  * gateway (JWKS caches, user tables) and shared by every route.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import type { GatewayConfig, RouteConfig } from '../schemas/config.js'
-import type { Identity } from '../schemas/auth.js'
-import { GatewayError } from '../schemas/errors.js'
-import { channels, publish } from '../schemas/events.js'
+import type { GatewayConfig, RouteConfig } from '../../schemas/config.js'
+import type { Identity } from '../../schemas/auth.js'
+import { GatewayError } from '../../schemas/errors.js'
+import { channels, publish } from '../../schemas/events.js'
 import { createJwtAuthenticator } from './jwt.js'
 import { BasicVerifier, registerBasicAuth } from './basic-auth.js'
 import { createApiKeyAuthenticator } from './api-key.js'

@@ -18,8 +18,8 @@
  * cookie when there is no Authorization header — never from the query string.
  */
 import { createDecoder, createVerifier, TokenError } from 'fast-jwt'
-import { ownTokenIssuer, type ClaimMatcher, type Identity, type JwtConfig } from '../schemas/auth.js'
-import { parseDuration } from '../schemas/common.js'
+import { ownTokenIssuer, type ClaimMatcher, type Identity, type JwtConfig } from '../../schemas/auth.js'
+import { parseDuration } from '../../schemas/common.js'
 import { AuthFailure, hasBearerScheme, quote, type AuthResult, type Authenticator } from './auth-common.js'
 import { JwksClient, JwksError } from './jwks.js'
 

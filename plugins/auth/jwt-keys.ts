@@ -5,7 +5,7 @@
  * against "key confusion" (an HS256 token signed with the RSA public key as the secret).
  */
 import type { KeyObject } from 'node:crypto'
-import { HMAC_ALGORITHMS, type JwtAlgorithm } from '../schemas/auth.js'
+import { HMAC_ALGORITHMS, type JwtAlgorithm } from '../../schemas/auth.js'
 
 export function isHmac (alg: string): boolean {
   return (HMAC_ALGORITHMS as readonly string[]).includes(alg)

@@ -12,9 +12,9 @@
  */
 import type { FastifyInstance, FastifyReply, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
-import { parseDuration } from '../schemas/common.js'
-import type { CorsConfig } from '../schemas/edge.js'
-import { GatewayError } from '../schemas/errors.js'
+import { parseDuration } from '../../schemas/common.js'
+import type { CorsConfig } from '../../schemas/edge.js'
+import { GatewayError } from '../../schemas/errors.js'
 
 export interface CorsOptions {
   cors: CorsConfig

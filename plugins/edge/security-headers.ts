@@ -10,8 +10,8 @@
  */
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { parseDuration } from '../schemas/common.js'
-import type { SecurityHeadersConfig } from '../schemas/edge.js'
+import { parseDuration } from '../../schemas/common.js'
+import type { SecurityHeadersConfig } from '../../schemas/edge.js'
 
 export interface SecurityHeadersOptions {
   config: SecurityHeadersConfig

@@ -21,16 +21,16 @@ import { isIP, type AddressInfo, type BlockList } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import client from 'prom-client'
-import type { GatewayConfig } from '../schemas/config.js'
-import { UNMATCHED_ROUTE, type MetricsConfig } from '../schemas/observability.js'
-import { ERRORS, GatewayError, problemType, type ErrorCode } from '../schemas/errors.js'
-import { PROBLEM_CONTENT_TYPE } from '../schemas/problem.js'
-import { blockList, unmapIPv4 } from './ip-filter.js'
-import { parsePasswordHash, verifyPassword, type ParsedHash } from './password-hash.js'
+import type { GatewayConfig } from '../../schemas/config.js'
+import { UNMATCHED_ROUTE, type MetricsConfig } from '../../schemas/observability.js'
+import { ERRORS, GatewayError, problemType, type ErrorCode } from '../../schemas/errors.js'
+import { PROBLEM_CONTENT_TYPE } from '../../schemas/problem.js'
+import { blockList, unmapIPv4 } from '../edge/ip-filter.js'
+import { parsePasswordHash, verifyPassword, type ParsedHash } from '../auth/password-hash.js'
 import {
   channels, type AuthFailureEvent, type AuthzDeniedEvent, type RateLimitedEvent, type UpstreamErrorEvent, type ValidationFailureEvent
-} from '../schemas/events.js'
-import { routeNameOf } from './fastify-internals.js'
+} from '../../schemas/events.js'
+import { routeNameOf } from '../core/fastify-internals.js'
 
 /** The route label of a request no configured route matched (404s, bad URLs). */
 export const UNMATCHED = UNMATCHED_ROUTE

@@ -8,9 +8,9 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import underPressure from '@fastify/under-pressure'
-import { parseDuration, parseSize } from '../schemas/common.js'
-import type { LoadSheddingConfig } from '../schemas/edge.js'
-import { GatewayError } from '../schemas/errors.js'
+import { parseDuration, parseSize } from '../../schemas/common.js'
+import type { LoadSheddingConfig } from '../../schemas/edge.js'
+import { GatewayError } from '../../schemas/errors.js'
 
 export interface LoadSheddingOptions {
   config: LoadSheddingConfig

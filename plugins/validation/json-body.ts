@@ -4,7 +4,7 @@
  * and keys or numbers that would not survive being parsed and re-serialized unchanged.
  */
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
-import { escapePointer } from '../schemas/problem.js'
+import { escapePointer } from '../../schemas/problem.js'
 
 // RFC 9110 §5.6.2: token = 1*tchar
 const TOKEN = "[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -56,7 +56,7 @@ export function hasBody (headers: IncomingHttpHeaders): boolean {
 /**
  * Reads the whole body and calls `done` once: with the bytes, or with a BodyError as soon as the
  * body exceeds `limit` bytes (the stream is paused, the rest never read) or breaks off. Used by
- * validation (plugins/validate) and by the forwarder for a small body it sends in one write
+ * validation (plugins/validation/validate) and by the forwarder for a small body it sends in one write
  * (src/forward.ts). A callback, not a promise: it runs on every validated request. The listeners
  * stay on the finished request (removing four costs more than leaving them); once `done` has been
  * called `chunks` is null, so a late event does nothing. `done` must not throw: it runs inside

@@ -30,10 +30,10 @@ import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, 
 import fp from 'fastify-plugin'
 import fastifyRateLimit from '@fastify/rate-limit'
 import { Redis } from 'ioredis'
-import { parseDuration } from '../schemas/common.js'
-import { parseLimitBy, type RateLimitStoreConfig, type RouteRateLimit } from '../schemas/edge.js'
-import { GatewayError } from '../schemas/errors.js'
-import { channels, publish } from '../schemas/events.js'
+import { parseDuration } from '../../schemas/common.js'
+import { parseLimitBy, type RateLimitStoreConfig, type RouteRateLimit } from '../../schemas/edge.js'
+import { GatewayError } from '../../schemas/errors.js'
+import { channels, publish } from '../../schemas/events.js'
 
 export interface RateLimitPluginOptions {
   config: RateLimitStoreConfig

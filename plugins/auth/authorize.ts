@@ -7,9 +7,9 @@
  */
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import type { RouteConfig } from '../schemas/config.js'
-import { GatewayError } from '../schemas/errors.js'
-import { channels, publish } from '../schemas/events.js'
+import type { RouteConfig } from '../../schemas/config.js'
+import { GatewayError } from '../../schemas/errors.js'
+import { channels, publish } from '../../schemas/events.js'
 import { quote } from './auth-common.js'
 import { claimsMatch } from './jwt.js'
 

@@ -15,9 +15,9 @@ import type { ServerResponse } from 'node:http'
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Agent, request as httpRequest } from 'undici'
-import { parseDuration } from '../schemas/common.js'
-import type { OtlpConfig, TracingConfig } from '../schemas/observability.js'
-import { routeNameOf } from './fastify-internals.js'
+import { parseDuration } from '../../schemas/common.js'
+import type { OtlpConfig, TracingConfig } from '../../schemas/observability.js'
+import { routeNameOf } from '../core/fastify-internals.js'
 
 /** The trace context of one request, as `request.trace`. */
 export interface TraceContext {

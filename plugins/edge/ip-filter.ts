@@ -8,8 +8,8 @@
 import { BlockList, isIPv4 } from 'node:net'
 import type { FastifyInstance, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
-import { parseCidr, type IpFilterConfig } from '../schemas/edge.js'
-import { GatewayError } from '../schemas/errors.js'
+import { parseCidr, type IpFilterConfig } from '../../schemas/edge.js'
+import { GatewayError } from '../../schemas/errors.js'
 
 export interface IpFilterOptions {
   /** The gateway-wide lists, then the route's; a client must pass every one. */

@@ -1,9 +1,9 @@
 /**
  * What every authentication scheme shares: the result types and the Authorization-header
- * helpers. (Its own module so that the schemes and plugins/authenticate.ts do not import each other.)
+ * helpers. (Its own module so that the schemes and plugins/auth/authenticate.ts do not import each other.)
  */
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import type { Identity } from '../schemas/auth.js'
+import type { Identity } from '../../schemas/auth.js'
 
 /** Why a request's credentials were refused: `reason` is a short token for events and logs. */
 export class AuthFailure {

@@ -12,7 +12,7 @@
 import { createHmac, randomBytes } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fastifyBasicAuth from '@fastify/basic-auth'
-import type { Identity, UserConfig } from '../schemas/auth.js'
+import type { Identity, UserConfig } from '../../schemas/auth.js'
 import { AuthFailure, quote, type AuthResult, type Authenticator } from './auth-common.js'
 import { dummyHash, parsePasswordHash, verifyPassword, DEFAULT_SCRYPT, type ParsedHash } from './password-hash.js'
 
@@ -104,12 +104,12 @@ class Busy extends Error {}
 
 /**
  * Registers @fastify/basic-auth in the route's scope with the shared verifier and returns the
- * scheme for plugins/authenticate.ts.
+ * scheme for plugins/auth/authenticate.ts.
  */
 export async function registerBasicAuth (scope: FastifyInstance, verifier: BasicVerifier, realm: string): Promise<Authenticator> {
   const verified = new WeakMap<FastifyRequest, Identity>()
   await scope.register(fastifyBasicAuth, {
-    // The challenge is set by plugins/authenticate.ts, one per accepted scheme.
+    // The challenge is set by plugins/auth/authenticate.ts, one per accepted scheme.
     authenticate: false,
     utf8: true,
     strictCredentials: true,
