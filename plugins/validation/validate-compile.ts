@@ -148,7 +148,7 @@ function useful (e: ErrorObject, _i: number, list: ErrorObject[]): boolean {
 
 // --- finding a schema by the name the config gives ---------------------------------------
 
-const SCHEMAS_DIR = new URL('../schemas/', import.meta.url)
+const SCHEMAS_DIR = new URL('../../schemas/', import.meta.url)
 let namedSchemas: Promise<Map<string, JsonSchema[]>> | undefined
 
 /** Every object exported by a module in schemas/, by export name (a name may be ambiguous). */
