@@ -1,6 +1,6 @@
 /**
  * The config file's schema. It is the validator (src/config.ts compiles it once), the
- * TypeScript type (`GatewayConfig`) and the source of the README's config reference:
+ * TypeScript type (`GatewayConfig`) and the source of docs/configuration.md (`npm run docs`):
  * every key has a `description`, and every default lives here and nowhere else.
  */
 import Type, { type Static } from 'typebox'
@@ -22,7 +22,7 @@ export const TimeoutsSchema = Type.Object({
   headers: Duration({ default: '10s', description: 'time a client has to send the request headers (slowloris guard)' }),
   request: Duration({ default: '30s', description: 'time a client has to send the whole request' }),
   keepAlive: Duration({ default: '72s', description: 'how long an idle client connection is kept open' })
-}, { additionalProperties: false, default: {} })
+}, { additionalProperties: false, default: {}, description: 'client timeouts; Node checks them every second' })
 
 export const ServerSchema = Type.Object({
   host: Type.String({ default: '127.0.0.1', minLength: 1, description: 'address to listen on' }),
@@ -46,34 +46,38 @@ export const ServerSchema = Type.Object({
   lingeringClose: Type.Object({
     time: Duration({ default: '5s', description: 'after the gateway refused a request before reading its body, how long it goes on reading and discarding the body so the client sees the answer (nginx: lingering_time)' }),
     size: Size({ default: '64mb', description: 'most bytes of such a body read and discarded; past it the connection is closed' })
-  }, { additionalProperties: false, default: {} }),
+  }, { additionalProperties: false, default: {}, description: 'reading the rest of a refused request\'s body, so the client sees the answer' }),
   allocationSitePretenuring: Type.Boolean({ default: false, description: "V8's allocation-site pretenuring, process-wide, set when the gateway starts (portcullis start, startServer). Off by default: under load it moved request-scoped objects to the old generation, which made every scavenge slow (bench/PROFILE.md)" }),
   maxHeaderSize: Size({ default: '16kb', description: 'largest request head (request line + headers) accepted; larger → 431' }),
   ...serverEdgeProperties,
   timeouts: TimeoutsSchema,
   shutdownGrace: Duration({ default: '10s', description: 'on SIGTERM/SIGINT, how long in-flight requests get to finish' }),
   metrics: MetricsSchema
-}, { additionalProperties: false, default: {} })
+}, { additionalProperties: false, default: {}, description: 'the listener: address, port, client limits and timeouts, shutdown, metrics endpoint' })
 
 export const LoggingSchema = Type.Object({
   level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), {
     default: 'info', description: 'pino log level'
   }),
-  accessLog: Type.Boolean({ default: true, description: 'one line per request: method, route, status, duration, upstream time, request id' })
-}, { additionalProperties: false, default: {} })
+  accessLog: Type.Boolean({ default: true, description: 'one line per request: method, ip, route, path (never the query string), status, ms, upstreamMs, reqId, traceId' })
+}, { additionalProperties: false, default: {}, description: 'pino JSON lines on stdout; credentials, cookies, API keys, passwords and tokens are always redacted' })
 
 export const RoutePluginSchema = Type.Union([
   Type.String({ minLength: 1, description: 'path of a module whose default export is a Fastify plugin' }),
   Type.Object({
-    path: Type.String({ minLength: 1 }),
-    options: Type.Optional(Type.Record(Type.String(), Type.Unknown()))
+    path: Type.String({ minLength: 1, description: 'path of the plugin module (relative to the config file); a TypeScript plugin is named by the .js it compiles to' }),
+    options: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: 'passed to the plugin as its options' })),
+    at: Type.Optional(Type.Union([Type.Literal('beforeAuth'), Type.Literal('afterAuth')], {
+      default: 'afterAuth',
+      description: 'where in the route\'s pipeline: beforeAuth (after the IP filter, CORS and the per-IP limit; sees requests authentication will refuse) or afterAuth (after authorization, the consumer limit and validation, just before forwarding)'
+    }))
   }, { additionalProperties: false })
 ])
 
 export const RouteTlsSchema = Type.Object({
   insecureSkipVerify: Type.Boolean({ default: false, description: 'accept any certificate from an https upstream (never in production)' }),
   ca: Type.Optional(Type.String({ minLength: 1, description: 'PEM file of the CA that signed the upstream certificate' }))
-}, { additionalProperties: false, default: {} })
+}, { additionalProperties: false, default: {}, description: 'TLS to an https upstream; certificates are verified unless insecureSkipVerify' })
 
 export const RouteSchema = Type.Object({
   name: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', description: 'unique name; used in logs and metrics labels' }),
@@ -108,7 +112,7 @@ export const GatewayConfigSchema = Type.Object({
   ...authConfigProperties,
   ...edgeConfigProperties,
   tracing: TracingSchema,
-  routes: Type.Array(RouteSchema, { minItems: 1 })
+  routes: Type.Array(RouteSchema, { minItems: 1, description: 'one route per API behind the gateway; no two routes may share or shadow a prefix, and /healthz, /readyz, /metrics are the gateway\'s' })
 }, { additionalProperties: false })
 
 export type GatewayConfig = Static<typeof GatewayConfigSchema>

@@ -4,30 +4,23 @@
  * plugins on the returned instance before listening.
  */
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import type { Logger } from 'pino'
 import { RESERVED_PATHS, type GatewayConfig } from '../schemas/config.js'
 import { parseDuration, parseSize } from '../schemas/common.js'
-import problem, { clientErrorResponse, sendProblem } from '../plugins/core/problem.js'
-import requestIdPlugin, { requestId } from '../plugins/core/request-id.js'
-import health from '../plugins/core/health.js'
-import clientLimits from '../plugins/edge/client-limits.js'
-import securityHeaders, { hiddenUpstreamHeaders, securityHeaderValues } from '../plugins/edge/security-headers.js'
-import { CORS_RESPONSE_HEADERS } from '../plugins/edge/cors.js'
-import loadShedding from '../plugins/edge/load-shedding.js'
-import rateLimit from '../plugins/rate-limit/rate-limit.js'
-import metricsPlugin, { GatewayMetrics } from '../plugins/observability/metrics.js'
-import tracingPlugin, { Tracer, TRACE_HEADERS } from '../plugins/observability/tracing.js'
-import tokenEndpoint from '../plugins/auth/token-endpoint.js'
-import { identityHeaderSource, routeStripHeaders } from '../plugins/auth/identity.js'
+import { clientErrorResponse, sendProblem } from '../plugins/core/problem.js'
+import { requestId } from '../plugins/core/request-id.js'
+import { securityHeaderValues } from '../plugins/edge/security-headers.js'
+import { trustProxyOption } from '../plugins/edge/trust.js'
+import { closeAfterResponse, responseInFlight, routeNameOf } from '../plugins/core/fastify-internals.js'
+import { mergePolicy, registerStage, type GatewayContext, type RequestObserver, type RouteContext, type RoutePolicy } from '../plugins/core/stage.js'
+import type { EmbeddedPlugin } from '../plugins/extend/index.js'
 import { createForwarder, type Forwarder } from './forward.js'
-import { routeScope } from './route.js'
-import type { Logger } from 'pino'
-import { createGatewayLogger, formatAccessLine, lazyChildLoggerFactory, type LineBuffer } from './logging.js'
-import { responseInFlight, routeNameOf } from '../plugins/core/fastify-internals.js'
-import lingeringClose from '../plugins/edge/lingering-close.js'
 import { BodyBuffers } from './body-buffer.js'
-import { TRUST_BEARING_HEADERS } from '../schemas/edge.js'
-import { GatewayError } from '../schemas/errors.js'
-import { compile as compileTrust } from '@fastify/proxy-addr'
+import { GATEWAY_STAGES, ROUTE_STAGES } from './pipeline.js'
+import { routeScope } from './route.js'
+import { createGatewayLogger, formatAccessLine, lazyChildLoggerFactory, type LineBuffer } from './logging.js'
+
+export { trustProxyOption, trustedPeer } from '../plugins/edge/trust.js'
 
 export interface BuildOptions {
   /** Fastify/pino logger options, or false. Default: JSON logs at `logging.level`, secrets redacted. */
@@ -37,6 +30,14 @@ export interface BuildOptions {
    * (default 1, stdout) or a file path.
    */
   logDestination?: number | string
+  /**
+   * Your own plugins, registered in every route's scope at their place in the pipeline
+   * (`beforeAuth`: they see, and may refuse, requests authentication would refuse; `afterAuth`,
+   * the default: after authorization, limits and validation). A plugin registered with
+   * `app.register` after buildGateway runs after every route's own onRequest stages instead; its
+   * onResponse hook still sees every request, refused ones included (docs/plugins.md).
+   */
+  plugins?: readonly EmbeddedPlugin[]
 }
 
 /** Header and field paths that never reach a log line. */
@@ -51,9 +52,6 @@ declare module 'fastify' {
     gatewayConfig: Readonly<GatewayConfig>
   }
 }
-
-/** What sees every request from its start (metrics, tracing), with no hook on the routes. */
-interface RequestObserver { start: (request: FastifyRequest, reply: FastifyReply) => void }
 
 /**
  * Fastify's per-request log lines, replaced by one access line per request: method, route name,
@@ -111,34 +109,15 @@ class AccessLog extends LogController {
   }
 }
 
-/**
- * `server.trustProxy` for Fastify. A hop count N trusts the N nearest proxies, whoever they are
- * (Express semantics): Fastify 5.12 turned counts into "trust nothing", since a count cannot check
- * who the peer is. Use a count only when the gateway is reachable through those proxies alone;
- * a list of CIDRs is the safer choice.
- */
-export function trustProxyOption (value: boolean | number | readonly string[]): FastifyServerOptions['trustProxy'] {
-  if (typeof value === 'number') return (_address: string, hop: number) => hop < value
-  return value as FastifyServerOptions['trustProxy']
-}
-
-/**
- * Whether a request's peer (the socket's address, not any header) is one `server.trustProxy`
- * trusts: the trust-bearing headers it sends are passed on (src/forward.ts). Null: none is.
- */
-export function trustedPeer (value: boolean | number | readonly string[]): ((request: FastifyRequest) => boolean) | null {
-  if (value === false) return null
-  if (value === true || typeof value === 'number') return () => true
-  const trust = compileTrust([...value])
-  return (request) => trust(request.raw.socket?.remoteAddress ?? '', 0)
-}
-
 export async function buildGateway (config: Readonly<GatewayConfig>, options: BuildOptions = {}): Promise<FastifyInstance> {
   const { server, logging } = config
   const requestTimeout = parseDuration(server.timeouts.request)
   const longestRoute = Math.max(...config.routes.map((r) => parseDuration(r.timeout)))
-  const tracer = config.tracing.enabled ? new Tracer(config.tracing) : null
-  const metrics = config.server.metrics.enabled ? new GatewayMetrics(config) : null
+  // The pipeline's gateway stages, set up once: null is a stage the config leaves off.
+  const ctx: GatewayContext = { config, ownPaths: [...RESERVED_PATHS, server.metrics.path], plugins: options.plugins ?? [] }
+  const stages = GATEWAY_STAGES.map((stage) => ({ stage, state: stage.setup(ctx) as unknown }))
+  const observers: RequestObserver[] = []
+  for (const { stage, state } of stages) if (state !== null && stage.observer !== undefined) observers.push(stage.observer(state))
   const securityResponseHeaders = Object.entries(securityHeaderValues(config.securityHeaders))
   // The gateway's own logger (unless given one): buffered, with the access line written directly.
   const own = options.logger === undefined && logging.level !== 'silent'
@@ -148,7 +127,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
     ...(own !== null
       ? { loggerInstance: own.logger as unknown as FastifyBaseLogger, childLoggerFactory: lazyChildLoggerFactory as unknown as FastifyServerOptions['childLoggerFactory'] }
       : { logger: options.logger ?? false }),
-    logController: new AccessLog(logging.accessLog, [tracer, metrics].filter((o) => o !== null), own?.lines ?? null),
+    logController: new AccessLog(logging.accessLog, observers, own?.lines ?? null),
     genReqId: requestId,
     trustProxy: trustProxyOption(server.trustProxy),
     bodyLimit: parseSize(server.bodyLimit),
@@ -182,7 +161,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       // answer to its request: that answer goes out, then the connection closes.
       const pending = responseInFlight(socket)
       if (pending !== null && pending.req.complete) {
-        if (!pending.headersSent) pending.shouldKeepAlive = false
+        if (!pending.headersSent) closeAfterResponse(pending)
         pending.once('close', () => { socket.end() })
         return
       }
@@ -192,33 +171,13 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
     }
   })
   app.decorate('gatewayConfig', config)
-  await app.register(lingeringClose, { timeMs: parseDuration(server.lingeringClose.time), bytes: parseSize(server.lingeringClose.size) })
-  if (server.headersWithUnderscores === 'reject') {
-    // nginx answers 400 too with `ignore_invalid_headers off` and underscores refused.
-    app.addHook('onRequest', function refuseUnderscoreHeaders (request, _reply, done) {
-      for (const name in request.raw.headers) {
-        if (name.includes('_')) { done(new GatewayError('GW_ERR_BAD_REQUEST', 'Header names must not contain "_".')); return }
-      }
-      done()
-    })
-  }
   if (own !== null) app.addHook('onClose', (_app, done) => { own.close(); done() })
   app.decorateRequest('upstreamMs', undefined)
   app.decorateRequest('upstream', undefined)
   app.decorateRequest('identity', undefined)
 
-  // Edge protection on every request, before any route's hooks: header count (431), security
-  // headers, load shedding (503). The rate-limit store is shared by the routes' limiters.
-  await app.register(clientLimits, { maxHeaders: server.maxHeaders })
-  await app.register(securityHeaders, { config: config.securityHeaders })
-  await app.register(loadShedding, { config: config.loadShedding, exempt: [...RESERVED_PATHS, server.metrics.path] })
-  await app.register(problem, { routes: config.routes.map((r) => ({ prefix: r.prefix, methods: r.methods })) })
-  await app.register(requestIdPlugin)
-  if (tracer !== null) await app.register(tracingPlugin, { tracer })
-  if (metrics !== null) await app.register(metricsPlugin, { metrics, host: server.host })
-  await app.register(health)
-  await app.register(rateLimit, { config: config.rateLimit })
-  if (config.tokenEndpoint !== undefined) await app.register(tokenEndpoint, { config })
+  // Every request meets the gateway stages first, in pipeline order (src/pipeline.ts).
+  for (const { stage, state } of stages) if (state !== null) await registerStage(app, stage, state)
 
   const forwarders: Forwarder[] = []
   const buffers = new BodyBuffers(parseSize(server.requestBufferTotal), server.requestBufferDir)
@@ -226,11 +185,14 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
     await Promise.all(forwarders.map((f) => f.close()))
     buffers.close()
   })
-  const trustBearing = { names: TRUST_BEARING_HEADERS, trusted: trustedPeer(server.trustProxy) ?? (() => false) }
   const keepAliveTimeoutMs = Math.min(4_000, parseDuration(server.timeouts.keepAlive))
-  const hideResponseHeaders = hiddenUpstreamHeaders(config.securityHeaders)
-  const identityHeaders = identityHeaderSource(config)
-  for (const route of config.routes) {
+  for (const [index, route] of config.routes.entries()) {
+    const routeCtx: RouteContext = { ...ctx, route, index }
+    const routeStates = ROUTE_STAGES.map((stage) => stage.setup(routeCtx) as unknown)
+    // The route's forwarding policy: what every stage that is on contributes (plugins/core/stage.ts).
+    const contributions: Array<Partial<RoutePolicy>> = []
+    for (const { stage, state } of stages) if (state !== null && stage.forwarding !== undefined) contributions.push(stage.forwarding(state, routeCtx))
+    ROUTE_STAGES.forEach((stage, i) => { if (routeStates[i] !== null && stage.forwarding !== undefined) contributions.push(stage.forwarding(routeStates[i], routeCtx)) })
     const forwarder = createForwarder({
       upstreams: Array.isArray(route.upstream) ? route.upstream : [route.upstream],
       prefix: route.prefix,
@@ -242,24 +204,14 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       queueTimeoutMs: parseDuration(route.queueTimeout),
       keepAliveTimeoutMs,
       tls: route.tls,
-      hideResponseHeaders: route.cors === undefined ? hideResponseHeaders : [...hideResponseHeaders, ...CORS_RESPONSE_HEADERS],
       bodyLimit: parseSize(route.bodyLimit ?? server.bodyLimit),
       bufferBodyBytes: parseSize(server.requestBuffer),
       requestBuffering: route.requestBuffering,
       buffers,
-      underscoreHeaders: server.headersWithUnderscores === 'allow' ? 'allow' : 'drop',
-      trustBearing,
-      // The client's trace headers are replaced by the gateway's own (request.upstream).
-      // The client's copies of the identity headers never reach the upstream, on any route;
-      // nor do the credentials routes[].forwardAuthorization keeps back.
-      stripHeaders: [...(tracer === null ? [] : TRACE_HEADERS), ...routeStripHeaders(config, route)],
-      bearerOnlyAuthorization: route.forwardAuthorization === 'bearer',
-      // Pipeline stage 7: the identity headers, added at dispatch (plugins/auth/identity).
-      identityHeaders,
-      responseHeaders: securityResponseHeaders
+      policy: mergePolicy(contributions)
     })
     forwarders.push(forwarder)
-    await app.register(routeScope, { config, route, forwarder })
+    await app.register(routeScope, { ctx: routeCtx, states: routeStates, forwarder })
   }
   return app
 }

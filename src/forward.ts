@@ -24,6 +24,7 @@ import { channels, publish, type UpstreamErrorEvent } from '../schemas/events.js
 import { replyHeaders, type OwnHeaders } from '../plugins/core/fastify-internals.js'
 import { BodyTooLarge, hasBody, readBody, type BodyError } from '../plugins/validation/json-body.js'
 import { hasBearerScheme } from '../plugins/auth/auth-common.js'
+import { mergePolicy, type RoutePolicy } from '../plugins/core/stage.js'
 
 export interface ForwarderOptions {
   /** Upstream URLs; all share the same path, which replaces `prefix`. */
@@ -61,46 +62,13 @@ export interface ForwarderOptions {
   requestBuffering?: boolean
   /** The gateway's budget and folder for buffered bodies (required with requestBuffering). */
   buffers?: BodyBuffers
-  /**
-   * Request header names with `_`: `drop` (default) never forwards them; `allow` forwards them,
-   * except a name that an upstream could fold (`_` read as `-`) onto one the gateway strips.
-   */
-  underscoreHeaders?: 'drop' | 'allow'
-  /**
-   * Trust-bearing request headers (schemas/edge.ts TRUST_BEARING_HEADERS) and whether a request
-   * came from a peer that server.trustProxy trusts: from any other peer those headers are dropped.
-   */
-  trustBearing?: { names: readonly string[], trusted: (request: FastifyRequest) => boolean }
   /** The route's name, for events and logs. */
   routeName?: string
   /**
-   * Request headers (lower-case) never forwarded from the client, on every request of the route:
-   * the identity headers the gateway sets itself, so a client cannot spoof them.
+   * What the pipeline's stages ask of forwarding (headers never forwarded, identity headers,
+   * response headers added or hidden…): merged from their contributions (plugins/core/stage.ts).
    */
-  stripHeaders?: readonly string[]
-  /**
-   * Forward the client's `Authorization` only when it is a Bearer token (routes[].forwardAuthorization:
-   * bearer): Basic credentials never reach the upstream. Decided in the header pass itself, so a
-   * public route needs no hook for it.
-   */
-  bearerOnlyAuthorization?: boolean
-  /**
-   * The gateway's identity headers for the request (plugins/auth/identity), asked at each dispatch and
-   * sent after the client's headers and `request.upstream`'s: what `request.identity` holds when
-   * the request is forwarded.
-   */
-  identityHeaders?: (request: FastifyRequest) => ReadonlyArray<readonly [string, string]> | undefined
-  /**
-   * Upstream response headers (lower-case) never passed to the client, e.g. `server` and
-   * `x-powered-by` (version leaks).
-   */
-  hideResponseHeaders?: readonly string[]
-  /**
-   * Headers (lower-case names) added to every proxied response in place of the upstream's
-   * values, unless the pipeline set the same header with `reply.header()`: the security headers,
-   * fixed at start instead of being set on every request.
-   */
-  responseHeaders?: ReadonlyArray<readonly [string, string]>
+  policy?: Partial<RoutePolicy>
 }
 
 /** What a forwarded request carries besides the client's own headers. */
@@ -205,23 +173,25 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
   }
 
   const routeName = options.routeName ?? options.prefix
-  const skip = new Set([...REQUEST_SKIP, ...(options.stripHeaders ?? []).map((h) => h.toLowerCase())])
-  const trustBearing = new Set((options.trustBearing?.names ?? []).map((h) => h.toLowerCase()))
+  const given = mergePolicy([options.policy ?? {}])
+  const skip = new Set([...REQUEST_SKIP, ...given.stripHeaders.map((h) => h.toLowerCase())])
+  const trustBearing = new Set((given.trustBearing?.names ?? []).map((h) => h.toLowerCase()))
   for (const name of trustBearing) if (!skip.has(name)) skip.add(name)
   const policy: HeaderPolicy = {
     skip,
     trustBearing,
-    trusted: options.trustBearing?.trusted ?? null,
-    allowUnderscores: options.underscoreHeaders === 'allow',
-    bearerOnly: options.bearerOnlyAuthorization === true,
-    identity: options.identityHeaders ?? null
+    trusted: given.trustBearing?.trusted ?? null,
+    allowUnderscores: given.underscoreHeaders === 'allow',
+    bearerOnly: given.bearerOnlyAuthorization,
+    identity: given.identityHeaders ?? null
   }
-  const fixed = (options.responseHeaders ?? []).map(([name, value]) => [name.toLowerCase(), value] as const)
+  const fixed = given.responseHeaders.map(([name, value]) => [name.toLowerCase(), value] as const)
   // The upstream's values of the fixed headers are replaced: hidden, then ours appended.
-  const hide = new Set([...RESPONSE_SKIP, ...(options.hideResponseHeaders ?? []).map((h) => h.toLowerCase()), ...fixed.map(([name]) => name)])
+  const hide = new Set([...RESPONSE_SKIP, ...given.hideResponseHeaders.map((h) => h.toLowerCase()), ...fixed.map(([name]) => name)])
 
   const route: RouteState = {
     options,
+    draining: given.draining ?? null,
     rewrite,
     hide,
     fixed,
@@ -441,6 +411,8 @@ function bodyError (err: BodyError): GatewayError {
 /** What every request of one route shares, fixed at start. */
 interface RouteState {
   options: ForwarderOptions
+  /** True while the gateway drains (the health stage's contribution). */
+  draining: (() => boolean) | null
   rewrite: Rewrite
   hide: ReadonlySet<string>
   fixed: ReadonlyArray<readonly [string, string]>
@@ -697,7 +669,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     const headers = responseHeaders(rawHeaders, request.id, this.route, replyHeaders(this.reply))
     // Draining (plugins/core/health): this response closes its connection, so the client does not
     // send another request on a connection the gateway is about to close.
-    if ((request.server as { readiness?: { state: string } }).readiness?.state === 'draining') this.res.shouldKeepAlive = false
+    if (this.route.draining?.() === true) headers.push('connection', 'close')
     try {
       this.res.writeHead(statusCode, statusText, headers)
     } catch (err) {

@@ -55,3 +55,20 @@ export function fastPathsFound (): { context: boolean, headers: boolean } {
 export function responseInFlight (socket: object): ServerResponse | null {
   return (socket as { _httpMessage?: ServerResponse | null })._httpMessage ?? null
 }
+
+/**
+ * Whether a plugin function is wrapped by fastify-plugin (registered in its parent's scope rather
+ * than a child scope of its own): the `skip-override` mark fastify-plugin sets and Fastify reads.
+ */
+export function isScopeSharing (plugin: object): boolean {
+  return (plugin as Record<symbol, unknown>)[Symbol.for('skip-override')] === true
+}
+
+/**
+ * Makes Node close the connection once this response is sent (a `Connection: close` header
+ * cannot be added to a response whose head may already be on its way). Node has no public form of
+ * `shouldKeepAlive`, the field its own server sets from the request's Connection header.
+ */
+export function closeAfterResponse (res: ServerResponse): void {
+  res.shouldKeepAlive = false
+}

@@ -24,7 +24,8 @@ declare module 'fastify' {
   }
 }
 
-async function healthPlugin (app: FastifyInstance): Promise<void> {
+/** The gateway's readiness: made by the health stage's setup, so the forwarder can see draining. */
+export function createReadiness (): Readiness {
   const checks = new Map<string, ReadinessCheck>()
   const readiness: Readiness = {
     state: 'starting',
@@ -43,6 +44,13 @@ async function healthPlugin (app: FastifyInstance): Promise<void> {
       return { ready: Object.keys(reasons).length === 0, reasons }
     }
   }
+  return readiness
+}
+
+export interface HealthOptions { readiness: Readiness }
+
+async function healthPlugin (app: FastifyInstance, opts: HealthOptions): Promise<void> {
+  const { readiness } = opts
   app.decorate('readiness', readiness)
   app.addHook('onReady', async () => { if (readiness.state === 'starting') readiness.state = 'ready' })
   app.addHook('preClose', async () => { readiness.state = 'draining' })

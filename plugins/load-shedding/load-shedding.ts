@@ -3,7 +3,7 @@
  * in use or the RSS is over its configured limit, new requests get 503 problem+json with
  * Retry-After, so that the requests already in flight can finish. The ops endpoints (/healthz,
  * /readyz, /metrics) are never shed: an overloaded gateway is alive, and says so.
- * Nothing is registered when no limit is configured (no sampling timer either).
+ * The stage (./index.ts) registers it only when a limit is configured (no sampling timer otherwise).
  */
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
@@ -26,7 +26,6 @@ const KIND: Record<string, string> = {
 
 async function loadSheddingPlugin (app: FastifyInstance, opts: LoadSheddingOptions): Promise<void> {
   const { config } = opts
-  if (config.maxEventLoopDelay === undefined && config.maxHeapUsed === undefined && config.maxRss === undefined) return
   const retryAfter = String(Math.max(1, Math.ceil(parseDuration(config.retryAfter) / 1000)))
   const exempt = new Set(opts.exempt)
   let lastWarning = 0
