@@ -10,7 +10,8 @@ container and production comes from the environment:
   DRF_JWT_AUDIENCE           optional `aud` claim put in (and required of) tokens
   DRF_ACCESS_TOKEN_LIFETIME  seconds, default 300
   DRF_REFRESH_TOKEN_LIFETIME seconds, default 86400
-  DRF_DATA_DIR               folder for the SQLite database (default: <tmp>/portcullis-drf)
+  DRF_DATA_DIR               folder for the SQLite database, default
+                             ${XDG_STATE_HOME:-~/.local/state}/portcullis-drf (per user)
   DRF_PAGE_SIZE              page size of list responses, default 10
   DJANGO_SECRET_KEY          default: derived from DRF_JWT_SIGNING_KEY (no sessions are used)
   DJANGO_ALLOWED_HOSTS       comma-separated, default localhost,127.0.0.1,[::1]
@@ -23,7 +24,6 @@ container and production comes from the environment:
 """
 import hashlib
 import os
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -70,8 +70,8 @@ MIDDLEWARE = [
 ROOT_URLCONF = "peopleapi.urls"
 WSGI_APPLICATION = "peopleapi.wsgi.application"
 
-DATA_DIR = Path(os.environ.get("DRF_DATA_DIR") or Path(tempfile.gettempdir()) / "portcullis-drf")
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATA_DIR = Path(os.environ.get("DRF_DATA_DIR") or Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "portcullis-drf")
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
