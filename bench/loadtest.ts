@@ -1,21 +1,33 @@
 /**
  * A load test a user can point at their own gateway:
  *
- *   npm run loadtest -- --url http://127.0.0.1:8080/api/people/ --token "$TOKEN" [--duration 10]
+ *   PORTCULLIS_TOKEN=… npm run loadtest -- --url http://127.0.0.1:8080/api/people/ [--duration 10]
+ *   npm run loadtest -- --url http://127.0.0.1:8080/api/people/ --token-file ~/.portcullis-token
+ *
+ * The bearer token comes from the environment (PORTCULLIS_TOKEN) or a file (--token-file), never
+ * from the command line, where `ps`, /proc and the shell's history would show it to others; a
+ * token in argv (--token, an Authorization --header) is refused. The token is sent, never printed:
+ * not in the summary, not in the report, not in an error message.
  *
  * Runs autocannon (programmatic API) for a bounded time, prints a summary table and writes a
- * JSON report (--out, default loadtest-report.json). Exit 1 when nothing succeeded.
+ * JSON report (--out, default bench/results/loadtest-<time>.json; bench/results/ is git-ignored).
+ * Exit 1 when nothing succeeded, 2 on a bad command line.
  */
 import { createRequire } from 'node:module'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { fileURLToPath } from 'node:url'
+import { ROOT } from './lib.js'
 
 export const MAX_DURATION_S = 600
+/** The environment variable the bearer token is read from (unless --token-file is given). */
+export const TOKEN_ENV = 'PORTCULLIS_TOKEN'
 
 export interface LoadtestOptions {
   url: string
-  token?: string
+  /** Where the token came from (`PORTCULLIS_TOKEN`, `--token-file`), for the summary; never the token. */
+  tokenSource?: string
   method: string
   body?: string
   headers: Record<string, string>
@@ -69,7 +81,7 @@ export interface LoadtestReport {
 const USAGE = `Usage: npm run loadtest -- --url URL [options]
 
   --url URL           the endpoint to load (required), e.g. http://127.0.0.1:8080/api/people/
-  --token TOKEN       sent as Authorization: Bearer TOKEN
+  --token-file FILE   send the token in FILE as Authorization: Bearer (else $${TOKEN_ENV}, if set)
   --method M          HTTP method (default GET)
   --body JSON|@FILE   request body (sent as application/json)
   --header 'K: V'     extra request header (repeatable)
@@ -78,7 +90,10 @@ const USAGE = `Usage: npm run loadtest -- --url URL [options]
   --requests N        stop after N requests instead (1..1000000)
   --pipelining N      requests in flight per connection (default 1)
   --timeout S         per-request timeout in seconds (default 10)
-  --out FILE          JSON report (default loadtest-report.json)
+  --out FILE          JSON report (default bench/results/loadtest-<time>.json)
+
+The token never goes on the command line (other users see it in ps): put it in $${TOKEN_ENV}
+or in a file readable only by you and pass --token-file.
 `
 
 function positiveInt (name: string, value: string | undefined, fallback: number, max: number): number {
@@ -88,13 +103,36 @@ function positiveInt (name: string, value: string | undefined, fallback: number,
   return n
 }
 
-export function parseLoadtestArgs (argv: string[]): LoadtestOptions {
-  const { values } = parseArgs({
+const TOKEN_IN_ARGV = `a token on the command line is visible to every user of this machine (ps, /proc) and kept in your shell's history: put it in ${TOKEN_ENV} or in a file and pass --token-file FILE`
+
+/** The default report file: bench/results/loadtest-<time>.json in the repository. */
+export function defaultReportPath (now = new Date()): string {
+  return join(ROOT, 'bench', 'results', `loadtest-${now.toISOString().replace(/[:.]/g, '-')}.json`)
+}
+
+/** The bearer token: the file's first line with --token-file, else the environment's, else none. */
+function readToken (file: string | undefined, env: NodeJS.ProcessEnv): { token: string, source: string } | undefined {
+  if (file !== undefined) {
+    let text: string
+    try { text = readFileSync(file, 'utf8') } catch (err) { throw new Error(`--token-file ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? 'error'})`) }
+    const token = text.split(/\r?\n/, 1)[0]?.trim() ?? ''
+    if (token === '') throw new Error(`--token-file ${file}: the first line is empty`)
+    return { token, source: `--token-file ${file}` }
+  }
+  const token = env[TOKEN_ENV]?.trim() ?? ''
+  return token === '' ? undefined : { token, source: TOKEN_ENV }
+}
+
+export function parseLoadtestArgs (argv: string[], env: NodeJS.ProcessEnv = process.env): LoadtestOptions {
+  // Before parseArgs, whose messages may quote an argument.
+  if (argv.some((a) => a === '--token' || a.startsWith('--token='))) throw new Error(`--token is not accepted: ${TOKEN_IN_ARGV}`)
+  const { values, positionals } = parseArgs({
     args: argv,
     strict: true,
+    allowPositionals: true,
     options: {
       url: { type: 'string' },
-      token: { type: 'string' },
+      'token-file': { type: 'string' },
       method: { type: 'string', default: 'GET' },
       body: { type: 'string' },
       header: { type: 'string', multiple: true, default: [] },
@@ -103,26 +141,32 @@ export function parseLoadtestArgs (argv: string[]): LoadtestOptions {
       requests: { type: 'string' },
       pipelining: { type: 'string' },
       timeout: { type: 'string' },
-      out: { type: 'string', default: 'loadtest-report.json' }
+      out: { type: 'string' }
     }
   })
+  // Not quoted: a stray argument may well be a token.
+  if (positionals.length > 0) throw new Error(`positional arguments are not accepted (${positionals.length} given, not repeated here): ${TOKEN_IN_ARGV}`)
   if (values.url === undefined) throw new Error('--url is required')
   let url: URL
   try { url = new URL(values.url) } catch { throw new Error(`--url must be an http(s) URL, not "${values.url}"`) }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`--url must be an http(s) URL, not "${values.url}"`)
+  if (url.username !== '' || url.password !== '') throw new Error(`--url must not carry credentials (user:password@): ${TOKEN_IN_ARGV}`)
   const headers: Record<string, string> = {}
   for (const h of values.header) {
     const i = h.indexOf(':')
-    if (i < 1) throw new Error(`--header must be "Name: value", not "${h}"`)
-    headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1).trim()
+    if (i < 1) throw new Error('--header must be "Name: value"')
+    const name = h.slice(0, i).trim().toLowerCase()
+    if (name === 'authorization' || name === 'proxy-authorization') throw new Error(`--header ${name} is not accepted: ${TOKEN_IN_ARGV}`)
+    headers[name] = h.slice(i + 1).trim()
   }
   let body = values.body
   if (body?.startsWith('@') === true) body = readFileSync(body.slice(1), 'utf8')
   if (body !== undefined && headers['content-type'] === undefined) headers['content-type'] = 'application/json'
-  if (values.token !== undefined) headers.authorization = `Bearer ${values.token}`
+  const token = readToken(values['token-file'], env)
+  if (token !== undefined) headers.authorization = `Bearer ${token.token}`
   return {
     url: url.href,
-    token: values.token,
+    tokenSource: token?.source,
     method: values.method.toUpperCase(),
     body,
     headers,
@@ -131,7 +175,7 @@ export function parseLoadtestArgs (argv: string[]): LoadtestOptions {
     requests: values.requests === undefined ? undefined : positiveInt('requests', values.requests, 1, 1_000_000),
     pipelining: positiveInt('pipelining', values.pipelining, 1, 100),
     timeout: positiveInt('timeout', values.timeout, 10, 600),
-    out: values.out
+    out: values.out ?? defaultReportPath()
   }
 }
 
@@ -199,13 +243,15 @@ async function main (argv: string[]): Promise<void> {
     process.exit(2)
   }
   const length = options.requests === undefined ? `for ${options.duration} s` : `for ${options.requests} requests`
-  process.stdout.write(`loadtest: ${options.method} ${options.url}, ${options.connections} connections ${length}…\n`)
+  const auth = options.tokenSource === undefined ? 'no token' : `the token from ${options.tokenSource}`
+  process.stdout.write(`loadtest: ${options.method} ${options.url}, ${options.connections} connections ${length}, ${auth}…\n`)
   const report = await runLoadtest(options)
   process.stdout.write(formatReport(report))
+  mkdirSync(dirname(options.out), { recursive: true })
   writeFileSync(options.out, JSON.stringify(report, null, 2) + '\n')
   process.stdout.write(`report written to ${options.out}\n`)
   if (report.ok === 0) {
-    process.stderr.write('loadtest: no request succeeded (check --url and --token)\n')
+    process.stderr.write(`loadtest: no request succeeded (check --url, and the token in ${TOKEN_ENV} or --token-file)\n`)
     process.exit(1)
   }
 }
