@@ -4,7 +4,7 @@
  * publish with no subscriber costs a property read, so the hot path pays nothing when metrics
  * are off. Channel names are part of the public contract.
  *
- *   import { channels } from 'portcullis/schemas/events'   // or from the package entry
+ *   import { channels } from 'portcullis'
  *   channels.authFailure.subscribe((msg) => { … })
  */
 import diagnostics from 'node:diagnostics_channel'

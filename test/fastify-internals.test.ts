@@ -35,3 +35,35 @@ t.test('routeConfig and replyHeaders match routeOptions.config and getHeaders()'
   t.equal(seen[1].name, undefined, 'no route name off the configured routes')
   t.same(seen[0].headers, { 'x-one': '1', 'set-cookie': ['a=1', 'b=2'] })
 })
+
+t.test('Node and Fastify private fields are read in plugins/core/fastify-internals.ts only; no deep import into another package', async (t) => {
+  const { readdirSync, readFileSync } = await import('node:fs')
+  const { join, relative } = await import('node:path')
+  const root = join(import.meta.dirname, '..')
+  const files: string[] = []
+  const walk = (dir: string): void => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      const path = join(dir, entry.name)
+      if (entry.isDirectory()) walk(path)
+      else if (/\.(ts|js|mjs)$/.test(entry.name) && !entry.name.endsWith('.d.ts')) files.push(path)
+    }
+  }
+  for (const dir of ['src', 'plugins', 'schemas', 'examples']) walk(join(root, dir))
+  const PRIVATE = /shouldKeepAlive|skip-override|_httpMessage|Symbol\.for\('fastify\.|\[kRouteContext\]|\bkReplyHeaders\b/
+  const BARE = /(?:from\s+|import\(\s*)'(@[^/']+\/[^/']+|[^@./'][^/']*)\/([^']+)'/g
+  // Subpaths a package without an exports map documents as its interface (ajv's README:
+  // `import Ajv2020 from "ajv/dist/2020"`).
+  const DOCUMENTED = new Set(['ajv/dist/2020.js'])
+  t.ok(files.length > 40, 'the sources were read')
+  for (const file of files) {
+    const name = relative(root, file)
+    const text = readFileSync(file, 'utf8')
+    if (name !== join('plugins', 'core', 'fastify-internals.ts')) t.notMatch(text, PRIVATE, `${name}: no private field`)
+    for (const [, pkg, sub] of text.matchAll(BARE)) {
+      if (pkg.startsWith('node:') || DOCUMENTED.has(`${pkg}/${sub}`)) continue
+      const manifest = JSON.parse(readFileSync(pkg === 'portcullis' ? join(root, 'package.json') : join(root, 'node_modules', pkg, 'package.json'), 'utf8')) as { exports?: Record<string, unknown> | string }
+      const exported = typeof manifest.exports === 'object' && manifest.exports !== null && (`./${sub}` in manifest.exports)
+      t.ok(exported, `${name}: ${pkg}/${sub} is in ${pkg}'s exports map (public)`)
+    }
+  }
+})
