@@ -99,7 +99,7 @@ export const JwksOptionsSchema = Type.Object({
   cacheTtl: Duration({ default: '10m', description: 'how long a fetched key set is used before it is fetched again' }),
   refetchInterval: Duration({ default: '30s', description: 'least time between two refetches caused by an unknown kid' }),
   timeout: Duration({ default: '5s', description: 'time the JWKS server has to answer' })
-}, { additionalProperties: false, default: {} })
+}, { additionalProperties: false, default: {}, description: 'fetching and caching jwksUrl' })
 
 export const JwtSchema = Type.Object({
   algorithms: Algorithms,
@@ -114,7 +114,7 @@ export const JwtSchema = Type.Object({
   maxTokenLength: Type.Integer({ minimum: 64, maximum: 65536, default: 8192, description: 'longest token accepted, in characters' }),
   jwks: JwksOptionsSchema,
   issuers: Type.Array(JwtIssuerSchema, { default: [], description: 'more issuers, each with its own keys; settings not given are taken from this section' })
-}, { additionalProperties: false })
+}, { additionalProperties: false, description: 'bearer-token verification (routes with auth: [jwt]); exactly one of secret, publicKey, jwksUrl (none when issuers is given)' })
 
 /**
  * The `iss` of the token endpoint's own tokens: jwt.issuer when set (the issuer the gateway
@@ -134,14 +134,14 @@ export const TokenEndpointSchema = Type.Object({
   rateLimit: Type.Object({
     max: Type.Integer({ minimum: 1, default: 10, description: 'requests per window per client IP (failed attempts count)' }),
     window: Duration({ default: '1m', description: 'the window' })
-  }, { additionalProperties: false, default: {} })
-}, { additionalProperties: false })
+  }, { additionalProperties: false, default: {}, description: 'attempts per client IP; every attempt counts, right or wrong' })
+}, { additionalProperties: false, description: 'the gateway\'s own token endpoint: POST { username, password } checks users and returns a JWT; needs jwt.secret (HS*) or privateKey' })
 
 export const IdentityHeadersSchema = Type.Object({
   user: HeaderName({ default: 'X-Authenticated-User', description: 'carries the identity\'s subject (percent-encoded outside printable ASCII)' }),
   scopes: HeaderName({ default: 'X-Authenticated-Scopes', description: 'carries the identity\'s scopes, space-separated' }),
   via: HeaderName({ default: 'X-Authenticated-Via', description: 'carries the scheme that verified it: jwt, basic or apiKey' })
-}, { additionalProperties: false, default: {} })
+}, { additionalProperties: false, default: {}, description: 'headers that tell the upstream who is calling; client-sent copies are removed on every route' })
 
 /** The top-level config sections, spread into GatewayConfigSchema. */
 export const authConfigProperties = {

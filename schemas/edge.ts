@@ -25,7 +25,7 @@ export const RateLimitStoreSchema = Type.Object({
   timeout: Duration({ default: '250ms', description: 'longest wait for the store on a request; after it, onStoreError decides' }),
   keyPrefix: Type.String({ pattern: '^[A-Za-z0-9:_.-]{0,64}$', default: 'portcullis:rl:', description: 'prefix of every Redis key (to share one Redis between gateways with different limits)' }),
   maxKeys: Type.Integer({ minimum: 100, default: 10000, description: 'memory store: clients remembered per route (least recently seen are forgotten first)' })
-}, { additionalProperties: false, default: {} })
+}, { additionalProperties: false, default: {}, description: 'the store of the rate-limit counters, for every route' })
 
 export const RATE_LIMIT_BY_PATTERN = `^(ip|consumer|header:${TOKEN})$`
 
@@ -37,14 +37,14 @@ export const RouteRateLimitSchema = Type.Object({
     default: 'ip',
     description: 'who a counter belongs to: ip, consumer (the authenticated subject; the IP when unauthenticated) or header:NAME (the IP when absent)'
   })
-}, { additionalProperties: false })
+}, { additionalProperties: false, description: 'requests per window and per client on this route; past it → 429 with Retry-After' })
 
 // --- IP allow/deny -----------------------------------------------------------------------
 
 export const IpFilterSchema = Type.Object({
   allow: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'only these addresses/CIDRs may call (IPv4 and IPv6)' })),
   deny: Type.Array(Type.String({ minLength: 1 }), { default: [], description: 'these addresses/CIDRs get 403 (deny wins over allow)' })
-}, { additionalProperties: false })
+}, { additionalProperties: false, description: 'client addresses allowed or refused (403); the top-level list applies to every route and the token endpoint, a route\'s own list in addition' })
 
 // --- CORS --------------------------------------------------------------------------------
 
@@ -61,7 +61,7 @@ export const CorsSchema = Type.Object({
   }),
   credentials: Type.Boolean({ default: false, description: 'allow cookies / Authorization from the browser (not with origin "*")' }),
   maxAge: Duration({ default: '10m', description: 'how long a browser may cache a preflight answer' })
-}, { additionalProperties: false })
+}, { additionalProperties: false, description: 'CORS: preflights answered by the gateway, the upstream\'s own Access-Control-* headers dropped' })
 
 // --- security headers ----------------------------------------------------------------------
 
@@ -69,7 +69,7 @@ export const HstsSchema = Type.Object({
   maxAge: Duration({ default: '8760h', description: 'Strict-Transport-Security max-age (8760h = one year)' }),
   includeSubDomains: Type.Boolean({ default: false, description: 'add includeSubDomains' }),
   preload: Type.Boolean({ default: false, description: 'add preload' })
-}, { additionalProperties: false })
+}, { additionalProperties: false, description: 'send Strict-Transport-Security (only when configured: behind TLS)' })
 
 export const SecurityHeadersSchema = Type.Object({
   contentTypeOptions: Type.Boolean({ default: true, description: 'send X-Content-Type-Options: nosniff' }),
@@ -86,7 +86,7 @@ export const SecurityHeadersSchema = Type.Object({
     default: ['server', 'x-powered-by'],
     description: 'upstream response headers never passed to the client (version leaks); [] passes them all'
   })
-}, { additionalProperties: false, default: {} })
+}, { additionalProperties: false, default: {}, description: 'headers set on every response, the gateway\'s own and proxied ones' })
 
 // --- load shedding ---------------------------------------------------------------------------
 
@@ -96,7 +96,7 @@ export const LoadSheddingSchema = Type.Object({
   maxRss: Type.Optional(Size({ description: 'shed while the resident set size exceeds this' })),
   sampleInterval: Duration({ default: '1s', description: 'how often the delay and memory are sampled' }),
   retryAfter: Duration({ default: '10s', description: 'Retry-After on a shed request' })
-}, { additionalProperties: false, default: {} })
+}, { additionalProperties: false, default: {}, description: 'refuse new requests with 503 while the process is overloaded; with no limit set, nothing is registered' })
 
 // --- trust-bearing request headers -------------------------------------------------------------
 

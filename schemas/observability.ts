@@ -13,7 +13,7 @@ export const DEFAULT_LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02
 export const MetricsBasicSchema = Type.Object({
   username: Type.String({ minLength: 1, description: 'user name the scraper sends with HTTP Basic' }),
   passwordHash: Type.String({ pattern: PASSWORD_HASH_PATTERN, description: 'its password as `scrypt$…` (from `portcullis hash-password`)' })
-}, { additionalProperties: false })
+}, { additionalProperties: false, description: 'require HTTP Basic to scrape' })
 
 export const MetricsSchema = Type.Object({
   enabled: Type.Boolean({ default: true, description: 'collect metrics and serve them; off, the gateway pays nothing for them' }),
@@ -28,7 +28,7 @@ export const MetricsSchema = Type.Object({
   buckets: Type.Array(Type.Number({ exclusiveMinimum: 0 }), {
     minItems: 1, default: DEFAULT_LATENCY_BUCKETS, description: 'latency histogram bucket bounds in seconds, ascending'
   })
-}, { additionalProperties: false, default: {} })
+}, { additionalProperties: false, default: {}, description: 'the Prometheus endpoint' })
 
 export const OtlpSchema = Type.Object({
   endpoint: Type.String({ minLength: 1, description: 'OTLP/HTTP traces URL of the collector, e.g. http://127.0.0.1:4318/v1/traces' }),
@@ -38,13 +38,13 @@ export const OtlpSchema = Type.Object({
   batchSize: Type.Integer({ minimum: 1, maximum: 10_000, default: 512, description: 'most spans in one export request; a full batch is sent at once' }),
   queueSize: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 4096, description: 'spans waiting to be sent; beyond it new spans are dropped (and counted)' }),
   timeout: Duration({ default: '10s', description: 'time one export request may take' })
-}, { additionalProperties: false })
+}, { additionalProperties: false, description: 'export sampled requests as spans to an OpenTelemetry collector (OTLP/HTTP, JSON); off unless set' })
 
 export const TracingSchema = Type.Object({
   enabled: Type.Boolean({ default: true, description: 'accept (or start) W3C trace context, forward it upstream, log the trace id' }),
   sampleRatio: Type.Number({ minimum: 0, maximum: 1, default: 1, description: 'share of new traces marked sampled; a valid incoming traceparent keeps its own flag' }),
   otlp: Type.Optional(OtlpSchema)
-}, { additionalProperties: false, default: {} })
+}, { additionalProperties: false, default: {}, description: 'W3C Trace Context and the optional OTLP exporter' })
 
 export type MetricsConfig = Static<typeof MetricsSchema>
 export type TracingConfig = Static<typeof TracingSchema>

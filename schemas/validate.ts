@@ -23,6 +23,8 @@ export const SchemaRefSchema = Type.Union([
   Type.String({ minLength: 1, description: 'a schema exported from schemas/ by name (Person), ./module.js#Export, or a JSON Schema file (.json, .yaml)' }),
   Type.Record(Type.String(), Type.Unknown(), { description: 'an inline JSON Schema' })
 ])
+/** SchemaRefSchema with the description of the part it checks. */
+const schemaRef = (description: string) => Type.Union(SchemaRefSchema.anyOf, { description })
 
 export const ValidateRuleSchema = Type.Object({
   method: Type.Union([Method, Type.Array(Method, { minItems: 1, uniqueItems: true })], {
@@ -32,10 +34,10 @@ export const ValidateRuleSchema = Type.Object({
     pattern: '^/[A-Za-z0-9._~!$&\'()*+,;=:@%/{}-]*$',
     description: 'sub-path under the route prefix: `/`, `/:id/` or `/{id}/` (a trailing slash is optional when matching)'
   }),
-  body: Type.Optional(SchemaRefSchema),
-  querystring: Type.Optional(SchemaRefSchema),
-  params: Type.Optional(SchemaRefSchema),
-  headers: Type.Optional(SchemaRefSchema)
+  body: Type.Optional(schemaRef('schema of the JSON body; a rule with a body schema accepts JSON bodies only')),
+  querystring: Type.Optional(schemaRef('schema of the parsed query string (an object; repeated keys are arrays)')),
+  params: Type.Optional(schemaRef('schema of the path parameters named in path (strings on the wire)')),
+  headers: Type.Optional(schemaRef('schema of the request headers (names lower-case)'))
 }, { additionalProperties: false })
 
 export const VALIDATE_DEFAULTS = {
