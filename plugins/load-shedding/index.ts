@@ -11,7 +11,7 @@ import loadSheddingPlugin from './load-shedding.js'
 
 export const loadShedding = gatewayStage({
   name: 'load shedding',
-  key: 'loadShedding.maxEventLoopDelay | maxHeapUsed | maxRss',
+  key: 'loadShedding.maxEventLoopDelay, maxHeapUsed, maxRss',
   phase: 'onRequest',
   setup: ({ config, ownPaths }) => {
     const limits = config.loadShedding
