@@ -4,6 +4,10 @@
  * rotation), but fetches are single-flight (concurrent requests share one) and at least
  * `refetchInterval` apart, so a flood of made-up kids costs the JWKS server one request. When a
  * fetch fails the keys already known stay in use.
+ * Not get-jwks 11 or jwks-rsa 4: against a local JWKS, 100 tokens with made-up kids cost each of
+ * them 100 fetches (jwks-rsa with rateLimit: 9, then "Too many requests" for the rest) and this
+ * client at most one, and both accept an 8 MiB key set that this client refuses past 512 KiB
+ * (`node --import=tsx jwks-flood.mts`, script in the issue 14 report).
  */
 import { createPublicKey, type KeyObject } from 'node:crypto'
 import { request } from 'undici'
