@@ -5,12 +5,13 @@
  * differ. To change a page, change the schema's `description` (or the error's `when`) and run
  * `npm run docs`.
  */
-import { existsSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { GatewayConfigSchema } from '../schemas/config.js'
 import { DURATION_PATTERN, SIZE_PATTERN } from '../schemas/common.js'
 import { ERRORS, problemType, type ErrorCode } from '../schemas/errors.js'
+import { renderArchitecture } from './pipeline-doc.js'
 
 /** The parts of a JSON Schema (as TypeBox builds it) that the reference describes. */
 interface Node {
@@ -183,9 +184,16 @@ export function renderErrorsDoc (): string {
   return `${ERRORS_INTRO}\n| code | status | type | title | when |\n| --- | --- | --- | --- | --- |\n${rows.join('')}`
 }
 
-/** The generated pages, by path relative to the project root. */
-export function generatedDocs (): Record<string, string> {
-  return { 'docs/configuration.md': renderConfigurationDoc(), 'docs/errors.md': renderErrorsDoc() }
+/**
+ * The generated pages, by path relative to the project root. docs/architecture.md is written by
+ * hand except for its pipeline block, drawn from src/pipeline.ts (src/pipeline-doc.ts).
+ */
+export async function generatedDocs (root: string = projectRoot()): Promise<Record<string, string>> {
+  return {
+    'docs/configuration.md': renderConfigurationDoc(),
+    'docs/errors.md': renderErrorsDoc(),
+    'docs/architecture.md': await renderArchitecture(readFileSync(join(root, 'docs', 'architecture.md'), 'utf8'))
+  }
 }
 
 /** The folder holding package.json, from src/ or from dist/src/. */
@@ -201,7 +209,7 @@ export function projectRoot (from: string = import.meta.dirname): string {
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const root = projectRoot()
-  for (const [path, text] of Object.entries(generatedDocs())) {
+  for (const [path, text] of Object.entries(await generatedDocs(root))) {
     writeFileSync(join(root, path), text)
     console.log(`wrote ${path}`)
   }
