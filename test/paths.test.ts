@@ -1,7 +1,7 @@
 /**
  * Ambiguous path spellings (the "Hostile clients" issue): a path that some upstream would resolve
  * to another resource than the one the gateway checked is refused by the route's path guard
- * (src/route.ts), before any other stage; and no spelling of a validated rule's path reaches the
+ * (plugins/edge/path-guard.ts), before any other stage; and no spelling of a validated rule's path reaches the
  * upstream with a body the validator did not check (plugins/validation/validate.ts matches a lenient
  * upstream's reading of the path too). Raw request lines over node:net: fetch and undici would
  * normalise these paths before sending them.

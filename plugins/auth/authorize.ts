@@ -1,5 +1,5 @@
 /**
- * Pipeline stage 4b: authorization, right after authentication at `onRequest`. The scopes the
+ * Authorization, right after authentication at `onRequest`. The scopes the
  * route requires for the request's method (`routes[].scopes`; HEAD falls back to GET's list, any
  * other method not listed to `"*"`) must
  * all be in `request.identity.scopes`, and the identity's claims must match `routes[].require`.

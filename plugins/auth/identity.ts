@@ -1,5 +1,5 @@
 /**
- * Pipeline stage 7: what the upstream learns about the caller. On every route (public ones
+ * What the upstream learns about the caller. On every route (public ones
  * too) the client's own copies of the identity headers never reach the upstream: the forwarder
  * drops them route-wide (`routeStripHeaders`, set as ForwarderOptions.stripHeaders in
  * src/app.ts). After authentication the forwarder adds the gateway's own:

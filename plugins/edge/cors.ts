@@ -1,5 +1,5 @@
 /**
- * Pipeline stage 3 (first half): CORS for one route (`routes[].cors`). A preflight (OPTIONS with
+ * CORS for one route (`routes[].cors`). A preflight (OPTIONS with
  * Origin and Access-Control-Request-Method) is answered here, at onRequest, by the gateway: it
  * never reaches the upstream and needs no credentials (browsers send none on a preflight). On
  * other requests from an allowed origin the CORS response headers are set with `reply.header()`,

@@ -1,5 +1,5 @@
 /**
- * Pipeline stage 2: IP allow/deny lists (CIDR, IPv4 and IPv6), the gateway-wide `ipFilter` and
+ * IP allow/deny lists (CIDR, IPv4 and IPv6), the gateway-wide `ipFilter` and
  * the route's `routes[].ipFilter` together. A refused client gets 403 before anything else about
  * its request is looked at (rate limits, credentials, body). The address is `request.ip`, i.e.
  * the client as `server.trustProxy` defines it; an IPv4-mapped IPv6 peer (`::ffff:10.0.0.1`,

@@ -1,5 +1,5 @@
 /**
- * Request validation (pipeline stage 6, after authentication): per method and sub-path, the
+ * Request validation (after authentication; src/pipeline.ts): per method and sub-path, the
  * route's schemas for the body, query string, path parameters and headers, given in the config
  * or imported from an OpenAPI document. Everything is compiled when the route is registered.
  *
@@ -272,7 +272,7 @@ function passOriginal (request: FastifyRequest, bytes: Buffer): void {
  * - whitespace around a segment is dropped, and a segment left empty does not count
  *   (`/api/people/%20` is `/api/people/` to Spring's trimming path matcher).
  *
- * Dot segments, NUL and fragments never get here: src/route.ts's path guard refuses them first.
+ * Dot segments, NUL and fragments never get here: the path guard (plugins/edge/path-guard.ts) refuses them first.
  */
 export function foldSegments (path: string): string[] | null {
   if (path.indexOf('%') === -1 && path.indexOf('\\') === -1 && path.indexOf(';') === -1) return null
