@@ -10,7 +10,7 @@ import { call, startTestGateway, startUpstream, type CallResult, type RawConfig 
 import { basic, cheapHash, hsToken, SECRET } from './auth-helper.js'
 import { channels, type RateLimitedEvent } from '../schemas/events.js'
 import { ConfigError, parseConfig } from '../src/config.js'
-import { ipKeyOf, rateLimitScaleWarning, routeLimiter } from '../plugins/rate-limit/rate-limit.js'
+import { IpKeys, rateLimitScaleWarning, routeLimiter } from '../plugins/rate-limit/rate-limit.js'
 
 async function gateway (t: Test, rateLimit: Record<string, unknown>, extra: RawConfig = {}, route: Record<string, unknown> = {}): Promise<{ url: string, requests: unknown[] }> {
   const up = await startUpstream(t)
@@ -105,7 +105,9 @@ t.test('IPv6 clients: one bucket per /64, an IPv4-mapped address shares the IPv4
   t.same([await from('203.0.113.9'), await from('::ffff:203.0.113.9'), await from('203.0.113.9')], [200, 200, 429], 'IPv4 and IPv4-mapped IPv6: one bucket')
 })
 
-t.test('ipKeyOf: the counter key of an address, the same after its memo is emptied', async (t) => {
+t.test('IpKeys: the counter key of an address, the same after its memo is emptied', async (t) => {
+  const keys = new IpKeys()
+  const ipKeyOf = (ip: string): string => keys.of(ip)
   t.equal(ipKeyOf('203.0.113.9'), 'ip:203.0.113.9')
   t.equal(ipKeyOf('::ffff:203.0.113.9'), 'ip:203.0.113.9')
   const first = ipKeyOf('2001:db8:0:7::1')
@@ -248,7 +250,7 @@ t.test('a throw from what the store callback ran is not a store failure: done ru
     read: (_key: string, cb: (err: Error | null, r?: { current: number, ttl: number }) => void) => { cb(null, { current: 0, ttl: 60_000 }) }
   }
   const failures: unknown[] = []
-  const scope = { rateLimitBackend: { onStoreError: 'allow', store: () => store, failed: (err: unknown) => { failures.push(err) } } }
+  const scope = { rateLimitBackend: { onStoreError: 'allow', store: () => store, failed: (err: unknown) => { failures.push(err) }, ipKeys: new IpKeys() } }
   const limiter = routeLimiter(scope as never, { route: 'people', limit: { max: 5, window: '1m', by: 'ip' } as never })
   const request = { ip: '203.0.113.9', headers: {}, log: { warn () {} } }
   let calls = 0

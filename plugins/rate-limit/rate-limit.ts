@@ -2,9 +2,11 @@
  * Rate limiting on @fastify/rate-limit's counter store contract, in three pieces:
  *
  *  - the default export, registered once on the root: the counter store — memory
- *    (@fastify/rate-limit's LocalStore, an LRU per route, this process only) or Redis (ioredis,
- *    shared by every gateway instance, the same contract), with a bounded timeout,
- *    `onStoreError: allow | deny`, a warning when the store goes away and a /readyz check;
+ *    (./memory-store.ts, an LRU per route, this gateway only) or Redis (ioredis, shared by every
+ *    gateway instance, the same contract), with a bounded timeout, `onStoreError: allow | deny`,
+ *    a warning when the store goes away and a /readyz check. Everything the limiters keep (the
+ *    stores, the IPv6 key memo) hangs off the gateway's `rateLimitBackend`, so two gateways in
+ *    one process share no counter;
  *  - `rateLimitEdge` (pipeline stage 3, before authentication) and `rateLimitConsumer` (stage 5,
  *    after it): each adds ONE onRequest callback hook to the route scope, at its place in the
  *    pipeline (the plugin's own per-route hooks would run after every scope-level hook — DESIGN
@@ -25,7 +27,6 @@
  */
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
-import { createRequire } from 'node:module'
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyRateLimit from '@fastify/rate-limit'
@@ -34,6 +35,7 @@ import { parseDuration } from '../../schemas/common.js'
 import { parseLimitBy, type RateLimitStoreConfig, type RouteRateLimit } from '../../schemas/edge.js'
 import { GatewayError } from '../../schemas/errors.js'
 import { channels, publish } from '../../schemas/events.js'
+import { MemoryCounterStore, type CounterCallback } from './memory-store.js'
 
 export interface RateLimitPluginOptions {
   config: RateLimitStoreConfig
@@ -49,6 +51,8 @@ interface LimitBackend {
   store: (route: string) => CounterStore
   /** Records a store failure (warning log, readiness) — the Redis backend only. */
   failed: (err: unknown, log: FastifyBaseLogger) => void
+  /** Client addresses to counter keys, for this gateway's limiters. */
+  ipKeys: IpKeys
 }
 
 declare module 'fastify' {
@@ -78,15 +82,13 @@ local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then ttl = 0 end
 return {tonumber(current), ttl}`
 
-type StoreCallback = (err: Error | null, result?: { current: number, ttl: number }) => void
-
 interface CounterClient extends Redis {
   portcullisIncr: (key: string, windowMs: number, cb: (err: Error | null | undefined, result?: [number, number]) => void) => void
   portcullisRead: (key: string, cb: (err: Error | null | undefined, result?: [number, number]) => void) => void
 }
 
 /**
- * One ioredis connection per process. A dead Redis must not stall requests: commands are not
+ * One ioredis connection per gateway. A dead Redis must not stall requests: commands are not
  * queued while disconnected (they fail at once), every command has `commandTimeout`, and commands
  * cut off by a disconnect are not replayed later. ioredis reconnects by itself (backing off up to
  * 1 s), so limiting resumes when Redis is back, without a restart.
@@ -131,15 +133,15 @@ export class RedisCounterStore implements CounterStore {
   }
 
   /** The @fastify/rate-limit store contract (`CounterStore`): incr and read. */
-  incr (key: string, cb: StoreCallback, timeWindow: number): void {
+  incr (key: string, cb: CounterCallback, timeWindow: number): void {
     this.client.portcullisIncr(this.prefix + key, timeWindow, (err, result) => { this.settle(err, result, cb) })
   }
 
-  read (key: string, cb: StoreCallback): void {
+  read (key: string, cb: CounterCallback): void {
     this.client.portcullisRead(this.prefix + key, (err, result) => { this.settle(err, result, cb) })
   }
 
-  private settle (err: Error | null | undefined, result: [number, number] | undefined, cb: StoreCallback): void {
+  private settle (err: Error | null | undefined, result: [number, number] | undefined, cb: CounterCallback): void {
     if (err != null || result === undefined) {
       cb(err ?? new Error('no reply'))
       return
@@ -187,17 +189,13 @@ export class RedisCounterStore implements CounterStore {
 }
 
 /**
- * The counter store contract of @fastify/rate-limit (its LocalStore, our RedisCounterStore): the
- * callback may run synchronously (memory) or later (Redis).
+ * The counter store contract of @fastify/rate-limit (our MemoryCounterStore and RedisCounterStore):
+ * the callback may run synchronously (memory) or later (Redis).
  */
 interface CounterStore {
-  incr: (key: string, cb: StoreCallback, timeWindow: number, max: number) => void
-  read: (key: string, cb: StoreCallback, timeWindow: number, max: number) => void
+  incr: (key: string, cb: CounterCallback, timeWindow: number, max: number) => void
+  read: (key: string, cb: CounterCallback, timeWindow: number, max: number) => void
 }
-
-/** @fastify/rate-limit's in-memory store: fixed windows in a toad-cache LRU of `cache` keys. */
-const LocalStore = createRequire(import.meta.url)('@fastify/rate-limit/store/LocalStore.js') as
-  new (continueExceeding: boolean, exponentialBackoff: boolean, cache: number) => CounterStore
 
 async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitPluginOptions): Promise<void> {
   const { config } = opts
@@ -221,13 +219,14 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitPluginOptio
     store (route: string) {
       if (redis !== null) return redis
       let store = memory.get(route)
-      if (store === undefined) memory.set(route, store = new LocalStore(false, false, config.maxKeys))
+      if (store === undefined) memory.set(route, store = new MemoryCounterStore({ maxKeys: config.maxKeys }))
       return store
     },
     failed (err: unknown, log: FastifyBaseLogger) {
       if (redis !== null) redis.down(err)
       else log.warn({ err: (err as Error).message }, 'rate-limit store failed')
-    }
+    },
+    ipKeys: new IpKeys()
   } satisfies LimitBackend)
 }
 
@@ -243,28 +242,27 @@ export interface RouteLimitOptions {
 
 interface MaybeIdentity { identity?: { subject?: string } | null }
 
+const IPV6_KEYS_MAX = 4096
+
 /**
  * The client's counter key: `ip` normalised (IPv4-mapped → IPv4, IPv6 → its /64). An IPv4
  * address (no `:`) is its own key; an IPv6 one costs @fastify/rate-limit two address objects to
- * normalise, so its key is remembered (a bounded few, emptied when full).
+ * normalise, so its key is remembered (a bounded few, emptied when full). One per gateway.
  */
-function ipKey (request: FastifyRequest): string {
-  return ipKeyOf(request.ip)
-}
+export class IpKeys {
+  private readonly ipv6 = new Map<string, string>()
 
-export function ipKeyOf (ip: string): string {
-  if (!ip.includes(':')) return 'ip:' + ip
-  let key = ipv6Keys.get(ip)
-  if (key === undefined) {
-    key = 'ip:' + fastifyRateLimit.normalizeIP(ip)
-    if (ipv6Keys.size >= IPV6_KEYS_MAX) ipv6Keys.clear()
-    ipv6Keys.set(ip, key)
+  of (ip: string): string {
+    if (!ip.includes(':')) return 'ip:' + ip
+    let key = this.ipv6.get(ip)
+    if (key === undefined) {
+      key = 'ip:' + fastifyRateLimit.normalizeIP(ip)
+      if (this.ipv6.size >= IPV6_KEYS_MAX) this.ipv6.clear()
+      this.ipv6.set(ip, key)
+    }
+    return key
   }
-  return key
 }
-
-const IPV6_KEYS_MAX = 4096
-const ipv6Keys = new Map<string, string>()
 
 function digest (value: string): string {
   return createHash('sha256').update(value).digest('base64url').slice(0, 24)
@@ -290,6 +288,7 @@ export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): 
   const { route, limit } = opts
   const backend = scope.rateLimitBackend
   const store = backend.store(route)
+  const ipKeys = backend.ipKeys
   const by = parseLimitBy(limit.by)
   const windowMs = parseDuration(limit.window)
   const max = limit.max
@@ -303,7 +302,7 @@ export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): 
       // Header values may be secrets (API keys): only a digest is stored.
       if (value !== undefined) return ns + 'h:' + digest(Array.isArray(value) ? value.join(',') : value)
     }
-    return ns + ipKey(request)
+    return ns + ipKeys.of(request.ip)
   }
   const policy = `"${route}";q=${max};w=${Math.ceil(windowMs / 1000)}`
 
@@ -336,9 +335,9 @@ export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): 
    * try: a throw from what the callback ran (settle, Fastify's `done`) must not be taken for a
    * store failure and call back a second time.
    */
-  function callStore (increment: boolean, key: string, callback: StoreCallback): void {
+  function callStore (increment: boolean, key: string, callback: CounterCallback): void {
     let settled = false
-    const once: StoreCallback = (err, result) => {
+    const once: CounterCallback = (err, result) => {
       if (settled) return
       settled = true
       callback(err, result)
@@ -360,7 +359,7 @@ export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): 
     count: function rateLimitCount (request, reply, done) { run(request, reply, true, done) },
     peek: function rateLimitPeek (request, reply, done) { run(request, reply, false, done) },
     countIp (request, done) {
-      callStore(true, ns + ipKey(request), (err) => {
+      callStore(true, ns + ipKeys.of(request.ip), (err) => {
         if (err != null) backend.failed(err, request.log)
         done()
       })
