@@ -7,7 +7,7 @@
  * registered earlier at onRequest has already counted it.
  *
  * The schemes (plugins/auth/jwt.ts, plugins/auth/basic-auth.ts, plugins/auth/api-key.ts) are built once per
- * gateway (JWKS caches, user tables) and shared by every route.
+ * gateway (JWKS caches, user tables) by `authSchemes` on its root, and shared by every route.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
@@ -33,24 +33,42 @@ declare module 'fastify' {
 export type { Identity }
 export { AuthFailure, parseAuthorization, quote, type AuthResult, type Authenticator } from './auth-common.js'
 
-/** The gateway-wide state of the schemes, built once per config and shared by all routes. */
-interface SharedSchemes {
+/** The gateway-wide state of the schemes, built once per gateway and shared by all its routes. */
+export interface SharedSchemes {
   jwt?: Authenticator
   apiKey?: Authenticator
   basic?: BasicVerifier
 }
-const shared = new WeakMap<object, SharedSchemes>()
 
-export function sharedSchemes (config: Readonly<GatewayConfig>): SharedSchemes {
-  let schemes = shared.get(config)
-  if (schemes === undefined) {
-    schemes = {}
-    if (config.jwt !== undefined) schemes.jwt = createJwtAuthenticator(config.jwt, config.authRealm)
-    if (config.apiKeys.length > 0) schemes.apiKey = createApiKeyAuthenticator(config.apiKeys, config.apiKeyHeader, config.authRealm)
-    if (config.users.length > 0) schemes.basic = new BasicVerifier(config.users)
-    shared.set(config, schemes)
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The gateway's schemes (JWKS cache, user table, API keys), set on the root by `authSchemes`. */
+    authSchemes: SharedSchemes
   }
+}
+
+export function createSchemes (config: Readonly<GatewayConfig>): SharedSchemes {
+  const schemes: SharedSchemes = {}
+  if (config.jwt !== undefined) schemes.jwt = createJwtAuthenticator(config.jwt, config.authRealm)
+  if (config.apiKeys.length > 0) schemes.apiKey = createApiKeyAuthenticator(config.apiKeys, config.apiKeyHeader, config.authRealm)
+  if (config.users.length > 0) schemes.basic = new BasicVerifier(config.users)
   return schemes
+}
+
+/**
+ * Registered once on the gateway's root, before the routes and the token endpoint: the schemes
+ * live on the instance, so two gateways in one process (even from one config object) share no
+ * cache or user table.
+ */
+async function authSchemesPlugin (app: FastifyInstance, opts: { config: Readonly<GatewayConfig> }): Promise<void> {
+  app.decorate('authSchemes', createSchemes(opts.config))
+}
+
+export const authSchemes = fp(authSchemesPlugin, { name: 'portcullis-auth-schemes', fastify: '5.x' })
+
+/** The gateway's schemes; a scope whose gateway did not register `authSchemes` builds its own. */
+export function schemesOf (scope: FastifyInstance, config: Readonly<GatewayConfig>): SharedSchemes {
+  return scope.hasDecorator('authSchemes') ? scope.authSchemes : createSchemes(config)
 }
 
 export interface AuthenticateOptions {
@@ -61,7 +79,7 @@ export interface AuthenticateOptions {
 async function authenticatePlugin (scope: FastifyInstance, opts: AuthenticateOptions): Promise<void> {
   const { config, route } = opts
   if (route.auth.length === 0) return
-  const schemes = sharedSchemes(config)
+  const schemes = schemesOf(scope, config)
   const authenticators: Authenticator[] = []
   for (const name of route.auth) {
     if (name === 'basic') authenticators.push(await registerBasicAuth(scope, schemes.basic as BasicVerifier, config.authRealm))

@@ -26,7 +26,7 @@ import { GatewayError } from '../../schemas/errors.js'
 import { channels, publish } from '../../schemas/events.js'
 import { routeLimiter } from '../rate-limit/rate-limit.js'
 import { ipFilterHook } from '../edge/ip-filter.js'
-import { sharedSchemes } from './authenticate.js'
+import { schemesOf } from './authenticate.js'
 import { BasicVerifier, BUSY } from './basic-auth.js'
 import { isHmac } from './jwt-keys.js'
 
@@ -44,7 +44,7 @@ export default async function tokenEndpoint (scope: FastifyInstance, opts: Token
   const te = config.tokenEndpoint
   const jwt = config.jwt
   if (te === undefined || jwt === undefined) return
-  const verifier = sharedSchemes(config).basic ?? new BasicVerifier(config.users)
+  const verifier = schemesOf(scope, config).basic ?? new BasicVerifier(config.users)
   const algorithm: string = te.algorithm ?? jwt.algorithms[0]
   const expiresInMs = parseDuration(te.expiresIn)
   const audience = Array.isArray(jwt.audience) ? jwt.audience[0] : jwt.audience

@@ -140,7 +140,15 @@ class LabelGuard {
   }
 }
 
-/** Node's process metrics: one set per process, however many gateways it runs. */
+/**
+ * Node's process metrics: one set per process, however many gateways it runs — process-wide on
+ * purpose. prom-client's collectDefaultMetrics starts monitors (event-loop delay, GC observer) it
+ * never stops, so one set per gateway would leave them running for every gateway ever built. The
+ * values describe the process, the same for every gateway in it, and no gateway's requests change
+ * them. The one coupling: prom-client resets the event-loop delay percentiles when they are
+ * collected, so they cover the time since the last scrape of any gateway in the process, as they
+ * already do for two scrapers of one gateway.
+ */
 let processRegistry: client.Registry | undefined
 function processMetrics (): client.Registry {
   if (processRegistry === undefined) {
@@ -472,6 +480,11 @@ function sendProblem (res: ServerResponse, code: ErrorCode, detail: string, inst
 
 // --- node:cluster ------------------------------------------------------------------------------
 
+/**
+ * Process-wide on purpose: prom-client's cluster protocol asks each worker *process* once, over
+ * its IPC channel, and answers from the registries of the static `setRegistries` — there is one
+ * answer per process. A worker of `portcullis start --workers N` runs one gateway (src/cluster.ts).
+ */
 let clusterAnswerer: client.AggregatorRegistry<client.RegistryContentType> | undefined
 
 /** In a worker: answer the primary's requests for this process's metrics (prom-client's IPC). */

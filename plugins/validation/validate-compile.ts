@@ -149,10 +149,18 @@ function useful (e: ErrorObject, _i: number, list: ErrorObject[]): boolean {
 // --- finding a schema by the name the config gives ---------------------------------------
 
 const SCHEMAS_DIR = new URL('../../schemas/', import.meta.url)
-let namedSchemas: Promise<Map<string, JsonSchema[]>> | undefined
+/**
+ * Process-wide on purpose: an index of the modules in schemas/, which Node itself loads once per
+ * process (a gateway built later gets the same module objects: a table of its own would differ
+ * only by a file added to schemas/ while the process runs). It is built once and never changed,
+ * and every lookup hands out a deep copy (`plain`), so no gateway can change what another one
+ * compiles. Rebuilding it for each lookup costs ≈ 11 ms per named schema at start-up instead of
+ * ≈ 0.01 ms (100 lookups of `Person` under tsx).
+ */
+let namedSchemas: Promise<ReadonlyMap<string, readonly JsonSchema[]>> | undefined
 
 /** Every object exported by a module in schemas/, by export name (a name may be ambiguous). */
-function schemasByName (): Promise<Map<string, JsonSchema[]>> {
+function schemasByName (): Promise<ReadonlyMap<string, readonly JsonSchema[]>> {
   namedSchemas ??= (async () => {
     const byName = new Map<string, JsonSchema[]>()
     const files = readdirSync(fileURLToPath(SCHEMAS_DIR))
