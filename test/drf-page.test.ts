@@ -69,6 +69,11 @@ t.test('the page\'s blocks: one summary made of the steps\' commands, the commit
     t.ok(found >= 0, `summary command is a step, in order: ${command}`)
     if (found >= 0) at = found + 1
   }
+  // The README's "in five minutes" block is this summary, word for word (so it is run too).
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
+  const section = readme.slice(readme.indexOf('## In front of Django REST Framework'))
+  const readmeBlock = /```sh\n([\s\S]*?)```/.exec(section)?.[1]
+  t.equal(readmeBlock, summary[0]?.text, 'the README\'s DRF block is the page\'s summary block')
   const yaml = all.find((b) => b.marker === 'the committed examples/drf/gateway.yaml')
   t.equal(yaml?.text, readFileSync(join(ROOT, 'examples', 'drf', 'gateway.yaml'), 'utf8'), 'the yaml block is examples/drf/gateway.yaml')
   t.match(PAGE, /node dist\/src\/cli\.js start --config examples\/drf\/gateway\.yaml/, 'the command that starts the gateway')
