@@ -8,12 +8,20 @@
  *   channels.authFailure.subscribe((msg) => { … })
  */
 import diagnostics from 'node:diagnostics_channel'
+import type { FastifyRequest } from 'fastify'
 
-export interface UpstreamErrorEvent { route: string, kind: 'refused' | 'timeout' | 'reset' | 'tls' | 'other' }
-export interface AuthFailureEvent { route: string, scheme: string, reason: string }
-export interface AuthzDeniedEvent { route: string, scope: string }
-export interface ValidationFailureEvent { route: string, part: 'body' | 'querystring' | 'params' | 'headers' | 'content-type', reportOnly: boolean }
-export interface RateLimitedEvent { route: string, by: string }
+/**
+ * Every event names the request it is about: its id and log, and `request.server.server`, the
+ * HTTP server of the gateway that handled it (two gateways in one process share the channels;
+ * each gateway's metrics count only their own requests).
+ */
+interface AboutRequest { request: FastifyRequest }
+
+export interface UpstreamErrorEvent extends AboutRequest { route: string, kind: 'refused' | 'timeout' | 'reset' | 'tls' | 'other' }
+export interface AuthFailureEvent extends AboutRequest { route: string, scheme: string, reason: string }
+export interface AuthzDeniedEvent extends AboutRequest { route: string, scope: string }
+export interface ValidationFailureEvent extends AboutRequest { route: string, part: 'body' | 'querystring' | 'params' | 'headers' | 'content-type', reportOnly: boolean }
+export interface RateLimitedEvent extends AboutRequest { route: string, by: string }
 
 export const channels = {
   upstreamError: diagnostics.channel('portcullis:upstream-error'),
@@ -24,6 +32,6 @@ export const channels = {
 } as const
 
 /** Publish only when someone listens (avoids building the message otherwise). */
-export function publish<T extends object> (channel: diagnostics.Channel, message: () => T): void {
+export function publish<T extends AboutRequest> (channel: diagnostics.Channel, message: () => T): void {
   if (channel.hasSubscribers) channel.publish(message())
 }

@@ -708,7 +708,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
       return
     }
     const routeName = this.route.routeName
-    publish(channels.upstreamError, () => ({ route: routeName, kind: errorKind(err) }))
+    publish(channels.upstreamError, () => ({ request: this.request, route: routeName, kind: errorKind(err) }))
     if (this.res.destroyed) {
       this.request.log.info({ code, upstream: target.origin }, 'client closed the connection before the response ended')
       return

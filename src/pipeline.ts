@@ -34,6 +34,7 @@ export const GATEWAY_STAGES: readonly GatewayStage[] = [
   observability.metrics, //      server.metrics.enabled     Prometheus
   core.health, //                always                     /healthz, /readyz, drain
   rateLimit.store, //            rateLimit                  memory or Redis counters
+  auth.schemes, //               users, jwt, apiKeys        the schemes every route shares (JWKS cache, user table)
   auth.tokenEndpoint, //         tokenEndpoint              POST /auth/token
   edge.trustedProxies, //        server.trustProxy          (forwarding) who may send X-Forwarded-*
   auth.identity //               identityHeaders            (forwarding) identity headers to the upstream

@@ -82,8 +82,10 @@ t.test('authFailure and authzDenied events are published', async (t) => {
   const { app } = await setup(t)
   const failures: unknown[] = []
   const denials: unknown[] = []
-  const onFailure = (m: unknown): void => { failures.push(m) }
-  const onDenied = (m: unknown): void => { denials.push(m) }
+  // Each event names its request; the rest is compared.
+  const withoutRequest = (m: unknown): unknown => { const { request, ...rest } = m as { request?: { id?: unknown } }; return typeof request?.id === 'string' ? rest : { missingRequest: m } }
+  const onFailure = (m: unknown): void => { failures.push(withoutRequest(m)) }
+  const onDenied = (m: unknown): void => { denials.push(withoutRequest(m)) }
   channels.authFailure.subscribe(onFailure)
   channels.authzDenied.subscribe(onDenied)
   t.teardown(() => { channels.authFailure.unsubscribe(onFailure); channels.authzDenied.unsubscribe(onDenied) })

@@ -209,7 +209,11 @@ t.test('routes have separate buckets', async (t) => {
 
 t.test('a 429 publishes a rateLimited event', async (t) => {
   const events: RateLimitedEvent[] = []
-  const listener = (msg: unknown): void => { events.push(msg as RateLimitedEvent) }
+  // Each event names its request; the rest is compared.
+  const listener = (msg: unknown): void => {
+    const { request, ...rest } = msg as RateLimitedEvent
+    events.push((typeof request?.id === 'string' ? rest : { missingRequest: msg }) as RateLimitedEvent)
+  }
   channels.rateLimited.subscribe(listener)
   t.teardown(() => { channels.rateLimited.unsubscribe(listener) })
   const { url } = await gateway(t, { max: 1, window: '1m' })

@@ -47,7 +47,11 @@ function problem (t: Test, res: CallResult, status: number): Problem {
 /** Every event published on the validation channel while the test runs. */
 function recordEvents (t: Test): ValidationFailureEvent[] {
   const events: ValidationFailureEvent[] = []
-  const listener = (msg: unknown): void => { events.push(msg as ValidationFailureEvent) }
+  // Each event names its request; the rest is compared.
+  const listener = (msg: unknown): void => {
+    const { request, ...rest } = msg as ValidationFailureEvent
+    events.push((typeof request?.id === 'string' ? rest : { missingRequest: msg }) as ValidationFailureEvent)
+  }
   channels.validationFailure.subscribe(listener)
   t.teardown(() => { channels.validationFailure.unsubscribe(listener) })
   return events

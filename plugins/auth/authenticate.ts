@@ -1,5 +1,5 @@
 /**
- * Pipeline stage 4a: authentication. One `onRequest` hook per route tries the route's schemes
+ * Authentication. One `onRequest` hook per route tries the route's schemes
  * (`routes[].auth`) in order. The first scheme for which the request carries credentials decides:
  * valid → `request.identity`; invalid → 401. No credentials for any → 401. Every 401 carries a
  * `WWW-Authenticate` challenge for each scheme the route accepts. Because it runs at onRequest,
@@ -89,8 +89,8 @@ async function authenticatePlugin (scope: FastifyInstance, opts: AuthenticateOpt
   const challenges = authenticators.map((a) => a.challenge())
   const routeName = route.name
 
-  function refuse (failed: Authenticator | null, failure: AuthFailure): never {
-    publish(channels.authFailure, () => ({ route: routeName, scheme: failed?.scheme ?? 'none', reason: failure.reason }))
+  function refuse (request: FastifyRequest, failed: Authenticator | null, failure: AuthFailure): never {
+    publish(channels.authFailure, () => ({ request, route: routeName, scheme: failed?.scheme ?? 'none', reason: failure.reason }))
     if (failure.unavailable) {
       throw new GatewayError('GW_ERR_UNAVAILABLE', failure.detail, { headers: { 'retry-after': '5' } })
     }
@@ -104,7 +104,7 @@ async function authenticatePlugin (scope: FastifyInstance, opts: AuthenticateOpt
   /** True when `result` decides the request (an identity); throws the 401/503 of a failure. */
   function decide (request: FastifyRequest, authenticator: Authenticator, result: AuthResult): boolean {
     if (result === null) return false // not this scheme's credentials: try the next
-    if (result instanceof AuthFailure) refuse(authenticator, result)
+    if (result instanceof AuthFailure) refuse(request, authenticator, result)
     request.identity = result
     return true
   }
@@ -114,7 +114,7 @@ async function authenticatePlugin (scope: FastifyInstance, opts: AuthenticateOpt
     let result = await pending
     let i = index
     while (!decide(request, authenticators[i], result)) {
-      if (++i === authenticators.length) refuse(null, missing)
+      if (++i === authenticators.length) refuse(request, null, missing)
       result = await authenticators[i].authenticate(request, reply)
     }
   }
@@ -131,7 +131,7 @@ async function authenticatePlugin (scope: FastifyInstance, opts: AuthenticateOpt
         }
         if (decide(request, authenticators[i], result)) { done(); return }
       }
-      refuse(null, missing)
+      refuse(request, null, missing)
     } catch (err) {
       done(err as Error)
     }

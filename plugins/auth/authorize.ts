@@ -5,7 +5,7 @@
  * all be in `request.identity.scopes`, and the identity's claims must match `routes[].require`.
  * Otherwise 403 naming what is missing (a valid identity is never answered 401).
  */
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { RouteConfig } from '../../schemas/config.js'
 import { GatewayError } from '../../schemas/errors.js'
@@ -31,8 +31,8 @@ async function authorizePlugin (scope: FastifyInstance, opts: AuthorizeOptions):
   if (route.auth.length === 0 || (!hasRequire && [...byMethod.values()].every((s) => s.length === 0))) return
   const routeName = route.name
 
-  function deny (what: string, detail: string, bearer: boolean, scopeParam?: string): GatewayError {
-    publish(channels.authzDenied, () => ({ route: routeName, scope: what }))
+  function deny (request: FastifyRequest, what: string, detail: string, bearer: boolean, scopeParam?: string): GatewayError {
+    publish(channels.authzDenied, () => ({ request, route: routeName, scope: what }))
     // RFC 6750 §3.1: tell a bearer client which scope it lacks.
     const headers = bearer
       ? { 'www-authenticate': `Bearer realm=${quote(realm)}, error="insufficient_scope"${scopeParam === undefined ? '' : `, scope=${quote(scopeParam)}`}` }
@@ -50,14 +50,14 @@ async function authorizePlugin (scope: FastifyInstance, opts: AuthorizeOptions):
     const needed = byMethod.get(request.method) ?? fallback
     for (const s of needed) {
       if (!identity.scopes.includes(s)) {
-        done(deny(s, `Missing scope ${s}.`, identity.scheme === 'jwt', needed.join(' ')))
+        done(deny(request, s, `Missing scope ${s}.`, identity.scheme === 'jwt', needed.join(' ')))
         return
       }
     }
     if (hasRequire) {
       const claim = claimsMatch(identity.claims, require)
       if (claim !== null) {
-        done(deny(`claim:${claim}`, `The ${claim} claim does not have an accepted value.`, identity.scheme === 'jwt'))
+        done(deny(request, `claim:${claim}`, `The ${claim} claim does not have an accepted value.`, identity.scheme === 'jwt'))
         return
       }
     }

@@ -2,10 +2,19 @@
  * Authentication, authorization and what the upstream learns of the client's identity.
  */
 import { gatewayStage, routeStage } from '../core/stage.js'
-import authenticatePlugin from './authenticate.js'
+import authenticatePlugin, { authSchemes } from './authenticate.js'
 import authorizePlugin from './authorize.js'
 import { identityHeaderSource, routeStripHeaders } from './identity.js'
 import tokenEndpointPlugin from './token-endpoint.js'
+
+/** The gateway's schemes, built once and shared by every route: user table, JWT verifier and JWKS cache, API keys. */
+export const schemes = gatewayStage({
+  name: 'auth schemes',
+  key: 'users, jwt, apiKeys',
+  phase: 'onRequest',
+  setup: ({ config }) => ({ config }),
+  plugin: authSchemes
+})
 
 /** The route's schemes in order (basic, jwt, apiKey): 401 with a challenge for each when none passes. */
 export const authenticate = routeStage({

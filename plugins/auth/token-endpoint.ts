@@ -96,7 +96,7 @@ export default async function tokenEndpoint (scope: FastifyInstance, opts: Token
       }
       const token = sign(claims)
       if (identity === null) {
-        publish(channels.authFailure, () => ({ route: ROUTE_NAME, scheme: 'password', reason: 'invalid' }))
+        publish(channels.authFailure, () => ({ request, route: ROUTE_NAME, scheme: 'password', reason: 'invalid' }))
         throw new GatewayError('GW_ERR_UNAUTHORIZED', 'Invalid username or password.')
       }
       reply.header('cache-control', 'no-store').header('pragma', 'no-cache')

@@ -285,8 +285,12 @@ export class GatewayMetrics {
     this.known.add(route)
   }
 
-  /** Subscribe to the pipeline's events; `unsubscribe` undoes it (at close). */
-  subscribe (): void {
+  /**
+   * Subscribe to the pipeline's events; `unsubscribe` undoes it (at close). `server`: the
+   * gateway's HTTP server — the channels are process-wide, so an event about a request another
+   * gateway in this process handled is not counted here.
+   */
+  subscribe (server?: object): void {
     if (this.subscriptions.length > 0) return
     const kind = new LabelGuard()
     const scheme = new LabelGuard()
@@ -295,7 +299,10 @@ export class GatewayMetrics {
     const by = new LabelGuard()
     const on = <T>(channel: Channel, handler: (message: Partial<T>) => void): void => {
       const listener = (message: unknown): void => {
-        if (message !== null && typeof message === 'object') handler(message as Partial<T>)
+        if (message === null || typeof message !== 'object') return
+        const about = (message as { request?: { server?: { server?: object } } }).request
+        if (server !== undefined && about?.server?.server !== undefined && about.server.server !== server) return
+        handler(message as Partial<T>)
       }
       channel.subscribe(listener)
       this.subscriptions.push([channel, listener])
@@ -407,7 +414,7 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
     const name = route.config?.routeName
     if (typeof name === 'string') metrics.knowRoute(name)
   })
-  metrics.subscribe()
+  metrics.subscribe(app.server)
   app.addHook('onClose', async () => { metrics.unsubscribe() })
 
   if (config.port !== undefined && cluster.isWorker) {

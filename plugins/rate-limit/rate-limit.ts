@@ -324,7 +324,7 @@ export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): 
     reply.header('ratelimit', `"${route}";r=${remaining};t=${reset}`)
     // A peek reports the bucket before this request: spent when nothing remains.
     if (increment ? current <= max : remaining > 0) { done(); return }
-    publish(channels.rateLimited, () => ({ route, by: by.kind }))
+    publish(channels.rateLimited, () => ({ request, route, by: by.kind }))
     done(new GatewayError('GW_ERR_RATE_LIMITED', `Too many requests; retry in ${Math.max(1, reset)} s.`, {
       headers: { 'retry-after': String(Math.max(1, reset)) }
     }))

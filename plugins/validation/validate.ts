@@ -69,7 +69,7 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
 
   /** Refuses (enforce) or records (report) one failure; true when the request must stop here. */
   function fail (request: FastifyRequest, reply: FastifyReply, part: FailPart, code: ErrorCode, detail: string, errors?: ProblemViolation[]): boolean {
-    publish(channels.validationFailure, () => ({ route, part, reportOnly: report }))
+    publish(channels.validationFailure, () => ({ request, route, part, reportOnly: report }))
     if (report && code !== 'GW_ERR_PAYLOAD_TOO_LARGE') {
       request.log.info({ validation: { route, part, detail, errors } }, 'request failed validation (report only, let through)')
       return false
@@ -151,7 +151,7 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
     }
     if (found === null) {
       if (options.unmatched === 'reject') {
-        publish(channels.validationFailure, () => ({ route, part: 'params' as const, reportOnly: report }))
+        publish(channels.validationFailure, () => ({ request, route, part: 'params' as const, reportOnly: report }))
         if (!report) throw new GatewayError('GW_ERR_NOT_FOUND', 'No operation of this API matches the request.')
         request.log.info({ validation: { route, detail: 'no matching operation' } }, 'request failed validation (report only, let through)')
       }
