@@ -49,6 +49,7 @@ export const METRIC_NAMES = {
   requests: 'portcullis_requests_total',
   requestDuration: 'portcullis_request_duration_seconds',
   upstreamDuration: 'portcullis_upstream_duration_seconds',
+  proxiedDuration: 'portcullis_proxied_request_duration_seconds',
   inFlight: 'portcullis_requests_in_flight',
   upstreamErrors: 'portcullis_upstream_errors_total',
   authFailures: 'portcullis_auth_failures_total',
@@ -82,9 +83,12 @@ class RouteStats {
   readonly requests = new Float64Array(METHODS.length * CLASSES.length)
   readonly latency: Buckets
   readonly upstream: Buckets
+  /** The whole time of the requests in `upstream` (the proxied ones), so that the two compare. */
+  readonly proxied: Buckets
   constructor (readonly route: string, bounds: readonly number[]) {
     this.latency = new Buckets(bounds)
     this.upstream = new Buckets(bounds)
+    this.proxied = new Buckets(bounds)
   }
 }
 
@@ -215,6 +219,9 @@ export class GatewayMetrics {
       'Time from the request\'s arrival to the end of the response, by route.', stats, (s) => s.latency, this.bounds) as unknown as client.Metric)
     this.registry.registerMetric(new RouteHistogram(METRIC_NAMES.upstreamDuration,
       'The upstream\'s share: time from dispatch to its response headers, by route.', stats, (s) => s.upstream, this.bounds) as unknown as client.Metric)
+    this.registry.registerMetric(new RouteHistogram(METRIC_NAMES.proxiedDuration,
+      'Time from arrival to the end of the response of the requests the upstream answered (those in portcullis_upstream_duration_seconds), by route.',
+      stats, (s) => s.proxied, this.bounds) as unknown as client.Metric)
     this.inFlightGauge = new client.Gauge({
       name: METRIC_NAMES.inFlight,
       help: 'Requests being handled right now.',
@@ -259,9 +266,13 @@ export class GatewayMetrics {
     const stats = this.routeStats(routeNameOf(reply.request) ?? UNMATCHED)
     const cls = res.writableEnded ? statusClass(res.statusCode) : ABORTED
     stats.requests[(METHOD_INDEX.get(reply.request.method) ?? OTHER_METHOD) * CLASSES.length + cls]++
-    stats.latency.observe((performance.now() - (res[kStart] as number)) / 1000)
+    const seconds = (performance.now() - (res[kStart] as number)) / 1000
+    stats.latency.observe(seconds)
     const upstreamMs = reply.request.upstreamMs
-    if (upstreamMs !== undefined) stats.upstream.observe(upstreamMs / 1000)
+    if (upstreamMs !== undefined) {
+      stats.upstream.observe(upstreamMs / 1000)
+      stats.proxied.observe(seconds)
+    }
   }
 
   /** Route names come from route definitions (code and config), never from the request. */
