@@ -20,14 +20,20 @@ const PARAMETER = new RegExp(`;[ \\t]*(${TOKEN})=(${TOKEN}|"(?:[^"\\\\]|\\\\.)*"
  */
 export function jsonMediaType (header: string | undefined): string | null {
   if (header === undefined) return null
-  // Clients send the same few values: remembered (a bounded few, so junk values cannot grow it).
+  // Clients send the same few values: remembered (a bounded few, so junk values cannot grow it;
+  // when full it starts over, so a client sending junk cannot keep the usual values out).
   const known = mediaTypes.get(header)
   if (known !== undefined) return known
   const result = parseJsonMediaType(header)
-  if (mediaTypes.size < 64) mediaTypes.set(header, result)
+  if (mediaTypes.size >= 64) mediaTypes.clear()
+  mediaTypes.set(header, result)
   return result
 }
 
+/**
+ * Process-wide: a memo of a pure function (the same header always gives the same answer), so
+ * it cannot make one gateway's answers depend on another's requests.
+ */
 const mediaTypes = new Map<string, string | null>()
 
 function parseJsonMediaType (header: string): string | null {
