@@ -41,8 +41,32 @@ export function parseSize (value: string): number {
   return Number(m[1]) * SIZE_UNITS[m[2]]
 }
 
-/** A phrase for each pattern, so that config errors read as sentences, not regexes. */
+/**
+ * A phrase for each pattern, so that config errors read as sentences, not regexes. Keyed by the
+ * pattern's exact text, written out here (the other schemas/*.ts import this file, so it cannot
+ * import their constants); test/config-errors.test.ts fails when a pattern in the config schema
+ * has no phrase here, or a phrase here belongs to no pattern.
+ */
 export const PATTERN_PHRASES: Record<string, string> = {
   [DURATION_PATTERN]: 'must be a duration such as 500ms, 10s, 15m or 1h',
-  [SIZE_PATTERN]: 'must be a size such as 512kb or 1mb'
+  [SIZE_PATTERN]: 'must be a size such as 512kb or 1mb',
+  // Paths: routes[].prefix and tokenEndpoint.path; validate rules add {param} placeholders.
+  '^/[A-Za-z0-9._~!$&\'()*+,;=:@%/-]*$': 'must start with / and hold only letters, digits and the URL path characters - . _ ~ ! $ & \' ( ) * + , ; = : @ % /',
+  '^/[A-Za-z0-9._~!$&\'()*+,;=:@%/{}-]*$': 'must start with / and hold only letters, digits, {param} placeholders and the URL path characters - . _ ~ ! $ & \' ( ) * + , ; = : @ % /',
+  '^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$': 'must be a path such as /metrics: it starts with /, does not end with /, and its segments hold only letters, digits and - . _ ~',
+  // Names.
+  '^[A-Za-z0-9_.-]{1,64}$': 'must be 1 to 64 letters, digits and - . _ (no spaces)',
+  '^[A-Za-z0-9_.:@-]{1,64}$': 'must be 1 to 64 letters, digits and - . _ : @ (no spaces)',
+  '^[A-Za-z0-9:_.-]{0,64}$': 'must be at most 64 letters, digits and - . _ : (no spaces)',
+  '^[^:\\x00-\\x1F\\x7F]+$': 'must not contain ":" or control characters',
+  // RFC 9110 tokens: header names (apiKeyHeader, identityHeaders, cors, hideUpstreamHeaders), cookie names, methods.
+  "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$": "must be a header name (an HTTP token): letters, digits and ! # $ % & ' * + . ^ _ ` | ~ - only, no spaces or \":\"",
+  '^[\\x21\\x23-\\x5B\\x5D-\\x7E]+$': 'must be a scope such as people:read: printable ASCII without spaces, " or \\',
+  '^[\\x20\\x21\\x23-\\x5B\\x5D-\\x7E]{1,64}$': 'must be 1 to 64 printable ASCII characters, without " or \\',
+  '^(ip|consumer|header:[A-Za-z0-9!#$%&\'*+.^_`|~-]+)$': 'must be ip, consumer or header:<header name>, e.g. header:X-Tenant',
+  '^(\\*|https?://[^/\\s]+)$': 'must be * or an origin such as https://app.example.com (scheme, host and port; no path, not even a trailing /)',
+  '^[a-z-]+(, *[a-z-]+)*$': 'must be a Referrer-Policy such as no-referrer or strict-origin-when-cross-origin (or a comma-separated list of them)',
+  // Credentials, written by the CLI's own commands.
+  '^scrypt\\$[0-9]+\\$[0-9]+\\$[0-9]+\\$[A-Za-z0-9_-]+\\$[A-Za-z0-9_-]+$': 'must be an scrypt hash from `portcullis hash-password` (scrypt$N$r$p$salt$hash)',
+  '^sha256\\$[0-9a-f]{64}$': 'must be sha256$ and 64 lowercase hex digits, from `portcullis api-key`'
 }

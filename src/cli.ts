@@ -13,15 +13,17 @@ import { apiKeyCommand, hashPasswordCommand } from './credentials-cli.js'
 const USAGE = `Usage: portcullis <command> [options]
 
 Commands:
-  start      --config FILE [--port N] [--host H]   run the gateway
+  start      [FILE] [--port N] [--host H]          run the gateway
              [--workers N|auto [--allow-per-worker-limits]]
-  validate   --config FILE                         check a config file, print "ok" or its errors
+  validate   [FILE]                                check a config file: print "ok", or every
+                                                   problem in it as \`path: message\` (exit 1)
   hash-password                                    read a password on stdin (no echo on a
                                                    terminal), print its hash for users[].passwordHash
   api-key                                          print a new API key and its hash for apiKeys[].keyHash
 
 Options:
-  -c, --config FILE   the gateway config (YAML or JSON); default ./gateway.yaml
+  -c, --config FILE   the gateway config, also given as FILE: YAML, or strict JSON when its
+                      name ends in .json; default ./gateway.yaml
   -p, --port N        override server.port
   -H, --host H        override server.host
   -w, --workers N     run N worker processes sharing the port (auto = one per CPU); a worker
@@ -74,12 +76,14 @@ export async function main (argv: string[]): Promise<void> {
   if (values.version === true) { process.stdout.write(version() + '\n'); return }
   const [command, ...extra] = positionals
   if (command === undefined) usageError('a command is required')
-  if (extra.length > 0) usageError(`unexpected argument: ${extra[0]}`)
-  const file = values.config ?? 'gateway.yaml'
+  // start and validate take the config file as FILE or as --config FILE, once.
+  const takesFile = (command === 'start' || command === 'validate') && values.config === undefined
+  if (extra.length > (takesFile ? 1 : 0)) usageError(`unexpected argument: ${extra[takesFile ? 1 : 0]}`)
+  const file = values.config ?? extra[0] ?? 'gateway.yaml'
 
   switch (command) {
     case 'validate': {
-      if (values.port !== undefined || values.host !== undefined || values.workers !== undefined) usageError('validate takes only --config')
+      if (values.port !== undefined || values.host !== undefined || values.workers !== undefined) usageError('validate takes only the config file')
       const { ConfigError, loadConfig } = await import('./config.js')
       const { checkValidation, ValidateConfigError } = await import('../plugins/validation/validate.js')
       try {

@@ -5,11 +5,11 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { copyFileSync, readFileSync } from 'node:fs'
 import { createServer, type AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { call, freePort, startUpstream, transpileProject } from './helper.js'
+import { tempFolder } from './config-helper.js'
 
 const ROOT = join(import.meta.dirname, '..')
 const build = transpileProject(t)
@@ -18,18 +18,12 @@ copyFileSync(join(ROOT, 'package.json'), join(build, 'package.json'))
 const CLI = join(build, 'src', 'cli.js')
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version
 
-const dir = mkdtempSync(join(tmpdir(), 'portcullis-cli-'))
-t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-function file (name: string, text: string): string {
-  const path = join(dir, name)
-  writeFileSync(path, text)
-  return path
-}
+const { dir, file } = tempFolder(t, 'portcullis-cli-')
 
 interface Run { code: number | null, stdout: string, stderr: string }
 /** Runs the CLI to its end (several at once where a test can: each start loads the whole gateway). */
-async function portcullis (args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+async function portcullis (args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string): Promise<Run> {
+  const child = spawn(process.execPath, [CLI, ...args], { cwd, env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   let stdout = ''
   let stderr = ''
   child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d })
@@ -49,9 +43,10 @@ routes:
 `)
 
 t.test('validate: a good file → "ok", exit 0', async (t) => {
-  const [res, short, repo] = await Promise.all([
+  const [res, short, positional, repo] = await Promise.all([
     portcullis(['validate', '--config', GOOD]),
     portcullis(['validate', '-c', GOOD]),
+    portcullis(['validate', GOOD]),
     // The repository's own gateway.yaml validates too.
     portcullis(['validate', '--config', join(ROOT, 'gateway.yaml')])
   ])
@@ -59,6 +54,7 @@ t.test('validate: a good file → "ok", exit 0', async (t) => {
   t.equal(res.stdout, 'ok\n')
   t.equal(res.stderr, '')
   t.equal(short.stdout, 'ok\n', '-c works as --config')
+  t.equal(positional.stdout, 'ok\n', 'and so does a FILE argument')
   t.equal(repo.code, 0, `gateway.yaml is valid${repo.stderr === '' ? '' : `: ${repo.stderr}`}`)
 })
 
@@ -89,20 +85,21 @@ routes:
     portcullis(['validate', '--config', semanticErrors]),
     portcullis(['validate', '--config', env]),
     portcullis(['validate', '--config', env], { UPSTREAM_URL: 'http://127.0.0.1:1/a' }),
-    portcullis(['validate', '--config', join(dir, 'missing.yaml')]),
+    // The path as given, and as resolved against the working folder.
+    portcullis(['validate', 'gateway.yml'], {}, dir),
     portcullis(['validate', '--config', broken])
   ])
   let res = schemaRun
   t.equal(res.code, 1)
   t.equal(res.stdout, '')
-  const lines = res.stderr.trimEnd().split('\n')
-  t.equal(lines[0], `invalid config in ${schemaErrors}:`)
-  t.same(lines.slice(1).map((l) => l.trim()).sort(), [
-    'bogus: unknown key',
-    'routes[0].methods[1]: must be one of "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"',
-    'routes[0].timeout: must be a duration such as 500ms, 10s, 15m or 1h',
-    'server.port: must be integer'
-  ])
+  t.equal(res.stderr, [
+    `invalid config in ${schemaErrors}:`,
+    '  bogus: unknown key',
+    '  routes[0].methods[1]: must be one of "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"',
+    '  routes[0].timeout: must be a duration such as 500ms, 10s, 15m or 1h',
+    '  server.port: must be an integer',
+    ''
+  ].join('\n'), 'sorted by path')
 
   res = semanticRun
   t.equal(res.code, 1)
@@ -114,16 +111,65 @@ routes:
 
   res = envRun
   t.equal(res.code, 1)
-  t.match(res.stderr, 'routes[0].upstream: environment variable UPSTREAM_URL is not set')
+  t.equal(res.stderr, `invalid config in ${env}:\n  routes[0].upstream: environment variable UPSTREAM_URL is not set (write \${UPSTREAM_URL:-default} to give a default)\n`)
   t.equal(envSetRun.code, 0, 'the same file with the variable set is valid')
 
   res = missingRun
   t.equal(res.code, 1)
-  t.match(res.stderr, 'cannot read the config file: ENOENT')
+  t.equal(res.stderr, `cannot read the config file gateway.yml (${join(dir, 'gateway.yml')}): no such file (ENOENT)\n`)
   res = brokenRun
   t.equal(res.code, 1)
-  t.match(res.stderr, 'not valid YAML or JSON')
+  t.equal(res.stderr, [
+    `invalid config in ${broken}:`,
+    `  ${broken}:1:10: not valid YAML: Flow sequence in block collection must be sufficiently indented and end with a ]`,
+    '    routes: [',
+    '             ^',
+    ''
+  ].join('\n'), 'the line, and a caret under the column')
   t.notMatch(res.stderr, /\n\s+at /, 'no stack trace')
+})
+
+t.test('validate: every stage at once; strict JSON; lists and patterns in words', async (t) => {
+  const stages = file('stages.yaml', `
+bogus: 1
+server: { port: "\${PORT}" }
+routes:
+  - { name: people, prefix: /api/people, upstream: "http://127.0.0.1:8000/people", timeout: 10 seconds, methods: GET }
+  - { name: admin, prefix: /api/people/admin, upstream: "\${ADMIN_URL}" }
+  - { name: other, prefix: other, upstream: ftp://127.0.0.1/other }
+  - { name: last, prefix: /last, upstream: ftp://127.0.0.1/last }
+`)
+  const json = file('gateway.json', '{\n  "routes": [\n    { "name": "a", "prefix": "/a", "upstream": "http://127.0.0.1:1/a", }\n  ]\n}\n')
+  const [stagesRun, jsonRun, startRun] = await Promise.all([
+    portcullis(['validate', stages]),
+    portcullis(['validate', json]),
+    portcullis(['start', json])
+  ])
+  t.equal(stagesRun.code, 1)
+  t.equal(stagesRun.stderr, [
+    `invalid config in ${stages}:`,
+    '  bogus: unknown key',
+    '  routes[0].methods: must be a list, e.g. [GET]',
+    '  routes[0].timeout: must be a duration such as 500ms, 10s, 15m or 1h',
+    '  routes[1].prefix: "/api/people/admin" is shadowed by routes[0].prefix "/api/people"',
+    '  routes[1].upstream: environment variable ADMIN_URL is not set (write ${ADMIN_URL:-default} to give a default)',
+    "  routes[2].prefix: must start with / and hold only letters, digits and the URL path characters - . _ ~ ! $ & ' ( ) * + , ; = : @ % /",
+    '  routes[3].upstream: must be an http or https URL',
+    '  server.port: environment variable PORT is not set (write ${PORT:-default} to give a default)',
+    ''
+  ].join('\n'), 'the ${VAR}, schema and semantic problems together, sorted by path')
+
+  const jsonError = [
+    `invalid config in ${json}:`,
+    `  ${json}:3:72: not valid JSON: expected double-quoted property name`,
+    '        { "name": "a", "prefix": "/a", "upstream": "http://127.0.0.1:1/a", }',
+    '                                                                           ^',
+    ''
+  ].join('\n')
+  t.equal(jsonRun.code, 1)
+  t.equal(jsonRun.stderr, jsonError, 'a .json file is strict JSON: a trailing comma is an error')
+  t.equal(startRun.code, 1)
+  t.equal(startRun.stderr, jsonError, 'start says the same')
 })
 
 t.test('bad command lines → usage on stderr, exit 2', async (t) => {
@@ -132,7 +178,9 @@ t.test('bad command lines → usage on stderr, exit 2', async (t) => {
     [['frobnicate'], /unknown command: frobnicate/],
     [['--bogus'], /Unknown option '--bogus'/],
     [['start', '--config'], /argument missing/],
-    [['validate', '--config', GOOD, '--port', '1'], /validate takes only --config/],
+    [['validate', '--config', GOOD, '--port', '1'], /validate takes only the config file/],
+    [['validate', GOOD, 'other.yaml'], /unexpected argument: other\.yaml/],
+    [['api-key', GOOD], /unexpected argument: /],
     [['start', '--config', GOOD, '--port', 'http'], /--port must be a number from 0 to 65535, not "http"/],
     [['start', '--config', GOOD, '--port', '70000'], /--port must be a number/],
     [['validate', 'extra', '--config', GOOD], /unexpected argument: extra/]
@@ -152,8 +200,9 @@ t.test('--help and --version', async (t) => {
   for (const res of [help, h]) {
     t.equal(res.code, 0)
     t.match(res.stdout, /^Usage: portcullis <command> \[options\]/)
-    t.match(res.stdout, /start +--config FILE/)
-    t.match(res.stdout, /validate +--config FILE/)
+    t.match(res.stdout, /start +\[FILE\]/)
+    t.match(res.stdout, /validate +\[FILE\]/)
+    t.match(res.stdout, /-c, --config FILE/)
     t.equal(res.stderr, '')
   }
   for (const res of [version, v]) {
