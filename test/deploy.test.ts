@@ -111,9 +111,9 @@ t.test('deploy/k8s: the Secret is generated from the operator\'s git-ignored sec
 
   // Copied as it is, the gateway refuses to start (empty = unset), naming each variable.
   t.same(problemsOf(parse(text), example), [
-    'users[0].password: environment variable ALICE_PASSWORD is not set (write ${ALICE_PASSWORD:-default} to give a default)',
     'jwt.secret: environment variable JWT_SECRET is not set (write ${JWT_SECRET:-default} to give a default)',
-    'rateLimit.redis: environment variable REDIS_URL is not set (write ${REDIS_URL:-default} to give a default)'
+    'rateLimit.redis: environment variable REDIS_URL is not set (write ${REDIS_URL:-default} to give a default)',
+    'users[0].password: environment variable ALICE_PASSWORD is not set (write ${ALICE_PASSWORD:-default} to give a default)'
   ])
   // With the placeholders the former secret.yaml applied, it refuses too.
   const old = problemsOf(parse(text), { JWT_SECRET: 'replace-me-with-48-random-bytes-base64-xxxxxxxxxxxxxxxx', ALICE_PASSWORD: 'replace-me', REDIS_URL: 'redis://redis:6379' })
