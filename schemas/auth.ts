@@ -155,10 +155,14 @@ export const authConfigProperties = {
 }
 
 /** Per method (or "*" for every method not listed): the scopes required, all of them. */
+// `propertyNames`, not `additionalProperties: false`: TypeBox's Value.Default throws a TypeError
+// on a Record with additionalProperties: false when a key does not match (`scopes: { FOO: [x] }`),
+// instead of leaving the refusal to the check (test/config-errors.test.ts).
+const METHOD_KEY = '^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS|\\*)$'
 export const RouteScopesSchema = Type.Record(
-  Type.String({ pattern: '^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS|\\*)$' }),
+  Type.String({ pattern: METHOD_KEY }),
   Type.Array(Scope, { uniqueItems: true }),
-  { default: {}, additionalProperties: false, description: 'scopes required per method, all of them; "*" for every method not listed' }
+  { default: {}, propertyNames: { pattern: METHOD_KEY }, description: 'scopes required per method, all of them; "*" for every method not listed' }
 )
 
 /** The per-route keys, spread into RouteSchema. */

@@ -66,6 +66,8 @@ export const PATTERN_PHRASES: Record<string, string> = {
   '^(ip|consumer|header:[A-Za-z0-9!#$%&\'*+.^_`|~-]+)$': 'must be ip, consumer or header:<header name>, e.g. header:X-Tenant',
   '^(\\*|https?://[^/\\s]+)$': 'must be * or an origin such as https://app.example.com (scheme, host and port; no path, not even a trailing /)',
   '^[a-z-]+(, *[a-z-]+)*$': 'must be a Referrer-Policy such as no-referrer or strict-origin-when-cross-origin (or a comma-separated list of them)',
+  // routes[].scopes keys.
+  '^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS|\\*)$': 'must be a method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS) or * for every other method',
   // Credentials, written by the CLI's own commands.
   '^scrypt\\$[0-9]+\\$[0-9]+\\$[0-9]+\\$[A-Za-z0-9_-]+\\$[A-Za-z0-9_-]+$': 'must be an scrypt hash from `portcullis hash-password` (scrypt$N$r$p$salt$hash)',
   '^sha256\\$[0-9a-f]{64}$': 'must be sha256$ and 64 lowercase hex digits, from `portcullis api-key`'

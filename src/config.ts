@@ -458,6 +458,8 @@ function formatSchemaErrors (errors: SchemaError[]): string[] {
         break
       case 'boolean':
         break // the additionalProperties entry already names the key
+      case 'propertyNames':
+        break // the key's own `pattern` error names it, in words
       case 'pattern':
         // Never reached for the config's own patterns (test/config-errors.test.ts checks each has a phrase).
         out.push(`${path}: ${PATTERN_PHRASES[String(e.params.pattern)] ?? `must match the pattern ${String(e.params.pattern)}`}`)

@@ -230,3 +230,12 @@ t.test('a .json file is strict JSON, with line:column computed from the position
   t.equal(loadConfig(file('UPPER.JSON', JSON.stringify(good)), {}).routes[0].name, 'a', '.JSON is JSON too')
   t.match(configError(t, () => loadConfig(file('upper-bad.JSON', '{"routes": [],}'), {})).message, 'not valid JSON')
 })
+
+t.test('routes[].scopes: a key that is not a method, or a list for the mapping, is refused in words (TypeBox threw a TypeError on both)', async (t) => {
+  const route = { name: 'people', prefix: '/api/people', upstream: 'http://127.0.0.1:1/api/people', auth: ['basic'] }
+  const users = [{ username: 'alice', passwordHash: hashPasswordSync('a-long-password'), scopes: ['people:read'] }]
+  t.same(configProblems({ users, routes: [{ ...route, scopes: { FOO: ['a'] } }] }),
+    ['routes[0].scopes.FOO: must be a method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS) or * for every other method'])
+  t.same(configProblems({ users, routes: [{ ...route, scopes: ['people:read'] }] }), ['routes[0].scopes: must be a mapping (key: value)'])
+  t.same(configProblems({ users, routes: [{ ...route, scopes: { '*': ['people:read'], GET: ['people:read'] } }] }), [], 'method keys and * are accepted')
+})
