@@ -7,7 +7,7 @@
  * Not get-jwks 11 or jwks-rsa 4: against a local JWKS, 100 tokens with made-up kids cost each of
  * them 100 fetches (jwks-rsa with rateLimit: 9, then "Too many requests" for the rest) and this
  * client at most one, and both accept an 8 MiB key set that this client refuses past 512 KiB
- * (`node --import=tsx jwks-flood.mts`, script in the issue 14 report).
+ * (`node --import=@swc-node/register/esm-register jwks-flood.mts`, script in the issue 14 report).
  */
 import { createPublicKey, type KeyObject } from 'node:crypto'
 import { request } from 'undici'
