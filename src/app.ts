@@ -11,6 +11,7 @@ import { clientErrorResponse, sendProblem } from '../plugins/core/problem.js'
 import { requestId } from '../plugins/core/request-id.js'
 import { securityHeaderValues } from '../plugins/edge/security-headers.js'
 import { trustProxyOption } from '../plugins/edge/trust.js'
+import { lingerAfterClientError } from '../plugins/edge/lingering-close.js'
 import { closeAfterResponse, responseInFlight, routeNameOf } from '../plugins/core/fastify-internals.js'
 import { mergePolicy, registerStage, type GatewayContext, type RequestObserver, type RouteContext, type RoutePolicy } from '../plugins/core/stage.js'
 import type { EmbeddedPlugin } from '../plugins/extend/index.js'
@@ -112,6 +113,7 @@ class AccessLog extends LogController {
 export async function buildGateway (config: Readonly<GatewayConfig>, options: BuildOptions = {}): Promise<FastifyInstance> {
   const { server, logging } = config
   const requestTimeout = parseDuration(server.timeouts.request)
+  const lingering = { timeMs: parseDuration(server.lingeringClose.time), bytes: parseSize(server.lingeringClose.size) }
   const longestRoute = Math.max(...config.routes.map((r) => parseDuration(r.timeout)))
   // The pipeline's gateway stages, set up once: null is a stage the config leaves off.
   const ctx: GatewayContext = { config, ownPaths: [...RESERVED_PATHS, server.metrics.path], plugins: options.plugins ?? [] }
@@ -166,7 +168,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
         return
       }
       // Answered on the raw socket, before Fastify: the security headers are added here too.
-      if (socket.writable && (pending === null || !pending.headersSent)) socket.end(clientErrorResponse(err, requestId({ headers: {} } as never), securityResponseHeaders))
+      if (socket.writable && (pending === null || !pending.headersSent)) lingerAfterClientError(socket, clientErrorResponse(err, requestId({ headers: {} } as never), securityResponseHeaders), lingering)
       else socket.destroy()
     }
   })

@@ -98,3 +98,65 @@ t.test('the lingering is bounded: past lingeringClose.size or .time the connecti
   const res = await call(`${gw}/small/z`, { method: 'POST', body: Buffer.alloc(4096) })
   t.equal(res.status, 413)
 })
+
+t.test('a request Node\'s parser refuses (an obs-fold header) while its 4 MB body is still coming: the 400 arrives, the rest is drained, the connection closes', async (t) => {
+  const up = await startUpstream(t)
+  const { url: gw } = await startTestGateway(t, {
+    server: { lingeringClose: { time: '2s', size: '64mb' } },
+    routes: [{ name: 'pub', prefix: '/pub', upstream: up.origin }]
+  })
+  const port = Number(new URL(gw).port)
+  const size = 4 * 1024 * 1024
+  const socket = connect(port, '127.0.0.1')
+  socket.on('error', () => {})
+  let answer = ''
+  let error = ''
+  socket.on('error', (e: Error) => { error = e.message })
+  const closed = new Promise<string>((resolve) => { socket.once('close', () => { resolve('closed') }) })
+  // The client reads nothing until it has sent everything, as a busy client would. Before the
+  // drain, the gateway destroyed the socket at the next chunk after the 400: the reset threw away
+  // the 400 still unread in the client's receive buffer (ECONNRESET, no answer).
+  socket.pause()
+  socket.write(`POST /pub/x HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\nTransfer-Encoding: chunked\r\n\r\n${size.toString(16)}\r\n`)
+  socket.write(Buffer.alloc(size, 120))
+  await new Promise<void>((resolve) => { socket.end('\r\n0\r\n\r\n', () => { resolve() }) })
+  await sleep(100)
+  socket.on('data', (d: Buffer) => { answer += d.toString('latin1') })
+  socket.resume()
+  const outcome = await Promise.race([closed, sleep(8000).then(() => 'still open after 8 s')])
+  t.equal(error, '', 'no reset')
+  socket.destroy()
+  t.equal(outcome, 'closed', 'the connection closed once the client had sent everything')
+  t.match(answer, /^HTTP\/1\.1 400 Bad Request\r\n/, 'the client read the 400')
+  t.match(answer, /application\/problem\+json/, 'as problem+json')
+  t.equal(up.requests.length, 0, 'nothing reached the upstream')
+})
+
+t.test('after a parse error the drain is bounded too: a client that never stops sending is cut off past lingeringClose.size', async (t) => {
+  const up = await startUpstream(t)
+  const { url: gw } = await startTestGateway(t, {
+    server: { lingeringClose: { time: '5s', size: '256kb' } },
+    routes: [{ name: 'pub', prefix: '/pub', upstream: up.origin }]
+  })
+  const port = Number(new URL(gw).port)
+  // allowHalfOpen: the client goes on sending after the gateway's FIN, as a hostile one would.
+  const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true })
+  socket.on('error', () => {})
+  let answer = ''
+  socket.on('data', (d: Buffer) => { answer += d.toString('latin1') })
+  const closed = new Promise<void>((resolve) => { socket.once('close', () => { resolve() }) })
+  socket.write('POST /pub/x HTTP/1.1\r\nHost: x\r\nBad Header: y\r\nContent-Length: 100000000\r\n\r\n')
+  let sent = 0
+  for (let i = 0; i < 400 && !socket.destroyed; i++) {
+    socket.write(Buffer.alloc(16384))
+    sent += 16384
+    await sleep(2)
+  }
+  const outcome = await Promise.race([closed.then(() => 'closed'), sleep(5000).then(() => 'still open')])
+  socket.destroy()
+  t.equal(outcome, 'closed', `the gateway closed the connection (after ${sent} bytes sent)`)
+  t.ok(sent >= 256 * 1024, `the rest was drained up to the bound first, not cut at once (${sent} bytes sent)`)
+  t.ok(sent < 400 * 16384, 'and the client could not go on sending for ever')
+  t.match(answer, /^HTTP\/1\.1 400 /, 'the 400 was read before the close')
+  t.equal(up.requests.length, 0, 'nothing reached the upstream')
+})

@@ -14,6 +14,7 @@
  */
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
 import fp from 'fastify-plugin'
 import { hasBody } from '../validation/json-body.js'
 
@@ -82,4 +83,33 @@ export function refuseUnreadBody (reply: FastifyReply): void {
   raw.once('end', stop)
   raw.once('close', stop)
   raw.resume()
+}
+
+/**
+ * For the `clientErrorHandler` (a request Node's parser refused: a bad header, an obs-fold, a
+ * bad chunk size): writes the answer, half-closes, and reads and discards what the client is
+ * still sending — at most `limits.bytes`, for at most `limits.timeMs` — before the socket is
+ * destroyed. Without it the socket stops being read after the parse error, the client's upload
+ * fills both buffers and nothing closes the connection; when something finally does, the unread
+ * bytes make the kernel send a reset and the client loses the answer.
+ */
+export function lingerAfterClientError (socket: Duplex, answer: string, limits: LingeringCloseOptions): void {
+  // Node's own 'data' listener feeds the parser that has just failed: it would fail again on every
+  // chunk. The answer is the last thing this connection says.
+  socket.removeAllListeners('data')
+  let seen = 0
+  const done = (): void => {
+    clearTimeout(timer)
+    socket.destroy()
+  }
+  const timer = setTimeout(done, limits.timeMs)
+  timer.unref()
+  socket.on('data', (chunk: Buffer) => {
+    seen += chunk.length
+    if (seen > limits.bytes) done()
+  })
+  socket.once('end', done)
+  socket.once('close', () => { clearTimeout(timer) })
+  socket.end(answer)
+  socket.resume()
 }
