@@ -1,8 +1,9 @@
 /**
- * deploy/grafana/portcullis-dashboard.json parses, covers what operators ask first, and queries
- * only metrics (and labels) that a real gateway exports; its "Gateway overhead" panel reads only
- * proxied requests (checked against the access log of a real gateway); and
- * deploy/prometheus/prometheus.yml scrapes the path the gateway serves.
+ * deploy/grafana/portcullis-dashboard.json parses, covers what operators ask first (upstream
+ * targets included), and queries only metrics (and labels) that a real gateway exports, each with
+ * a series after some traffic; its "Gateway overhead" panel reads only proxied requests (checked
+ * against the access log of a real gateway); and deploy/prometheus/prometheus.yml scrapes the
+ * path the gateway serves.
  */
 import t from 'tap'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
@@ -14,7 +15,8 @@ import { channels } from '../schemas/events.js'
 import { buildGateway } from '../src/app.js'
 import { parseConfig } from '../src/config.js'
 import { hsToken, SECRET } from './auth-helper.js'
-import { startTestGateway, startUpstream } from './helper.js'
+import { freePort, startTestGateway, startUpstream } from './helper.js'
+import { samples, type Sample } from './metrics-helper.js'
 
 interface Panel { id: number, type: string, title: string, gridPos?: unknown, panels?: Panel[], targets?: Array<{ expr: string }> }
 interface Dashboard { uid: string, title: string, panels: Panel[], templating: { list: Array<{ name: string, query?: unknown }> } }
@@ -70,12 +72,25 @@ t.test('the dashboard parses and covers rate, errors, p50/p99 by route, upstream
   t.match(all, /histogram_quantile\(0\.5, sum by \(route, le\) \(rate\(portcullis_request_duration_seconds_bucket/, 'p50 by route')
   t.match(all, /histogram_quantile\(0\.99, sum by \(route, le\) \(rate\(portcullis_request_duration_seconds_bucket/, 'p99 by route')
   for (const name of ['portcullis_upstream_errors_total', 'portcullis_auth_failures_total', 'portcullis_rate_limited_total']) t.match(all, name)
+  // Upstream targets (issue 16): up per route, ejections, breaker state and transitions, retries and the exhausted budget.
+  t.match(all, /sum by \(route\) \(min by \(route, target\) \(portcullis_upstream_target_up\{/, 'targets up per route')
+  for (const name of [
+    'portcullis_upstream_ejections_total', 'portcullis_upstream_breaker_state', 'portcullis_upstream_breaker_transitions_total',
+    'portcullis_upstream_retries_total', 'portcullis_upstream_retry_budget_exhausted_total'
+  ]) t.match(all, name)
 })
 
 t.test('every metric and label the dashboard queries is one the gateway exports', async (t) => {
   const up = await startUpstream(t)
-  const { url } = await startTestGateway(t, { routes: [{ name: 'people', prefix: '/api/people', upstream: `${up.origin}/people` }] })
+  const dead = await freePort() // bound, then closed: its target fails, is retried around and ejected
+  const { url } = await startTestGateway(t, {
+    routes: [
+      { name: 'people', prefix: '/api/people', upstream: `${up.origin}/people` },
+      { name: 'pair', prefix: '/pair', upstream: [`${up.origin}/pair`, `http://127.0.0.1:${dead}/pair`], outlierDetection: { consecutiveFailures: 2 } }
+    ]
+  })
   await (await request(`${url}/api/people/1`)).body.dump()
+  for (let i = 0; i < 6; i++) await (await request(`${url}/pair/${i}`)).body.dump()
   // Every event once, so that the labelled counters have series.
   channels.upstreamError.publish({ route: 'people', kind: 'refused' })
   channels.authFailure.publish({ route: 'people', scheme: 'jwt', reason: 'expired' })
@@ -96,9 +111,12 @@ t.test('every metric and label the dashboard queries is one the gateway exports'
     for (const [, name] of list.matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="/g)) labels.add(name)
   }
 
+  const sampled = new Set([...text.matchAll(/^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]/gm)].map((m) => m[1]))
+
   const queried = new Set([...exprs, ...variableQueries].flatMap(metricNames))
   t.ok(queried.size >= 10, `the dashboard queries ${queried.size} metrics`)
   for (const name of queried) t.ok(exported.has(name), `${name} is exported`)
+  for (const name of queried) t.ok(sampled.has(name), `${name} has a series after this traffic`)
   for (const name of new Set(exprs.flatMap(labelNames))) t.ok(labels.has(name), `label ${name} is exported`)
   t.notOk(queried.has('route'), 'the helper does not take labels for metrics')
 })
@@ -112,18 +130,6 @@ t.test('the Prometheus example scrapes the path the gateway serves', async (t) =
   t.equal(job?.metrics_path, '/metrics')
   t.ok((job?.static_configs[0].targets.length ?? 0) > 0)
 })
-
-/** One sample of the text exposition: `name{labels} value`. */
-interface Sample { name: string, labels: Record<string, string>, value: number }
-function samples (text: string): Sample[] {
-  const found: Sample[] = []
-  for (const [, name, labels, value] of text.matchAll(/^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (\S+)$/gm)) {
-    const parsed: Record<string, string> = {}
-    for (const [, k, v] of (labels ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) parsed[k] = v
-    found.push({ name, labels: parsed, value: Number(value) })
-  }
-  return found
-}
 
 /**
  * The overhead panel's expression, evaluated on one scrape of a gateway that started from zero:

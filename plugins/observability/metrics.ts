@@ -31,6 +31,8 @@ import {
   channels, type AuthFailureEvent, type AuthzDeniedEvent, type RateLimitedEvent, type UpstreamErrorEvent, type ValidationFailureEvent
 } from '../../schemas/events.js'
 import { routeNameOf } from '../core/fastify-internals.js'
+import type { BreakerState } from '../upstream/breaker.js'
+import type { UpstreamSet } from '../upstream/index.js'
 
 /** The route label of a request no configured route matched (404s, bad URLs). */
 export const UNMATCHED = UNMATCHED_ROUTE
@@ -56,7 +58,16 @@ export const METRIC_NAMES = {
   authzDenials: 'portcullis_authz_denials_total',
   validationFailures: 'portcullis_validation_failures_total',
   validationReported: 'portcullis_validation_report_violations_total',
-  rateLimited: 'portcullis_rate_limited_total'
+  rateLimited: 'portcullis_rate_limited_total',
+  upstreamTargetUp: 'portcullis_upstream_target_up',
+  upstreamTargetHealthy: 'portcullis_upstream_target_healthy',
+  upstreamTargetEjected: 'portcullis_upstream_target_ejected',
+  upstreamBreakerState: 'portcullis_upstream_breaker_state',
+  upstreamEjections: 'portcullis_upstream_ejections_total',
+  upstreamBreakerTransitions: 'portcullis_upstream_breaker_transitions_total',
+  upstreamRetries: 'portcullis_upstream_retries_total',
+  upstreamRetryBudgetExhausted: 'portcullis_upstream_retry_budget_exhausted_total',
+  upstreamInFlight: 'portcullis_upstream_in_flight'
 } as const
 
 /** A latency histogram as plain numbers: `counts[i]` holds values ≤ bounds[i] (and > bounds[i-1]). */
@@ -144,6 +155,154 @@ class LabelGuard {
   }
 }
 
+// --- upstream targets (plugins/upstream) -------------------------------------------------------
+
+/** Each route's upstream set by route name, asked at scrape time (undefined: the gateway has none). */
+export type UpstreamSource = () => ReadonlyMap<string, UpstreamSet> | undefined
+
+const BREAKER_STATES = ['closed', 'open', 'half-open'] as const
+const TRANSITIONS = [['open', 'breakerOpened'], ['half-open', 'breakerHalfOpened'], ['closed', 'breakerClosed']] as const
+
+/** One target as one scrape sees it. */
+interface TargetReading {
+  route: string
+  /** scheme://host:port (targetLabel). */
+  target: string
+  index: number
+  set: UpstreamSet
+  healthy: boolean
+  ejected: boolean
+  breaker: BreakerState | 'off'
+}
+
+/**
+ * A target's `target` label: its origin, scheme://host:port. The WHATWG origin never carries the
+ * URL's userinfo, path or query, and it is parsed again here whatever the set's `origin` holds:
+ * a password in a target URL must never reach /metrics.
+ */
+export function targetLabel (origin: string): string {
+  try {
+    const { origin: bare } = new URL(origin)
+    return bare === 'null' ? OTHER : bare
+  } catch {
+    return OTHER
+  }
+}
+
+/**
+ * The upstream series, read from the route's sets when scraped: nothing on the request path. The
+ * values are the sets' own (states(), inFlight, counters); prom-client collects every metric of
+ * one scrape in one synchronous pass, so the states are read once per scrape (kept until the next
+ * microtask) and the up, healthy, ejected and breaker series of a scrape agree with each other.
+ *
+ * Counters are prom-client Counters whose collect() sets the set's count (reset, then inc by it),
+ * as portcullis_requests_total does: they keep `# TYPE … counter`. Under `--workers N` the
+ * primary adds the counters up; a target is up only when every worker sees it up (min), ejected
+ * or in a breaker state when some worker does (max); in-flight requests add up.
+ */
+export class UpstreamSeries {
+  private readings: TargetReading[] | null = null
+  private readonly forget = (): void => { this.readings = null }
+  readonly metrics: client.Metric[]
+
+  constructor (private readonly source: UpstreamSource, registers: client.Registry[]) {
+    const series = this
+    const perTarget = (name: string, help: string, aggregator: client.Aggregator, value: (r: TargetReading) => number): client.Metric =>
+      new client.Gauge({
+        name,
+        help,
+        labelNames: ['route', 'target'] as const,
+        aggregator,
+        registers,
+        collect () {
+          this.reset()
+          for (const r of series.targets()) this.set({ route: r.route, target: r.target }, value(r))
+        }
+      })
+    const perRoute = (name: string, help: string, count: (set: UpstreamSet) => number): client.Metric =>
+      new client.Counter({
+        name,
+        help,
+        labelNames: ['route'] as const,
+        registers,
+        collect () {
+          this.reset()
+          for (const [route, set] of series.sets()) this.inc({ route }, count(set))
+        }
+      })
+    this.metrics = [
+      perTarget(METRIC_NAMES.upstreamTargetUp,
+        'Whether a target gets requests now (1): its health checks pass, it is not ejected and its breaker is not open; by route and target (its origin).',
+        'min', (r) => r.healthy && !r.ejected && r.breaker !== 'open' ? 1 : 0),
+      perTarget(METRIC_NAMES.upstreamTargetHealthy,
+        'Whether a target passes its active health checks (1; always 1 without healthCheck), by route and target.', 'min', (r) => r.healthy ? 1 : 0),
+      perTarget(METRIC_NAMES.upstreamTargetEjected,
+        'Whether outlier detection has ejected a target now (1), by route and target.', 'max', (r) => r.ejected ? 1 : 0),
+      perTarget(METRIC_NAMES.upstreamInFlight,
+        'Requests sent to a target and not finished, by route and target.', 'sum', (r) => r.set.inFlight[r.index]),
+      new client.Gauge({
+        name: METRIC_NAMES.upstreamBreakerState,
+        help: 'Each target\'s circuit breaker, one-hot over closed, open and half-open (routes with circuitBreaker: false have none).',
+        labelNames: ['route', 'target', 'state'] as const,
+        aggregator: 'max',
+        registers,
+        collect () {
+          this.reset()
+          for (const r of series.targets()) {
+            if (r.breaker === 'off') continue
+            for (const state of BREAKER_STATES) this.set({ route: r.route, target: r.target, state }, r.breaker === state ? 1 : 0)
+          }
+        }
+      }),
+      new client.Counter({
+        name: METRIC_NAMES.upstreamEjections,
+        help: 'Ejections of a target by outlier detection (consecutive failures), by route and target.',
+        labelNames: ['route', 'target'] as const,
+        registers,
+        collect () {
+          this.reset()
+          for (const r of series.targets()) this.inc({ route: r.route, target: r.target }, r.set.counters.ejections[r.index])
+        }
+      }),
+      new client.Counter({
+        name: METRIC_NAMES.upstreamBreakerTransitions,
+        help: 'Circuit breaker transitions, by route, target and the state moved to (open, half-open, closed).',
+        labelNames: ['route', 'target', 'to'] as const,
+        registers,
+        collect () {
+          this.reset()
+          for (const r of series.targets()) {
+            if (r.breaker === 'off') continue
+            for (const [to, key] of TRANSITIONS) this.inc({ route: r.route, target: r.target, to }, r.set.counters[key][r.index])
+          }
+        }
+      }),
+      perRoute(METRIC_NAMES.upstreamRetries,
+        'Retries of failed tries (on another target when there is one), by route.', (set) => set.counters.retries),
+      perRoute(METRIC_NAMES.upstreamRetryBudgetExhausted,
+        'Retries not made because the route\'s retry budget was spent, by route.', (set) => set.counters.retriesRefusedByBudget)
+    ]
+  }
+
+  private sets (): Iterable<[string, UpstreamSet]> {
+    return this.source() ?? []
+  }
+
+  /** Every target of every route, read once per scrape. */
+  private targets (): readonly TargetReading[] {
+    if (this.readings !== null) return this.readings
+    const readings: TargetReading[] = []
+    for (const [route, set] of this.sets()) {
+      set.states().forEach((s, index) => {
+        readings.push({ route, target: targetLabel(s.origin), index, set, healthy: s.healthy, ejected: s.ejected, breaker: s.breaker })
+      })
+    }
+    this.readings = readings
+    queueMicrotask(this.forget)
+    return readings
+  }
+}
+
 /**
  * Node's process metrics: one set per process, however many gateways it runs — process-wide on
  * purpose. prom-client's collectDefaultMetrics starts monitors (event-loop delay, GC observer) it
@@ -180,6 +339,9 @@ export class GatewayMetrics {
   private readonly bounds: readonly number[]
   private inFlight = 0
   private readonly onClose: (this: TrackedResponse) => void
+  private upstreams: UpstreamSource = () => undefined
+  /** The series of the routes' targets (plugins/upstream), read at scrape time. */
+  readonly upstreamSeries: UpstreamSeries
   private readonly subscriptions: Array<[Channel, (message: unknown) => void]> = []
   private readonly requests: client.Counter<'route' | 'method' | 'status_class'>
   private readonly inFlightGauge: client.Gauge
@@ -246,6 +408,12 @@ export class GatewayMetrics {
     this.rateLimited = new client.Counter({
       name: METRIC_NAMES.rateLimited, help: 'Requests refused with 429, by route and what the limit counts by.', labelNames: ['route', 'by'], registers
     })
+    this.upstreamSeries = new UpstreamSeries(() => this.upstreams(), registers)
+  }
+
+  /** Where the upstream series read each route's targets (the plugin: the gateway's `app.upstreams`). */
+  readUpstreams (source: UpstreamSource): void {
+    this.upstreams = source
   }
 
   /** Called by the LogController for every request, before any hook. */
@@ -426,6 +594,8 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
     if (typeof name === 'string') metrics.knowRoute(name)
   })
   metrics.subscribe(app.server)
+  // Asked at scrape time: the upstream stage decorates the gateway after this one (src/pipeline.ts).
+  metrics.readUpstreams(() => app.hasDecorator('upstreams') ? app.upstreams : undefined)
   app.addHook('onClose', async () => { metrics.unsubscribe() })
 
   if (config.port !== undefined && cluster.isWorker) {
