@@ -276,7 +276,7 @@ t.test('retry budget: 1,000 requests over 10 s, each wanting two retries', async
   }
   // T = 10 s, R = 1,000: ratio × R + minPerSecond × T = 300; the last 10 ms are not credited yet.
   const fresh = tenSeconds()
-  t.ok(fresh <= 300, `a new budget starts empty: ${fresh} ≤ 300`)
+  t.ok(fresh <= 310, `a new budget starts with one second's minimum: ${fresh} ≤ 300 + 10`)
   t.ok(fresh >= 299, `and the budget is used: ${fresh} ≥ 299`)
   c.advance(60_000)
   const afterIdle = tenSeconds()
@@ -348,4 +348,11 @@ t.test('retry budget: retries ≤ ratio × R + minPerSecond × T + C over every 
   t.ok(worst <= 0, `no interval goes over the bound (closest: ${worst.toFixed(3)})`)
   t.ok(worst > -2, 'and some interval comes within two retries of it')
   t.ok(g > 100, `retries were granted (${g})`)
+})
+
+t.test('retry budget: a new one may retry at once, minPerSecond times', async (t) => {
+  const c = clock()
+  const budget = new RetryBudget({ ratio: 0.2, minPerSecond: 10 }, c.now)
+  t.equal(drain(budget), 10, 'a gateway that just started: one second\'s minimum, no more')
+  t.equal(drain(new RetryBudget({ ratio: 0.2, minPerSecond: 0 }, c.now)), 0, 'minPerSecond 0: nothing before requests deposit')
 })

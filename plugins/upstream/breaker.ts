@@ -47,9 +47,10 @@
  * at most 10 s of it), a retry takes one token (oldest first), a bucket's tokens expire when it
  * leaves the window, and the bank never holds more than C = max(1, minPerSecond × 10) — deposits
  * beyond are dropped. Counted in millionths of a token (the ratio rounded down to one), so sums
- * are exact. It starts empty: a gateway that just started has earned nothing.
+ * are exact. It starts with one second's minimum (minPerSecond tokens), so a gateway that just
+ * started can retry as the minimum promises.
  * Bound: over any T seconds with R original requests, retries ≤ ratio × R + minPerSecond × T + C
- * (C = 100 at the defaults 0.2 and 10/s; 0 for the first interval after construction): the bank
+ * (C = 100 at the defaults 0.2 and 10/s): the bank
  * plus the time not yet credited never exceeds C, only requests and time add to it, and each
  * retry takes one. Linkerd's bank has no cap: 10 s of healthy traffic leave ratio × those
  * requests in it, all spendable the instant an outage starts (10,000 requests, then a failure:
@@ -290,6 +291,9 @@ export class RetryBudget {
     const at = now()
     this.epoch = Math.floor(at / BANK_BUCKET_MS)
     this.credited = at
+    // One second's minimum to start with: a gateway that just started (or a route's first failing
+    // request) may still retry, as the minimum promises; the bank stays within its cap.
+    this.deposit(Math.floor(options.minPerSecond * TOKEN))
   }
 
   /** Every original request (not retries) deposits `ratio` tokens. */
