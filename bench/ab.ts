@@ -34,6 +34,8 @@ const USAGE = `usage: npm run ab -- --base REV [options]
   --seconds S         length of each run (default 2)
   --warmup S          load on each build before the first round (default 2)
   --connections N     (default 50)
+  --head-targets N    the head's route balanced over N upstream processes (default 1), e.g. with
+                      --base-build dist: what a second target costs, same build on both sides
   --tool wrk|autocannon
   --no-pin            do not pin with taskset
   --out FILE          the JSON report (default bench/results/ab-<time>.json)
@@ -71,10 +73,10 @@ async function buildRevision (repo: string, rev: string, scratch: string): Promi
   return { build, commit: commit.stdout.trim() }
 }
 
-async function startSide (name: 'base' | 'head', build: string, variant: Variant, upstreamOrigin: string, method: 'GET' | 'POST', connections: number, pin: boolean, scratch: string): Promise<Side> {
+async function startSide (name: 'base' | 'head', build: string, variant: Variant, upstreamOrigin: string, method: 'GET' | 'POST', connections: number, pin: boolean, scratch: string, extraUpstreamOrigins: readonly string[] = []): Promise<Side> {
   const { portcullisConfig } = await import(pathToFileURL(join(build, 'bench/portcullis-config.js')).href) as { portcullisConfig: (input: PlanInput) => Plan }
   const port = await freePort()
-  const plan = portcullisConfig({ ...variant, upstreamOrigin, port })
+  const plan = portcullisConfig({ ...variant, upstreamOrigin, port, extraUpstreamOrigins })
   if (plan.skip !== undefined) throw new Error(`${name}: ${plan.skip}`)
   const configFile = join(scratch, `${name}.json`)
   writeFileSync(configFile, JSON.stringify(plan.config))
@@ -128,6 +130,7 @@ async function main (): Promise<number> {
       seconds: { type: 'string', default: '2' },
       warmup: { type: 'string', default: '2' },
       connections: { type: 'string', default: '50' },
+      'head-targets': { type: 'string', default: '1' },
       tool: { type: 'string' },
       'no-pin': { type: 'boolean', default: false },
       out: { type: 'string' },
@@ -144,7 +147,8 @@ async function main (): Promise<number> {
   const seconds = Math.max(1, Math.round(Number(values.seconds)))
   const warmup = Math.max(0, Math.round(Number(values.warmup)))
   const connections = Math.max(1, Math.round(Number(values.connections)))
-  if (![rounds, seconds, warmup, connections].every(Number.isFinite)) throw new Error('--rounds, --seconds, --warmup and --connections take numbers')
+  const headTargets = Math.max(1, Math.round(Number(values['head-targets'])))
+  if (![rounds, seconds, warmup, connections, headTargets].every(Number.isFinite)) throw new Error('--rounds, --seconds, --warmup and --connections take numbers')
 
   installCleanup()
   const pin = !values['no-pin'] && pinningPossible().ok
@@ -154,11 +158,13 @@ async function main (): Promise<number> {
     const base = values.base !== undefined ? await buildRevision(values.repo ?? ROOT, values.base, scratch) : { build: values['base-build'] as string, commit: 'given build' }
     const head = join(import.meta.dirname, '..')
     const { origin } = await startBenchUpstream(scratch, pin ? 1 : null)
+    const extra: string[] = []
+    for (let i = 1; i < headTargets; i++) extra.push((await startBenchUpstream(scratch, pin ? 1 : null)).origin)
     const sides = [
       await startSide('base', base.build, variant, origin, method, connections, pin, scratch),
-      await startSide('head', head, variant, origin, method, connections, pin, scratch)
+      await startSide('head', head, variant, origin, method, connections, pin, scratch, extra)
     ]
-    process.stdout.write(`ab: ${values.scenario} ${method} [${sides[1].protections.join(', ') || 'no protection'}], base ${values.base ?? values['base-build']} (${base.commit}) against the working tree's build; ` +
+    process.stdout.write(`ab: ${values.scenario} ${method} [${sides[1].protections.join(', ') || 'no protection'}], base ${values.base ?? values['base-build']} (${base.commit}) against the working tree's build${headTargets > 1 ? ` (head: ${headTargets} targets)` : ''}; ` +
       `${rounds} rounds × ${seconds} s, ${connections} connections, ${tool} ${version}, ${pin ? 'gateways pinned to core 0, upstream + load to core 1' : 'not pinned'}\n`)
     if (warmup > 0) for (const side of sides) await runLoad(tool, { ...side.spec, seconds: warmup })
 
@@ -196,6 +202,7 @@ async function main (): Promise<number> {
       scenario: values.scenario,
       method,
       protections: sides[1].protections,
+      headTargets,
       rounds,
       seconds,
       connections,

@@ -22,6 +22,8 @@ export interface Variant {
 
 export interface PlanInput extends Variant {
   upstreamOrigin: string
+  /** More upstream origins: the route is balanced over all of them (npm run ab -- --head-targets N). */
+  extraUpstreamOrigins?: readonly string[]
   port: number
   redisUrl?: string
 }
@@ -66,7 +68,9 @@ export function portcullisConfig (input: PlanInput): Plan {
   const route: Record<string, unknown> = {
     name: 'people',
     prefix: '/api/people',
-    upstream: `${input.upstreamOrigin}/api/people`,
+    upstream: input.extraUpstreamOrigins === undefined || input.extraUpstreamOrigins.length === 0
+      ? `${input.upstreamOrigin}/api/people`
+      : [input.upstreamOrigin, ...input.extraUpstreamOrigins].map((origin) => `${origin}/api/people`),
     timeout: '30s'
   }
   const server: Record<string, unknown> = { host: '127.0.0.1', port: input.port }

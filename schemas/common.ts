@@ -66,6 +66,8 @@ export const PATTERN_PHRASES: Record<string, string> = {
   '^(ip|consumer|header:[A-Za-z0-9!#$%&\'*+.^_`|~-]+)$': 'must be ip, consumer or header:<header name>, e.g. header:X-Tenant',
   '^(\\*|https?://[^/\\s]+)$': 'must be * or an origin such as https://app.example.com (scheme, host and port; no path, not even a trailing /)',
   '^[a-z-]+(, *[a-z-]+)*$': 'must be a Referrer-Policy such as no-referrer or strict-origin-when-cross-origin (or a comma-separated list of them)',
+  '^(round-robin|least-requests|hash:(ip|header:[A-Za-z0-9!#$%&\'*+.^_`|~-]+))$': 'must be round-robin, least-requests, hash:ip or hash:header:<header name>, e.g. hash:header:X-User',
+  '^/[A-Za-z0-9._~!$&\'()*+,;=:@%/?-]*$': 'must be an absolute path such as /healthz (it may have a ?query)',
   // routes[].scopes keys.
   '^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS|\\*)$': 'must be a method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS) or * for every other method',
   // Credentials, written by the CLI's own commands.

@@ -6,6 +6,7 @@
 import Type, { type Static } from 'typebox'
 import { Duration, HTTP_METHODS, Size } from './common.js'
 import { authConfigProperties, routeAuthProperties } from './auth.js'
+import { routeUpstreamProperties } from './upstream.js'
 import { MetricsSchema, TracingSchema } from './observability.js'
 import { edgeConfigProperties, routeEdgeProperties, serverEdgeProperties } from './edge.js'
 import { routeValidateProperties } from './validate.js'
@@ -51,6 +52,7 @@ export const ServerSchema = Type.Object({
   maxHeaderSize: Size({ default: '16kb', description: 'largest request head (request line + headers) accepted; larger → 431' }),
   ...serverEdgeProperties,
   timeouts: TimeoutsSchema,
+  readiness: Type.Array(Type.String({ minLength: 1 }), { default: [], uniqueItems: true, description: 'names of routes /readyz follows: 503 while one of them has no target left (by default /readyz does not depend on upstreams)' }),
   shutdownGrace: Duration({ default: '10s', description: 'on SIGTERM/SIGINT, how long in-flight requests get to finish' }),
   metrics: MetricsSchema
 }, { additionalProperties: false, default: {}, description: 'the listener: address, port, client limits and timeouts, shutdown, metrics endpoint' })
@@ -82,13 +84,9 @@ export const RouteTlsSchema = Type.Object({
 export const RouteSchema = Type.Object({
   name: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', description: 'unique name; used in logs and metrics labels' }),
   prefix: Type.String({ pattern: '^/[A-Za-z0-9._~!$&\'()*+,;=:@%/-]*$', description: 'path prefix this route answers, e.g. /api/people' }),
-  upstream: Type.Union([
-    Type.String({ minLength: 1 }),
-    Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })
-  ], { description: 'http(s) URL, or a list balanced round-robin; its path replaces the prefix' }),
+  ...routeUpstreamProperties,
   methods: Type.Array(Method, { minItems: 1, uniqueItems: true, default: DEFAULT_METHODS, description: 'methods proxied; others get 405' }),
   timeout: Duration({ default: '30s', description: 'time the upstream has to send its response headers, and the longest pause inside its body' }),
-  retries: Type.Integer({ minimum: 0, maximum: 5, default: 1, description: 'retries of idempotent, body-less requests whose connection failed before any response' }),
   connections: Type.Integer({ minimum: 1, maximum: 4096, default: 128, description: 'keep-alive connections per upstream URL' }),
   maxPending: Type.Integer({ minimum: 0, maximum: 100000, default: 1024, description: 'requests that may wait for a free upstream connection (per upstream URL); one more → 503 with Retry-After (Envoy: max_pending_requests)' }),
   queueTimeout: Duration({ default: '5s', description: 'longest wait for a free upstream connection; after it → 503 with Retry-After' }),

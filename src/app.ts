@@ -6,6 +6,7 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import type { Logger } from 'pino'
 import { RESERVED_PATHS, type GatewayConfig } from '../schemas/config.js'
+import { upstreamTargets } from '../schemas/upstream.js'
 import { parseDuration, parseSize } from '../schemas/common.js'
 import { clientErrorResponse, sendProblem } from '../plugins/core/problem.js'
 import { requestId } from '../plugins/core/request-id.js'
@@ -196,7 +197,10 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
     for (const { stage, state } of stages) if (state !== null && stage.forwarding !== undefined) contributions.push(stage.forwarding(state, routeCtx))
     ROUTE_STAGES.forEach((stage, i) => { if (routeStates[i] !== null && stage.forwarding !== undefined) contributions.push(stage.forwarding(routeStates[i], routeCtx)) })
     const forwarder = createForwarder({
-      upstreams: Array.isArray(route.upstream) ? route.upstream : [route.upstream],
+      upstreams: upstreamTargets(route.upstream).map((t) => t.url),
+      targets: app.upstreams.get(route.name),
+      retryOn: route.retryOn,
+      tryTimeoutMs: route.tryTimeout === undefined ? undefined : parseDuration(route.tryTimeout),
       prefix: route.prefix,
       routeName: route.name,
       timeoutMs: parseDuration(route.timeout),

@@ -18,6 +18,7 @@ import { checkAuthSemantics, prepareAuthSecrets } from './auth-config.js'
 import { checkValidateSemantics, resolveValidatePaths } from '../schemas/validate.js'
 import { checkEdgeSemantics } from '../schemas/edge.js'
 import { checkObservabilitySemantics } from '../schemas/observability.js'
+import { checkUpstreamSemantics, upstreamTargets } from '../schemas/upstream.js'
 import { checkKnownSecrets } from '../schemas/secure-defaults.js'
 
 export interface ConfigErrorOptions {
@@ -652,6 +653,7 @@ function shadows (outer: string, inner: string): boolean {
 function checkSemantics (config: GatewayConfig, problems: string[]): void {
   checkEdgeSemantics(config, problems)
   checkObservabilitySemantics(config, problems)
+  checkUpstreamSemantics(config, problems)
   const names = new Map<string, number>()
   const prefixes: Array<{ prefix: string, index: number }> = []
   const { timeouts } = config.server
@@ -664,11 +666,15 @@ function checkSemantics (config: GatewayConfig, problems: string[]): void {
     if (firstName !== undefined) problems.push(`${at}.name: "${route.name}" is already the name of routes[${firstName}]`)
     else names.set(route.name, i)
 
-    const upstreams = Array.isArray(route.upstream) ? route.upstream : [route.upstream]
-    upstreams.forEach((u, j) => checkUrl(u, Array.isArray(route.upstream) ? `${at}.upstream[${j}]` : `${at}.upstream`, problems))
+    const targets = upstreamTargets(route.upstream)
+    const upstreams = targets.map((t) => t.url)
+    const urlAt = (j: number): string => typeof route.upstream === 'string' ? `${at}.upstream` : `${at}.upstream[${j}]${typeof route.upstream[j] === 'string' ? '' : '.url'}`
+    upstreams.forEach((u, j) => { checkUrl(u, urlAt(j), problems) })
     if (upstreams.length > 1 && upstreams.every((u) => URL.canParse(u))) {
       const paths = new Set(upstreams.map((u) => new URL(u).pathname.replace(/\/+$/, '')))
       if (paths.size > 1) problems.push(`${at}.upstream: every URL of a balanced upstream must have the same path`)
+      const origins = new Set(upstreams.map((u) => new URL(u).origin))
+      if (origins.size < upstreams.length) problems.push(`${at}.upstream: a target is listed twice (give it a weight instead)`)
     }
 
     if (/\/\/|\/\.\.?(\/|$)|%2f/i.test(route.prefix)) {

@@ -9,8 +9,10 @@
  *    gateway's own headers are added, so a client cannot strip X-Forwarded-* or X-Request-Id;
  *  - refused connection → 502, no response within the route timeout → 504, and neither leaks
  *    an address or errno; an upstream that dies mid-body aborts the client response;
- *  - only idempotent, body-less requests are retried, only on connection failures, and never on
- *    a status code (reply-from retries 503 ten times by default);
+ *  - which target gets a request is the route's UpstreamSet's answer (plugins/upstream: balancing,
+ *    health checks, ejection, circuit breakers); only idempotent, body-less requests are retried,
+ *    on another target, on the route's retryOn conditions and within its retry budget (reply-from
+ *    retries 503 ten times by default);
  *  - https upstreams verify certificates unless the route opts out.
  */
 import { readFileSync } from 'node:fs'
@@ -25,10 +27,21 @@ import { replyHeaders, type OwnHeaders } from '../plugins/core/fastify-internals
 import { BodyTooLarge, hasBody, readBody, type BodyError } from '../plugins/validation/json-body.js'
 import { hasBearerScheme } from '../plugins/auth/auth-common.js'
 import { mergePolicy, type RoutePolicy } from '../plugins/core/stage.js'
+import { UpstreamSet } from '../plugins/upstream/upstream-set.js'
+import type { RetryOn } from '../schemas/upstream.js'
 
 export interface ForwarderOptions {
-  /** Upstream URLs; all share the same path, which replaces `prefix`. */
+  /**
+   * Upstream URLs; all share the same path, which replaces `prefix`. Balanced round-robin, with
+   * nothing taken out, unless `targets` is given.
+   */
   upstreams: readonly string[]
+  /** The route's targets with balancing, health and breakers (plugins/upstream); replaces `upstreams`. */
+  targets?: UpstreamSet
+  /** What is retried (routes[].retryOn); default connect-failure and reset. */
+  retryOn?: readonly RetryOn[]
+  /** Time one try has for the response headers, in ms (routes[].tryTimeout); default timeoutMs. */
+  tryTimeoutMs?: number
   /** The route prefix that the upstream path replaces (`/api/people`). */
   prefix: string
   /** Response headers and inter-chunk body timeout. */
@@ -116,8 +129,10 @@ const RESPONSE_SKIP = new Set([
 const OWN_SKIP = new Set(['content-length', 'content-type', 'content-encoding', 'transfer-encoding', 'connection', 'keep-alive', 'x-request-id'])
 const OWN_MERGE = new Set(['vary', 'set-cookie'])
 
-/** Connection failures after which a retry cannot have reached the upstream's application. */
-const RETRYABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'UND_ERR_SOCKET', 'EPIPE', 'UND_ERR_CLOSED'])
+/** Errors before any response byte, by retryOn condition. */
+const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT'])
+const RESETS = new Set(['ECONNRESET', 'UND_ERR_SOCKET', 'EPIPE', 'UND_ERR_CLOSED'])
+const TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT'])
 
 const NO_EXTRAS: ForwardExtras = Object.freeze({})
 
@@ -128,6 +143,8 @@ const NO_EXTRAS: ForwardExtras = Object.freeze({})
  * gives up while waiting leaves the queue at once and never reaches the upstream.
  */
 interface Target {
+  /** Its index in the route's UpstreamSet. */
+  index: number
   pool: Pool
   host: string
   origin: string
@@ -146,7 +163,12 @@ interface Rewrite { prefix: string, basePath: string, origins: string[] }
 
 export function createForwarder (options: ForwarderOptions): Forwarder {
   const ca = options.tls?.ca === undefined ? undefined : readFileSync(options.tls.ca)
-  const targets: Target[] = options.upstreams.map((raw) => {
+  const set = options.targets ?? new UpstreamSet({
+    route: options.routeName ?? options.prefix,
+    targets: options.upstreams.map((url) => ({ url, weight: 1 })),
+    balance: 'round-robin'
+  })
+  const targets: Target[] = set.targets.map(({ url: raw }, index) => {
     const url = new URL(raw)
     const pool = new Pool(url.origin, {
       connections: options.connections,
@@ -158,20 +180,13 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
         ? { rejectUnauthorized: options.tls?.insecureSkipVerify !== true, ca, timeout: Math.min(options.timeoutMs, 10_000) }
         : { timeout: Math.min(options.timeoutMs, 10_000) }
     })
-    return { pool, host: url.host, origin: url.origin, active: 0, waiting: [], waitingCount: 0 }
+    return { index, pool, host: url.host, origin: url.origin, active: 0, waiting: [], waitingCount: 0 }
   })
   // The config check guarantees every URL of a balanced upstream has the same path.
-  const basePath = new URL(options.upstreams[0]).pathname.replace(/\/+$/, '')
+  const basePath = new URL(set.targets[0].url).pathname.replace(/\/+$/, '')
   const prefix = options.prefix === '/' ? '' : options.prefix
   const rewrite: Rewrite = { prefix, basePath, origins: targets.map((t) => t.origin) }
-  let next = 0
-
-  function pick (): Target {
-    const target = targets[next]
-    next = (next + 1) % targets.length
-    return target
-  }
-
+  const retryOn = new Set<string>(options.retryOn ?? ['connect-failure', 'reset'])
   const routeName = options.routeName ?? options.prefix
   const given = mergePolicy([options.policy ?? {}])
   const skip = new Set([...REQUEST_SKIP, ...given.stripHeaders.map((h) => h.toLowerCase())])
@@ -197,7 +212,13 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
     fixed,
     policy,
     routeName,
-    pick,
+    set,
+    targets,
+    retryConnectFailure: retryOn.has('connect-failure'),
+    retryReset: retryOn.has('reset'),
+    retryTimeout: retryOn.has('timeout'),
+    retryStatuses: new Set([502, 503, 504].filter((status) => retryOn.has(String(status)))),
+    tryTimeoutMs: options.tryTimeoutMs ?? options.timeoutMs,
     connections: options.connections,
     maxPending: options.maxPending ?? 1024,
     queueTimeoutMs: options.queueTimeoutMs ?? 5_000
@@ -241,7 +262,7 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
         for (const place of target.waiting) place.request?.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The gateway is shutting down.'))
         target.waiting.length = 0
       }
-      await Promise.all(targets.map((t) => t.pool.close()))
+      await Promise.all(targets.map(async (t) => { await t.pool.close() }))
     }
   }
 }
@@ -269,6 +290,12 @@ function limitBody (source: Readable, limit: number): Transform {
 class BodyTooLargeError extends Error {
   readonly code = 'GW_BODY_TOO_LARGE'
   constructor (readonly limit: number) { super('request body too large') }
+}
+
+/** An upstream answered with a status retryOn names, and the request is tried again elsewhere. */
+class RetryStatusError extends Error {
+  readonly code = 'GW_RETRY_STATUS'
+  constructor (readonly status: number) { super(`upstream status ${status}, retried`) }
 }
 
 /** An upstream answered with a status HTTP does not define (outside 100–599). */
@@ -418,7 +445,13 @@ interface RouteState {
   fixed: ReadonlyArray<readonly [string, string]>
   policy: HeaderPolicy
   routeName: string
-  pick: () => Target
+  set: UpstreamSet
+  targets: readonly Target[]
+  retryConnectFailure: boolean
+  retryReset: boolean
+  retryTimeout: boolean
+  retryStatuses: ReadonlySet<number>
+  tryTimeoutMs: number
   connections: number
   maxPending: number
   queueTimeoutMs: number
@@ -438,6 +471,12 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
   private resume: (() => void) | null = null
   private attempt = 0
   private target: Target | null = null
+  /** The target this request was dispatched to and has not finished with (for the set's in-flight count), else -1. */
+  private onTarget = -1
+  /** The target of the next try, chosen when the last one failed (-1: the balancer chooses). */
+  private retryTo = -1
+  /** The hash key for the balancer (computed once). */
+  private key: string | null = null
   /** Holds one of target's `connections` slots. */
   private holding = false
   /** Its place in target.waiting while queued, else null. */
@@ -495,7 +534,19 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
 
   /** Takes a connection slot on the next target, or waits for one; then dispatches. */
   send (): void {
-    const target = this.route.pick()
+    const set = this.route.set
+    let index = this.retryTo
+    if (index === -1) {
+      set.requested()
+      this.key = set.keyOf(this.request)
+      index = set.pick(this.key)
+      if (index === -1) {
+        this.finish()
+        this.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'No upstream target is available; retry shortly.', { headers: { 'retry-after': String(set.retryAfterSeconds()) } }))
+        return
+      }
+    }
+    const target = this.route.targets[index]
     this.target = target
     if (target.active < this.route.connections) {
       target.active++
@@ -564,6 +615,8 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     this.attempt++
     this.target = target
     this.abort = null
+    this.onTarget = target.index
+    this.route.set.dispatched(target.index)
     const buffered = this.buffered
     target.pool.dispatch({
       origin: target.origin,
@@ -572,7 +625,8 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
       headers: upstreamHeaders(this.request, target.host, this.extras, this.route.policy, buffered === null ? -1 : buffered.size),
       body: buffered === null ? this.body : (buffered.bytes ?? buffered.open()),
       idempotent: this.idempotent,
-      blocking: false
+      blocking: false,
+      headersTimeout: this.route.tryTimeoutMs
     }, this)
   }
 
@@ -665,6 +719,15 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
       return false
     }
     if (statusCode < 200) return true // 1xx informational: wait for the final response
+    const set = this.route.set
+    const index = (this.target as Target).index
+    set.result(index, statusCode)
+    if (this.route.retryStatuses.has(statusCode) && this.retryPossible()) {
+      // A 502/503/504 that retryOn names, and a try left: this response is dropped, the next
+      // try goes to another target (the status is kept for the log line).
+      ;(this.abort as (err?: Error) => void)(new RetryStatusError(statusCode))
+      return false
+    }
     const request = this.request
     const headers = responseHeaders(rawHeaders, request.id, this.route, replyHeaders(this.reply))
     // Draining (plugins/core/health): this response closes its connection, so the client does not
@@ -700,12 +763,22 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     this.finish()
     const code = (err as { code?: string }).code ?? ''
     const target = this.target as Target
-    if (!this.started && this.attempt < this.attempts && RETRYABLE.has(code) && !this.res.destroyed) {
-      this.request.log.debug({ attempt: this.attempt, code }, 'retrying upstream request')
-      this.done = false
-      this.res.once('close', this.onClose)
-      this.sendFromEvent()
+    const route = this.route
+    if (err instanceof RetryStatusError) {
+      this.retry(code)
       return
+    }
+    if (!this.started && !this.res.destroyed) {
+      // No response from this target (not a client's fault): a failure of the target (the set may
+      // eject it or open its breaker), retried on another target if retryOn names the condition.
+      const condition = CONNECT_FAILURES.has(code) ? route.retryConnectFailure : RESETS.has(code) ? route.retryReset : TIMEOUTS.has(code) ? route.retryTimeout : null
+      if (condition !== null || code.startsWith('ERR_TLS') || code.includes('CERT')) route.set.result(target.index, 0)
+      if (condition === true && this.retryPossible()) {
+        this.retry(code)
+        return
+      }
+    } else if (!this.started) {
+      route.set.abandoned(target.index)
     }
     const routeName = this.route.routeName
     publish(channels.upstreamError, () => ({ request: this.request, route: routeName, kind: errorKind(err) }))
@@ -723,9 +796,35 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     this.reply.send(upstreamError(err, this.request, target.origin))
   }
 
+  /**
+   * Whether a failed try may be tried again: tries left, the client still there, a target to try
+   * (another one when there is one) and the retry budget agrees. Chooses that target.
+   */
+  private retryPossible (): boolean {
+    if (this.attempt >= this.attempts || this.res.destroyed) return false
+    const set = this.route.set
+    const failed = (this.target as Target).index
+    let index = set.pick(this.key ?? '', failed)
+    if (index === -1 && set.available(failed)) index = failed // the only target left
+    if (index === -1 || !set.mayRetry()) return false
+    this.retryTo = index
+    return true
+  }
+
+  private retry (code: string): void {
+    this.request.log.debug({ attempt: this.attempt, code, upstream: (this.target as Target).origin, next: this.route.targets[this.retryTo].origin }, 'retrying upstream request')
+    this.done = false
+    this.res.once('close', this.onClose)
+    this.sendFromEvent()
+  }
+
   /** The request is over (answered, failed, or the client left): everything it held is given back. */
   private finish (): void {
     this.done = true
+    if (this.onTarget !== -1) {
+      this.route.set.done(this.onTarget)
+      this.onTarget = -1
+    }
     this.res.removeListener('close', this.onClose)
     this.release()
     // Only body-less requests are retried, so a held body is never needed again.

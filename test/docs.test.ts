@@ -25,7 +25,7 @@ t.test('every config key has a description, and the reference lists it with its 
   for (const key of keys) t.not(key.description.trim(), '', `${key.path} has a description`)
   const page = renderConfigurationDoc()
   t.match(page, /\| `server\.timeouts\.headers` \| duration \| `10s` \|/, 'a nested key, its type and default')
-  t.match(page, /\| `routes\[\]\.upstream` \| string \\\| string\[\] \| required \|/, 'a required key of a list item')
+  t.match(page, /\| `routes\[\]\.upstream` \| string \\\| \(string \\\| object\)\[\] \| required \|/, 'a required key of a list item (a union type spelled out)')
   t.match(page, /\| `server\.headersWithUnderscores` \| "drop" \\\| "reject" \\\| "allow" \| `drop` \|/, 'the allowed values')
   t.match(page, /\| `routes\[\]\.ipFilter` \|[^\n]*its keys are those of `ipFilter`/, 'a schema used twice is expanded once')
   t.equal(typeOf({ type: 'integer', minimum: 1 }), 'integer ≥ 1')

@@ -2,6 +2,7 @@
  * Request validation: path, query, headers and JSON body against schemas compiled at start-up
  * (named TypeBox/JSON schemas, or an OpenAPI document).
  */
+import { upstreamTargets } from '../../schemas/upstream.js'
 import { parseSize } from '../../schemas/common.js'
 import { routeStage } from '../core/stage.js'
 import validatePlugin from './validate.js'
@@ -12,7 +13,7 @@ export const validate = routeStage({
   phase: 'preValidation',
   setup: ({ config, route, index }) => {
     if (route.validate === undefined) return null
-    const upstream = Array.isArray(route.upstream) ? route.upstream[0] : route.upstream
+    const upstream = upstreamTargets(route.upstream)[0].url
     return {
       validate: route.validate,
       at: `routes[${index}].validate`,

@@ -1,0 +1,99 @@
+/**
+ * Upstream resilience: which target of a route gets a request, and which targets are out — the
+ * balancer, active health checks, passive health (outlier ejection), circuit breakers and the
+ * retry budget, per route (./upstream-set.ts). This gateway stage builds one set per route,
+ * starts the health checks when the gateway is ready and stops them when it closes; the
+ * forwarder of each route is given its set (src/app.ts). `server.readiness` makes /readyz
+ * follow routes: 503 while one of them has no target left.
+ */
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { parseDuration } from '../../schemas/common.js'
+import { upstreamTargets } from '../../schemas/upstream.js'
+import type { RouteConfig } from '../../schemas/config.js'
+import { gatewayStage } from '../core/stage.js'
+import { CheckLimiter } from './health-check.js'
+import { UpstreamSet, type UpstreamSetOptions } from './upstream-set.js'
+import { readFileSync } from 'node:fs'
+
+export { UpstreamSet } from './upstream-set.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Each route's targets and their state, by route name (plugins/upstream). */
+    upstreams: ReadonlyMap<string, UpstreamSet>
+  }
+}
+
+/** Health checks in flight at once, across every route of one gateway. */
+const CHECK_CONCURRENCY = 16
+
+export interface UpstreamsOptions {
+  routes: readonly RouteConfig[]
+  readiness: readonly string[]
+}
+
+/** The options of one route's set, from its config (durations in ms). */
+export function upstreamSetOptions (route: RouteConfig): Omit<UpstreamSetOptions, 'limiter' | 'log'> {
+  const check = route.healthCheck
+  const outlier = route.outlierDetection
+  const breaker = route.circuitBreaker
+  return {
+    route: route.name,
+    targets: upstreamTargets(route.upstream),
+    balance: route.balance,
+    healthCheck: check === undefined
+      ? null
+      : {
+          path: check.path,
+          intervalMs: parseDuration(check.interval),
+          timeoutMs: parseDuration(check.timeout),
+          healthyThreshold: check.healthyThreshold,
+          unhealthyThreshold: check.unhealthyThreshold,
+          expectStatus: check.expectStatus
+        },
+    outlier: outlier === false
+      ? null
+      : {
+          consecutiveFailures: outlier.consecutiveFailures,
+          count: outlier.count,
+          baseEjectionMs: parseDuration(outlier.baseEjectionTime),
+          maxEjectionMs: parseDuration(outlier.maxEjectionTime),
+          maxEjectionPercent: outlier.maxEjectionPercent
+        },
+    breaker: breaker === false
+      ? null
+      : {
+          failureRatio: breaker.failureRatio,
+          windowMs: parseDuration(breaker.window),
+          minRequests: breaker.minRequests,
+          openForMs: parseDuration(breaker.openFor),
+          halfOpenRequests: breaker.halfOpenRequests
+        },
+    retryBudget: route.retryBudget === false ? null : route.retryBudget,
+    tls: { rejectUnauthorized: route.tls.insecureSkipVerify !== true, ca: route.tls.ca === undefined ? undefined : readFileSync(route.tls.ca) }
+  }
+}
+
+async function upstreamsPlugin (app: FastifyInstance, opts: UpstreamsOptions): Promise<void> {
+  const limiter = new CheckLimiter(CHECK_CONCURRENCY)
+  const sets = new Map<string, UpstreamSet>()
+  for (const route of opts.routes) {
+    sets.set(route.name, new UpstreamSet({ ...upstreamSetOptions(route), limiter, log: app.log }))
+  }
+  app.decorate('upstreams', sets)
+  for (const name of opts.readiness) {
+    const set = sets.get(name) as UpstreamSet
+    app.readiness.add(`upstream:${name}`, () => set.hasAvailable() ? null : 'no upstream target available')
+  }
+  app.addHook('onReady', async () => { for (const set of sets.values()) set.start() })
+  app.addHook('onClose', async () => { await Promise.all([...sets.values()].map(async (set) => { await set.stop() })) })
+}
+
+export const targets = gatewayStage({
+  name: 'upstream targets',
+  key: 'routes[].upstream, balance, healthCheck, outlierDetection, circuitBreaker, retryBudget',
+  phase: 'handler',
+  setup: ({ config }) => ({ routes: config.routes, readiness: config.server.readiness }),
+  plugin: fp(upstreamsPlugin, { name: 'portcullis-upstreams', fastify: '5.x', decorators: { fastify: ['readiness'] } })
+})
