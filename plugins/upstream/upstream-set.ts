@@ -154,7 +154,6 @@ export class UpstreamSet {
 
   /** Index of the target for a request (never `exclude`, a target a retry just failed on), or -1: none is available. */
   pick (key: string, exclude = -1): number {
-    if (this.targets.length === 1) return exclude !== 0 && this.isAvailable(0) ? 0 : -1
     return this.balancer.pick(this.isAvailable, key, exclude)
   }
 
