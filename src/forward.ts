@@ -132,7 +132,7 @@ const OWN_MERGE = new Set(['vary', 'set-cookie'])
 /** Errors before any response byte, by retryOn condition. */
 const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT'])
 const RESETS = new Set(['ECONNRESET', 'UND_ERR_SOCKET', 'EPIPE', 'UND_ERR_CLOSED'])
-const TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT'])
+const TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT', 'GW_TRY_TIMEOUT'])
 
 const NO_EXTRAS: ForwardExtras = Object.freeze({})
 
@@ -218,7 +218,7 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
     retryReset: retryOn.has('reset'),
     retryTimeout: retryOn.has('timeout'),
     retryStatuses: new Set([502, 503, 504].filter((status) => retryOn.has(String(status)))),
-    tryTimeoutMs: options.tryTimeoutMs ?? options.timeoutMs,
+    tryTimeoutMs: options.tryTimeoutMs ?? 0,
     connections: options.connections,
     maxPending: options.maxPending ?? 1024,
     queueTimeoutMs: options.queueTimeoutMs ?? 5_000
@@ -296,6 +296,15 @@ class BodyTooLargeError extends Error {
 class RetryStatusError extends Error {
   readonly code = 'GW_RETRY_STATUS'
   constructor (readonly status: number) { super(`upstream status ${status}, retried`) }
+}
+
+/** The try timer's callback: a function of the request, not a closure per request. */
+function onTryTimeout (request: ForwardedRequest): void { request.tryTimedOut() }
+
+/** No response headers within routes[].tryTimeout. */
+class TryTimeoutError extends Error {
+  readonly code = 'GW_TRY_TIMEOUT'
+  constructor () { super('no response headers within tryTimeout') }
 }
 
 /** An upstream answered with a status HTTP does not define (outside 100–599). */
@@ -414,7 +423,7 @@ function upstreamError (err: Error, request: FastifyRequest, origin: string): Ga
   }
   const code = (err as { code?: string }).code ?? err.name
   request.log.warn({ code, upstream: origin }, 'upstream request failed')
-  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ETIMEDOUT') {
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'GW_TRY_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ETIMEDOUT') {
     return new GatewayError('GW_ERR_GATEWAY_TIMEOUT', 'The upstream did not answer in time.', { cause: err })
   }
   if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH' || code === 'UND_ERR_ABORTED' || code === 'ECONNABORTED') {
@@ -451,6 +460,10 @@ interface RouteState {
   retryReset: boolean
   retryTimeout: boolean
   retryStatuses: ReadonlySet<number>
+  /**
+   * routes[].tryTimeout in ms, 0 when not set. Its own timer: undici runs headersTimeout on a
+   * coarse clock (lib/util/timers.js: ticks of about 0.5 s), so a 300 ms try took 0.8–1 s.
+   */
   tryTimeoutMs: number
   connections: number
   maxPending: number
@@ -470,6 +483,18 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
   private abort: ((err?: Error) => void) | null = null
   private resume: (() => void) | null = null
   private attempt = 0
+  /** routes[].tryTimeout's timer for the current try, and whether it fired before undici gave an abort. */
+  private tryTimer: NodeJS.Timeout | null = null
+  private tryExpired = false
+
+  /** routes[].tryTimeout passed with no response headers: the try fails as a timeout (retried if retryOn says so). */
+  tryTimedOut (): void {
+    this.tryTimer = null
+    if (this.started || this.done) return
+    if (this.abort === null) this.tryExpired = true
+    else this.abort(new TryTimeoutError())
+  }
+
   private target: Target | null = null
   /** The target this request was dispatched to and has not finished with (for the set's in-flight count), else -1. */
   private onTarget = -1
@@ -625,9 +650,9 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
       headers: upstreamHeaders(this.request, target.host, this.extras, this.route.policy, buffered === null ? -1 : buffered.size),
       body: buffered === null ? this.body : (buffered.bytes ?? buffered.open()),
       idempotent: this.idempotent,
-      blocking: false,
-      headersTimeout: this.route.tryTimeoutMs
+      blocking: false
     }, this)
+    if (this.route.tryTimeoutMs > 0) this.tryTimer = setTimeout(onTryTimeout, this.route.tryTimeoutMs, this)
   }
 
   /**
@@ -709,6 +734,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
 
   onConnect (abort: (err?: Error) => void): void {
     this.abort = abort
+    if (this.tryExpired) { abort(new TryTimeoutError()); return }
     if (this.res.destroyed) abort(new Error('client closed the connection'))
   }
 
@@ -719,6 +745,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
       return false
     }
     if (statusCode < 200) return true // 1xx informational: wait for the final response
+    this.clearTryTimer()
     const set = this.route.set
     const index = (this.target as Target).index
     set.result(index, statusCode)
@@ -796,6 +823,11 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     this.reply.send(upstreamError(err, this.request, target.origin))
   }
 
+  private clearTryTimer (): void {
+    this.tryExpired = false
+    if (this.tryTimer !== null) { clearTimeout(this.tryTimer); this.tryTimer = null }
+  }
+
   /**
    * Whether a failed try may be tried again: tries left, the client still there, a target to try
    * (another one when there is one) and the retry budget agrees. Chooses that target.
@@ -821,6 +853,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
   /** The request is over (answered, failed, or the client left): everything it held is given back. */
   private finish (): void {
     this.done = true
+    this.clearTryTimer()
     if (this.onTarget !== -1) {
       this.route.set.done(this.onTarget)
       this.onTarget = -1

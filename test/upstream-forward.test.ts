@@ -95,3 +95,22 @@ t.test('the config refuses what cannot work, in words', async (t) => {
   t.match(refused({ routes: [{ ...route, upstream: 'http://127.0.0.1:1', retryOn: ['500'] }] }), /routes\[0\]\.retryOn/, 'a status retryOn does not offer')
   t.equal(refused({ routes: [{ ...route, upstream: [{ url: 'http://127.0.0.1:1/a', weight: 3 }, 'http://127.0.0.1:2/a'], balance: 'least-requests', circuitBreaker: false, outlierDetection: false, retryBudget: false }] }), 'accepted', 'weights, least-requests, everything off: fine')
 })
+
+t.test('tryTimeout: a target that never answers is given up on after its try, and retried elsewhere when retryOn names timeout', async (t) => {
+  const hung = await startUpstream(t, () => { /* never answers */ })
+  const well = await startUpstream(t, json('well'))
+  const route = { upstream: [hung.origin, well.origin], tryTimeout: '200ms', timeout: '20s', outlierDetection: false, circuitBreaker: false }
+  const { url } = await startTestGateway(t, {
+    routes: [
+      { ...route, name: 'retried', prefix: '/retried', retryOn: ['connect-failure', 'reset', 'timeout'] },
+      { ...route, name: 'plain', prefix: '/plain', retries: 0 }
+    ]
+  })
+  const retried = []
+  for (let i = 0; i < 6; i++) retried.push((await call(`${url}/retried/x`)).status)
+  t.same(retried, Array(6).fill(200), 'retryOn timeout: every GET answered by the other target')
+  const plain = []
+  for (let i = 0; i < 6; i++) plain.push((await call(`${url}/plain/x`)).status)
+  t.same(plain.sort(), [...Array(3).fill(200), ...Array(3).fill(504)], 'no retry: the tries on the silent target end in 504 (long before the route\'s 20 s timeout)')
+  t.equal(hung.requests.length, 6, 'the silent target got its share of first tries, nothing more')
+})
