@@ -256,8 +256,9 @@ function assertOpaque503 (t: Test, res: { status: number, type: string, body: st
   }
 }
 
+/** 150 ms of timeout: at 100 ms a stalled test process (load average 5) once failed every target's check at once. */
 function healthCheck (extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return { path: '/healthz', interval: '200ms', timeout: '100ms', healthyThreshold: 2, unhealthyThreshold: 2, ...extra }
+  return { path: '/healthz', interval: '200ms', timeout: '150ms', healthyThreshold: 2, unhealthyThreshold: 2, ...extra }
 }
 
 // ── Tests ───────────────────────────────────────────────────────────────────────────────────
