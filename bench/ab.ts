@@ -34,7 +34,7 @@ const USAGE = `usage: npm run ab -- --base REV [options]
   --seconds S         length of each run (default 2)
   --warmup S          load on each build before the first round (default 2)
   --connections N     (default 50)
-  --head-targets N    the head's route balanced over N upstream processes (default 1), e.g. with
+  --head-targets N    the head's route balanced over N upstream origins (default 1), e.g. with
                       --base-build dist: what a second target costs, same build on both sides
   --tool wrk|autocannon
   --no-pin            do not pin with taskset
@@ -157,9 +157,11 @@ async function main (): Promise<number> {
   try {
     const base = values.base !== undefined ? await buildRevision(values.repo ?? ROOT, values.base, scratch) : { build: values['base-build'] as string, commit: 'given build' }
     const head = join(import.meta.dirname, '..')
-    const { origin } = await startBenchUpstream(scratch, pin ? 1 : null)
+    // One upstream process for every target (listening on 127.0.0.2, .3… too), so the head's
+    // extra targets add origins and pools to the gateway, not processes competing for core 1.
+    const { origin, port: upstreamPort } = await startBenchUpstream(scratch, pin ? 1 : null, headTargets)
     const extra: string[] = []
-    for (let i = 1; i < headTargets; i++) extra.push((await startBenchUpstream(scratch, pin ? 1 : null)).origin)
+    for (let i = 2; i <= headTargets; i++) extra.push(`http://127.0.0.${i}:${upstreamPort}`)
     const sides = [
       await startSide('base', base.build, variant, origin, method, connections, pin, scratch),
       await startSide('head', head, variant, origin, method, connections, pin, scratch, extra)

@@ -99,9 +99,9 @@ export class Proc {
 
 /** Stop every process this module started (the runner's finally, and its signal handlers). */
 /** The benchmark's upstream (bench/upstream.ts) as its own process, once it listens. */
-export async function startBenchUpstream (scratch: string, cpu: number | null): Promise<{ proc: Proc, port: number, origin: string }> {
+export async function startBenchUpstream (scratch: string, cpu: number | null, addresses = 1): Promise<{ proc: Proc, port: number, origin: string }> {
   const port = await freePort()
-  const proc = new Proc('upstream', process.execPath, [builtFile('bench/upstream.js'), String(port)], {
+  const proc = new Proc('upstream', process.execPath, [builtFile('bench/upstream.js'), String(port), String(addresses)], {
     cpu, stderrFile: join(scratch, 'upstream.stderr.log'), stdinPipe: true
   })
   await proc.waitForLine(/listening (\d+)/)
