@@ -14,6 +14,7 @@ import { connect, createServer as createNetServer, type AddressInfo, type Socket
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { call, startTestGateway, startUpstream } from './helper.js'
+import { waitFor } from './fault-helpers.js'
 
 const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
 
@@ -149,8 +150,8 @@ t.test('routes[].maxPending and queueTimeout: what waits for an upstream connect
   })
   // The one connection is busy with a request the upstream holds.
   const first = call(`${gw}/one/hold1`)
-  await sleep(150)
-  t.equal(up.requests.length, 1)
+  // Waited for, not slept on: on a loaded CI machine 150 ms was once not enough to get there.
+  t.ok(await waitFor(() => up.requests.length === 1, 5000), 'the first request holds the one connection')
   // One may wait; one more is refused at once.
   const waiting = call(`${gw}/one/queued`)
   await sleep(50)
