@@ -14,6 +14,8 @@ export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'O
 
 export const DURATION_PATTERN = '^[0-9]+(ms|s|m|h)$'
 export const SIZE_PATTERN = '^[0-9]+(b|kb|mb|gb)$'
+/** routes[].hosts entries: a lower-case DNS name, or `*.` and one; no port, no trailing dot. */
+export const HOST_PATTERN = '^(\\*\\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$'
 
 /** A duration string: `500ms`, `10s`, `15m`, `1h`. */
 export function Duration (options: { default?: string, description?: string } = {}) {
@@ -50,6 +52,7 @@ export function parseSize (value: string): number {
 export const PATTERN_PHRASES: Record<string, string> = {
   [DURATION_PATTERN]: 'must be a duration such as 500ms, 10s, 15m or 1h',
   [SIZE_PATTERN]: 'must be a size such as 512kb or 1mb',
+  [HOST_PATTERN]: 'must be a lower-case host name such as api.example.com, or *. and one such as *.example.com (letters, digits and - in labels of up to 63; no port, no trailing dot)',
   // Paths: routes[].prefix and tokenEndpoint.path; validate rules add {param} placeholders.
   '^/[A-Za-z0-9._~!$&\'()*+,;=:@%/-]*$': 'must start with / and hold only letters, digits and the URL path characters - . _ ~ ! $ & \' ( ) * + , ; = : @ % /',
   '^/[A-Za-z0-9._~!$&\'()*+,;=:@%/{}-]*$': 'must start with / and hold only letters, digits, {param} placeholders and the URL path characters - . _ ~ ! $ & \' ( ) * + , ; = : @ % /',

@@ -4,7 +4,7 @@
  * every key has a `description`, and every default lives here and nowhere else.
  */
 import Type, { type Static } from 'typebox'
-import { Duration, HTTP_METHODS, Size } from './common.js'
+import { Duration, HOST_PATTERN, HTTP_METHODS, Size } from './common.js'
 import { authConfigProperties, routeAuthProperties } from './auth.js'
 import { routeUpstreamProperties } from './upstream.js'
 import { MetricsSchema, TracingSchema } from './observability.js'
@@ -84,6 +84,11 @@ export const RouteTlsSchema = Type.Object({
 export const RouteSchema = Type.Object({
   name: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', description: 'unique name; used in logs and metrics labels' }),
   prefix: Type.String({ pattern: '^/[A-Za-z0-9._~!$&\'()*+,;=:@%/-]*$', description: 'path prefix this route answers, e.g. /api/people' }),
+  hosts: Type.Array(Type.String({ pattern: HOST_PATTERN, maxLength: 253 }), {
+    default: [],
+    uniqueItems: true,
+    description: 'host names this route answers (the Host header, compared case-insensitively without its port and a trailing dot): api.example.com, or *.example.com for any name under example.com at any depth (not example.com itself). An exact name wins, then the longest wildcard, then the routes without hosts; [] (the default): every host. A request whose host no route with its prefix takes gets 404 (docs/proxying.md, "Host-based routes")'
+  }),
   ...routeUpstreamProperties,
   methods: Type.Array(Method, { minItems: 1, uniqueItems: true, default: DEFAULT_METHODS, description: 'methods proxied; others get 405' }),
   timeout: Duration({ default: '30s', description: 'time the upstream has to send its response headers, and the longest pause inside its body' }),
@@ -110,7 +115,7 @@ export const GatewayConfigSchema = Type.Object({
   ...authConfigProperties,
   ...edgeConfigProperties,
   tracing: TracingSchema,
-  routes: Type.Array(RouteSchema, { minItems: 1, description: 'one route per API behind the gateway; no two routes may share or shadow a prefix, and /healthz, /readyz, /metrics are the gateway\'s' })
+  routes: Type.Array(RouteSchema, { minItems: 1, description: 'one route per API behind the gateway; no two routes may share or shadow a prefix for the same host (routes[].hosts), and /healthz, /readyz, /metrics are the gateway\'s' })
 }, { additionalProperties: false })
 
 export type GatewayConfig = Static<typeof GatewayConfigSchema>

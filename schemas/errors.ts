@@ -8,11 +8,11 @@
 export const PROBLEM_TYPE_BASE = 'urn:portcullis:problem:'
 
 export const ERRORS = {
-  GW_ERR_BAD_REQUEST: { status: 400, title: 'Bad Request', when: 'malformed request; a path spelling the route refuses (dot segments, %2F, backslash, ;, NUL or control byte, #: see security.md, "Paths and transfer codings"); a Transfer-Encoding in an HTTP/1.0 request; a body shorter than its length' },
+  GW_ERR_BAD_REQUEST: { status: 400, title: 'Bad Request', when: 'malformed request; a path spelling the route refuses (dot segments, %2F, backslash, ;, NUL or control byte, #: see security.md, "Paths and transfer codings"); a Transfer-Encoding in an HTTP/1.0 request; a body shorter than its length; on a route with hosts, a second Host header, or an absolute-form target or trusted X-Forwarded-Host naming another host than Host' },
   GW_ERR_VALIDATION: { status: 400, title: 'Request validation failed', when: "the request does not match the route's schema (with errors[{pointer, message}])" },
   GW_ERR_UNAUTHORIZED: { status: 401, title: 'Unauthorized', when: 'missing or invalid credentials (with a WWW-Authenticate challenge per scheme the route accepts); a wrong password at the token endpoint' },
   GW_ERR_FORBIDDEN: { status: 403, title: 'Forbidden', when: 'a valid identity without the required scope (named in detail) or claim (require); an address refused by the IP filter; a CORS preflight from an origin not listed' },
-  GW_ERR_NOT_FOUND: { status: 404, title: 'Not Found', when: 'no route matches; with validate.unmatched: reject, no OpenAPI operation matches' },
+  GW_ERR_NOT_FOUND: { status: 404, title: 'Not Found', when: 'no route matches the path (or, with routes[].hosts, the Host); with validate.unmatched: reject, no OpenAPI operation matches' },
   GW_ERR_METHOD_NOT_ALLOWED: { status: 405, title: 'Method Not Allowed', when: "the method is not in the route's methods (with Allow)" },
   GW_ERR_REQUEST_TIMEOUT: { status: 408, title: 'Request Timeout', when: 'the client was too slow to send its request head (server.timeouts.headers) or its whole request (server.timeouts.request)' },
   GW_ERR_PAYLOAD_TOO_LARGE: { status: 413, title: 'Payload Too Large', when: "the body is over server.bodyLimit or the route's bodyLimit" },

@@ -13,6 +13,7 @@ import { requestId } from '../plugins/core/request-id.js'
 import { securityHeaderValues } from '../plugins/edge/security-headers.js'
 import { trustProxyOption } from '../plugins/edge/trust.js'
 import { lingerAfterClientError } from '../plugins/edge/lingering-close.js'
+import { hostsRouterConstraints } from '../plugins/edge/host-match.js'
 import { closeAfterResponse, responseInFlight, routeNameOf } from '../plugins/core/fastify-internals.js'
 import { mergePolicy, registerStage, type GatewayContext, type RequestObserver, type RouteContext, type RoutePolicy } from '../plugins/core/stage.js'
 import type { EmbeddedPlugin } from '../plugins/extend/index.js'
@@ -149,7 +150,8 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
     return503OnClosing: false,
     forceCloseConnections: 'idle',
     exposeHeadRoutes: false,
-    routerOptions: { maxParamLength: 2048 },
+    // routes[].hosts: the `hosts` constraint (plugins/edge/host-match.ts), only when a route has hosts.
+    routerOptions: { maxParamLength: 2048, ...hostsRouterConstraints(config.routes) },
     // Malformed URLs (`/api/people/%zz`) and failed constraints: problem+json like everything else.
     frameworkErrors (error, request, reply) {
       // These are answered before any route (and its hooks): set the request id and the

@@ -8,6 +8,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { RouteContext } from '../plugins/core/stage.js'
 import { registerStage } from '../plugins/core/stage.js'
 import { corsRouteMethods } from '../plugins/edge/cors.js'
+import { hostGuard, hostsRouteConstraint } from '../plugins/edge/host-match.js'
 import type { Forwarder } from './forward.js'
 import { ROUTE_STAGES } from './pipeline.js'
 
@@ -27,6 +28,9 @@ declare module 'fastify' {
 
 export async function routeScope (scope: FastifyInstance, opts: RouteScopeOptions): Promise<void> {
   const { ctx: { route }, states, forwarder } = opts
+  // A route with hosts: its first hook refuses a request that names a second host (host-match.ts).
+  const constraints = hostsRouteConstraint(route.hosts)
+  if (constraints !== undefined) scope.addHook('onRequest', hostGuard)
   for (let i = 0; i < ROUTE_STAGES.length; i++) {
     if (states[i] !== null) await registerStage(scope, ROUTE_STAGES[i], states[i])
   }
@@ -40,6 +44,6 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
   const base = route.prefix === '/' ? '' : route.prefix
   const urls = base === '' ? ['/', '/*'] : [base, `${base}/*`]
   for (const url of urls) {
-    scope.route({ method: corsRouteMethods(route.methods, route.cors), url, handler, config: { routeName: route.name } })
+    scope.route({ method: corsRouteMethods(route.methods, route.cors), url, handler, config: { routeName: route.name }, ...(constraints === undefined ? {} : { constraints }) })
   }
 }

@@ -12,7 +12,7 @@ export const problem = gatewayStage({
   name: 'error contract',
   key: 'always',
   phase: 'response',
-  setup: ({ config }) => ({ routes: config.routes.map((r) => ({ prefix: r.prefix, methods: r.methods })) }),
+  setup: ({ config }) => ({ routes: config.routes.map((r) => ({ prefix: r.prefix, methods: r.methods, hosts: r.hosts })) }),
   plugin: problemPlugin
 })
 

@@ -8,10 +8,11 @@ import fp from 'fastify-plugin'
 import { codeForStatus, ERRORS, GatewayError, problemType, type ErrorCode, type ProblemViolation } from '../../schemas/errors.js'
 import { escapePointer, PROBLEM_CONTENT_TYPE, type Problem } from '../../schemas/problem.js'
 import { refuseUnreadBody } from '../edge/lingering-close.js'
+import { hostRank, routingHost } from '../edge/host-match.js'
 
 export interface ProblemPluginOptions {
-  /** Prefix → allowed methods, to answer 405 (with `Allow`) instead of 404 under a route. */
-  routes: ReadonlyArray<{ prefix: string, methods: readonly string[] }>
+  /** Prefix (and hosts) → allowed methods, to answer 405 (with `Allow`) instead of 404 under a route. */
+  routes: ReadonlyArray<{ prefix: string, methods: readonly string[], hosts: readonly string[] }>
 }
 
 const MAX_VIOLATIONS = 20
@@ -102,11 +103,21 @@ async function problemPlugin (app: FastifyInstance, opts: ProblemPluginOptions):
   })
 
   const routes = [...opts.routes].sort((a, b) => b.prefix.length - a.prefix.length)
+  const withHosts = routes.some((r) => r.hosts.length > 0)
   app.setNotFoundHandler(function gatewayNotFound (request, reply) {
     const url = request.raw.url ?? '/'
     const q = url.indexOf('?')
     const path = q === -1 ? url : url.slice(0, q)
-    const route = routes.find((r) => r.prefix === '/' || path === r.prefix || path.startsWith(r.prefix + '/'))
+    // Among the routes under this path, the one the request's host reaches, as the router would choose.
+    const host = withHosts ? routingHost(request.raw.headers.host) : undefined
+    let route: (typeof routes)[number] | undefined
+    let rank = -1
+    for (const r of routes) {
+      if (route !== undefined && r.prefix.length < route.prefix.length) break
+      if (!(r.prefix === '/' || path === r.prefix || path.startsWith(r.prefix + '/'))) continue
+      const rRank = hostRank(r.hosts, host)
+      if (rRank > rank) { route = r; rank = rRank }
+    }
     if (route !== undefined && !route.methods.includes(request.method)) {
       return sendProblem(reply, 'GW_ERR_METHOD_NOT_ALLOWED', `${request.method} is not allowed here.`, {
         headers: { allow: route.methods.join(', ') }
