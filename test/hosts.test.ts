@@ -8,6 +8,7 @@
 import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
+import { connect } from 'node:net'
 import { join } from 'node:path'
 import { readFileSync } from 'node:fs'
 import { buildGateway } from '../src/app.js'
@@ -219,6 +220,41 @@ t.test('a trusted proxy\'s X-Forwarded-Host must name the host the route was cho
   t.equal(answeredBy(other), 'problem 400')
   t.match(JSON.parse(other.body), { detail: 'X-Forwarded-Host names another host than the Host header.' })
   t.equal(a.requests.length, 1)
+})
+
+t.test('slow and aborted clients on a host route: a trickled head is routed by its whole Host; a body given up halfway never reaches the upstream', async (t) => {
+  const a = await tagged(t, 'a')
+  // Recorded as soon as its head arrives (stream: true), so an upload that reached it would show.
+  const b = await startUpstream(t, (req, res) => {
+    req.resume()
+    req.on('end', () => { res.end(JSON.stringify({ upstream: 'b' })) })
+  }, { stream: true })
+  const { url } = await startTestGateway(t, { routes: [route('alpha', '/api', a, ['a.example.com']), route('beta', '/api', b, ['*.example.com'])] })
+  const port = Number(new URL(url).port)
+  // The head in 3-byte pieces: "Host: a.exa" alone would be another host; the route is chosen on the whole value.
+  const head = 'GET /api/x HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n'
+  const socket = connect(port, '127.0.0.1')
+  await once(socket, 'connect')
+  const chunks: Buffer[] = []
+  socket.on('data', (d: Buffer) => chunks.push(d))
+  for (let i = 0; i < head.length; i += 3) {
+    socket.write(head.slice(i, i + 3))
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  await once(socket, 'close')
+  const text = Buffer.concat(chunks).toString('utf8')
+  t.match(text, /^HTTP\/1\.1 200 /)
+  t.match(text, /"upstream":"a"/, 'the exact name, not the wildcard')
+
+  // An upload that stops halfway and is dropped: buffered by the gateway, so no upstream hears of it.
+  const upload = connect(port, '127.0.0.1')
+  await once(upload, 'connect')
+  upload.on('error', () => {})
+  upload.write('POST /api/x HTTP/1.1\r\nHost: b.example.com\r\nContent-Length: 100000\r\n\r\n' + 'x'.repeat(5000))
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  upload.destroy()
+  t.equal(answeredBy(await get(port, '/api/y', 'b.example.com')), 'b', 'the gateway still answers')
+  t.equal(b.requests.filter((r) => r.method === 'POST').length, 0, 'the aborted upload never reached the upstream')
 })
 
 t.test('prefixes and hosts together: a longer prefix for one host, a shorter one for every host', async (t) => {
