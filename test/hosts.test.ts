@@ -13,7 +13,7 @@ import { join } from 'node:path'
 import { readFileSync } from 'node:fs'
 import { buildGateway } from '../src/app.js'
 import { parseConfig } from '../src/config.js'
-import { HOSTS_CONSTRAINT, hostsOverlap, routingHost } from '../plugins/edge/host-match.js'
+import { HOSTS_CONSTRAINT, hostsOverlap, hostsRouterConstraints, hostsStrategy, routingHost } from '../plugins/edge/host-match.js'
 import { METRIC_NAMES } from '../plugins/observability/metrics.js'
 import { call, startTestGateway, startUpstream, buildTestGateway, type Upstream } from './helper.js'
 import { configProblems, tempFolder } from './config-helper.js'
@@ -388,6 +388,12 @@ t.test('hostsOverlap: every host ranks like a listed name, a name under a listed
   t.same(hostsOverlap(['x.a.com'], ['*.a.com'], true), { host: 'x.a.com', kind: 'inverted' })
   t.same(hostsOverlap(['*.a.com', 'b.com'], ['c.com', '*.a.com'], false), { host: '*.a.com', kind: 'tie' })
   t.same(hostsOverlap(['*.a.com'], ['*.b.a.com'], false), null)
+})
+
+t.test('the strategy refuses a constraint value that is not a list of names (a route written by hand with constraints.hosts)', async (t) => {
+  for (const value of ['a.com', [], [1], null]) t.throws(() => hostsStrategy.validate?.(value), TypeError, JSON.stringify(value))
+  t.doesNotThrow(() => hostsStrategy.validate?.(['a.com', '*.b.com']))
+  t.same(hostsRouterConstraints([{ hosts: [] }, { hosts: [] }]), {}, 'no route with hosts: no strategy')
 })
 
 t.test('portcullis validate: a shadowing host route is refused before anything starts', async (t) => {
