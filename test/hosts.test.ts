@@ -276,7 +276,7 @@ t.test('prefixes and hosts together: a longer prefix for one host, a shorter one
   t.equal(answeredBy(await get(port, '/elsewhere', 'api.example.com')), 'root')
 })
 
-t.test('methods, CORS and auth are the chosen route\'s: a route per host can differ in each', async (t) => {
+t.test('methods and auth are the chosen route\'s: a route per host can differ in each', async (t) => {
   const a = await tagged(t, 'a')
   const b = await tagged(t, 'b')
   const { url } = await startTestGateway(t, {
