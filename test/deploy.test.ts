@@ -1,20 +1,21 @@
 /**
- * The deployment files users start from: the Kubernetes manifests in deploy/k8s parse as YAML
- * and hang together (labels, probes, the config they mount is a valid gateway config), the
+ * The deployment files users start from: the Kubernetes manifests in deploy/k8s parse as YAML,
+ * hang together (labels, probes, ports, shutdown timing, the config they mount is a valid gateway
+ * config), render with the real `kubectl kustomize` and match the Kubernetes schemas; the
  * compose file and its gateway config are consistent, and the Dockerfile keeps its promises.
  */
-import { spawnSync } from 'node:child_process'
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { parse, parseAllDocuments } from 'yaml'
 import { ConfigError, parseConfig } from '../src/config.js'
 import { checkValidation } from '../plugins/validation/validate.js'
+import { parseDuration, parseSize } from '../schemas/common.js'
 import { KNOWN_DEMO_SECRETS } from '../schemas/secure-defaults.js'
-
-const ROOT = new URL('..', import.meta.url).pathname
-type Doc = Record<string, any>
+import { freePort, requireCommand } from './helper.js'
+import { allSchemaProblems, type Doc, INSTALL_TOOLS, KUBECTL, parseManifests, ROOT, run, schemaProblems } from './k8s-helper.js'
 
 const secrets = { JWT_SECRET: 'x'.repeat(48), ALICE_PASSWORD: 'alice-pw', BOB_PASSWORD: 'bob-pw', REDIS_URL: 'redis://127.0.0.1:6379', DRF_URL: 'http://127.0.0.1:8000' }
 
@@ -54,13 +55,15 @@ function envFile (path: string): Record<string, string> {
 t.test('deploy/k8s: every manifest is valid YAML with apiVersion, kind and name', async (t) => {
   const docs = k8s()
   const kinds = docs.map((d) => d.kind as string).sort()
-  t.same(kinds, ['ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'Kustomization', 'Service'], 'no Secret manifest: it is generated')
+  t.same(kinds, ['ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'Kustomization', 'NetworkPolicy', 'PodDisruptionBudget', 'Service'], 'no Secret manifest: it is generated')
   for (const d of docs) {
     t.type(d.apiVersion, 'string', `${String(d.file)}: apiVersion`)
     if (d.kind !== 'Kustomization') t.type(d.metadata?.name, 'string', `${String(d.file)}: metadata.name`)
   }
   const listed = (docs.find((d) => d.kind === 'Kustomization')?.resources as string[]).sort()
   t.same(listed, docs.filter((d) => d.kind !== 'Kustomization').map((d) => d.file as string).sort(), 'kustomization lists every manifest')
+  // Each manifest on its own, before kustomize: the Kubernetes schemas accept it.
+  t.same(await allSchemaProblems(docs.filter((d) => d.kind !== 'Kustomization').map(({ file, ...d }) => d)), [], 'every manifest matches its Kubernetes schema')
 })
 
 t.test('deploy/k8s: the Deployment probes /healthz and /readyz, and the pieces refer to each other', async (t) => {
@@ -72,24 +75,66 @@ t.test('deploy/k8s: the Deployment probes /healthz and /readyz, and the pieces r
   t.same(deployment.spec.selector.matchLabels, pod.metadata.labels, 'the selector matches the pod labels')
   t.equal(container.livenessProbe.httpGet.path, '/healthz')
   t.equal(container.readinessProbe.httpGet.path, '/readyz')
-  t.equal(container.ports[0].containerPort, 8080)
-  t.equal(pod.spec.securityContext.runAsNonRoot, true, 'non-root')
-  t.equal(container.securityContext.readOnlyRootFilesystem, true)
+  t.equal(container.startupProbe.httpGet.path, '/healthz')
+  t.same(container.ports, [{ name: 'http', containerPort: 8080 }, { name: 'metrics', containerPort: 9090 }])
   t.same(by('Service').spec.selector, pod.metadata.labels, 'the Service selects the pods')
-  t.equal(by('Service').spec.ports[0].targetPort, 'http')
+  t.same(by('Service').spec.ports.map((p: Doc) => p.targetPort), ['http', 'metrics'])
   t.equal(by('HorizontalPodAutoscaler').spec.scaleTargetRef.name, deployment.metadata.name, 'the HPA scales the Deployment')
   t.equal(pod.spec.volumes[0].configMap.name, by('ConfigMap').metadata.name, 'the ConfigMap is mounted')
   const generated = by('Kustomization').secretGenerator as Doc[]
   t.equal(container.envFrom[0].secretRef.name, generated[0]?.name, 'the generated Secret provides the environment')
-  t.ok(pod.spec.terminationGracePeriodSeconds > 20, 'termination grace longer than the gateway\'s shutdownGrace')
+
+  // The image comes from the kustomization's images: override, not from an edit of deployment.yaml.
+  const images = by('Kustomization').images as Doc[]
+  t.equal(container.image, 'portcullis', 'deployment.yaml names the image by a bare name')
+  t.same(images.map((i) => i.name), ['portcullis'], 'which kustomization.yaml\'s images: rewrites')
+
+  // Hardened: non-root, read-only root, no capabilities, the runtime's seccomp profile.
+  t.match(pod.spec.securityContext, { runAsNonRoot: true, runAsUser: 1000, seccompProfile: { type: 'RuntimeDefault' } })
+  t.same(container.securityContext, { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } })
+  t.equal(pod.spec.automountServiceAccountToken, false, 'no API token in the pod')
+
+  // Spread: hard across nodes, soft across zones.
+  t.same(pod.spec.topologySpreadConstraints.map((c: Doc) => [c.topologyKey, c.whenUnsatisfiable]), [
+    ['kubernetes.io/hostname', 'DoNotSchedule'], ['topology.kubernetes.io/zone', 'ScheduleAnyway']
+  ])
+  for (const c of pod.spec.topologySpreadConstraints) t.same(c.labelSelector.matchLabels, pod.metadata.labels, `${String(c.topologyKey)}: counts the gateway pods`)
+  t.same(by('PodDisruptionBudget').spec.selector.matchLabels, pod.metadata.labels, 'the PDB covers the gateway pods')
+  t.ok(by('PodDisruptionBudget').spec.maxUnavailable < deployment.spec.replicas, 'and leaves one serving')
+  t.ok(by('HorizontalPodAutoscaler').spec.minReplicas > by('PodDisruptionBudget').spec.maxUnavailable, 'at the HPA\'s minimum too')
 
   // The mounted config is a valid gateway config once the Secret's variables are set.
   const raw = parse(by('ConfigMap').data['gateway.yaml'] as string)
   const example = envFile(join(ROOT, 'deploy/k8s/secret.env.example'))
   const config = parseConfig(raw, { env: { ...example, JWT_SECRET: 'k'.repeat(48), ALICE_PASSWORD: 'alice-own-pw', REDIS_URL: 'redis://redis:6379' } })
   t.equal(config.server.host, '0.0.0.0')
+  t.equal(config.server.port, 8080, 'the container port')
+  t.equal(config.server.metrics.port, 9090, 'the metrics container port')
   t.equal(config.rateLimit.store, 'redis', 'replicas share their limits through Redis')
   t.equal(container.args.at(-1), '/etc/portcullis/gateway.yaml')
+
+  // Shutdown: preStop, then SIGTERM and the gateway's drain, all before the kubelet's SIGKILL.
+  const preStop = container.lifecycle.preStop.sleep.seconds as number
+  const grace = parseDuration(config.server.shutdownGrace) / 1000
+  t.ok(preStop + grace < pod.spec.terminationGracePeriodSeconds, `preStop ${preStop} s + shutdownGrace ${grace} s < terminationGracePeriodSeconds ${String(pod.spec.terminationGracePeriodSeconds)}`)
+
+  // Read-only root: the temporary files of buffered bodies go to an emptyDir on /tmp that holds them all.
+  const tmpMount = container.volumeMounts.find((m: Doc) => m.mountPath === '/tmp')
+  const tmpVolume = pod.spec.volumes.find((v: Doc) => v.name === tmpMount?.name)
+  t.ok(tmpVolume?.emptyDir, '/tmp is an emptyDir')
+  t.equal(config.server.requestBufferDir, undefined, 'requestBufferDir is the system temporary folder, /tmp')
+  t.ok(parseSize(config.server.requestBufferTotal) <= parseSize(String(tmpVolume.emptyDir.sizeLimit).replace(/Mi$/, 'mb')), 'requestBufferTotal fits the emptyDir')
+
+  // NetworkPolicy: in only to the gateway and metrics ports, out only to DNS, the upstream and Redis.
+  const policy = by('NetworkPolicy')
+  t.same(policy.spec.podSelector.matchLabels, pod.metadata.labels)
+  t.same(policy.spec.policyTypes, ['Ingress', 'Egress'])
+  t.same(policy.spec.ingress.flatMap((r: Doc) => r.ports.map((p: Doc) => p.port)), ['http', 'metrics'], 'ingress: the two named container ports')
+  t.same(policy.spec.ingress[1].from, [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }], 'metrics: only from the monitoring namespace')
+  t.same(policy.spec.egress.map((r: Doc) => r.ports.map((p: Doc) => `${String(p.protocol)}/${String(p.port)}`).join(',')), ['UDP/53,TCP/53', 'TCP/8000', 'TCP/6379'], 'egress: DNS, the upstream, Redis')
+  const upstream = new URL(config.routes[0]?.upstream as string)
+  t.equal(String(policy.spec.egress[1].ports[0].port), upstream.port, 'the upstream rule opens the port the route proxies to')
+  t.equal(policy.spec.egress[1].to[0].namespaceSelector.matchLabels['kubernetes.io/metadata.name'], upstream.hostname.split('.')[1], 'in the namespace of its Service name')
 })
 
 t.test('deploy/k8s: the Secret is generated from the operator\'s git-ignored secret.env, never from a committed value', async (t) => {
@@ -101,13 +146,18 @@ t.test('deploy/k8s: the Secret is generated from the operator\'s git-ignored sec
   t.equal(ignored.status, 0, 'deploy/k8s/secret.env is git-ignored')
   t.equal(spawnSync('git', ['check-ignore', '-q', 'deploy/k8s/secret.env.example'], { cwd: ROOT }).status, 1, 'the example is not')
 
-  // The example lists every variable the mounted config reads, with no value.
+  // The example lists every variable the mounted config reads, and the in-cluster Redis's
+  // password, each documented by a comment above it, with no value.
   const example = envFile(join(ROOT, 'deploy/k8s/secret.env.example'))
   const configMap = parse(readFileSync(join(ROOT, 'deploy/k8s/configmap.yaml'), 'utf8')) as Doc
   const text = configMap.data['gateway.yaml'] as string
-  const vars = [...new Set([...text.matchAll(/\$\{([A-Z_][A-Z0-9_]*)\}/g)].map((m) => m[1] ?? ''))].sort()
-  t.same(Object.keys(example).sort(), vars, 'secret.env.example lists exactly the variables of the config')
+  const vars = [...new Set([...text.matchAll(/\$\{([A-Z_][A-Z0-9_]*)\}/g)].map((m) => m[1] ?? ''))]
+  const redisComponent = readFileSync(join(ROOT, 'deploy/k8s/components/redis/redis.yaml'), 'utf8')
+  t.match(redisComponent, /secretKeyRef: \{ name: portcullis-secrets, key: REDIS_PASSWORD \}/, 'components/redis reads REDIS_PASSWORD')
+  t.same(Object.keys(example).sort(), [...vars, 'REDIS_PASSWORD'].sort(), 'secret.env.example lists exactly the variables read')
   t.same(Object.values(example).filter((v) => v !== ''), [], 'with no values')
+  const lines = readFileSync(join(ROOT, 'deploy/k8s/secret.env.example'), 'utf8').split('\n')
+  for (const v of Object.keys(example)) t.match(lines[lines.indexOf(`${v}=`) - 1], /^# /, `${v} has a comment`)
 
   // Copied as it is, the gateway refuses to start (empty = unset), naming each variable.
   t.same(problemsOf(parse(text), example), [
@@ -123,28 +173,120 @@ t.test('deploy/k8s: the Secret is generated from the operator\'s git-ignored sec
   ])
 })
 
-t.test('deploy/k8s: kubectl kustomize fails without secret.env and generates the Secret the Deployment uses from it', async (t) => {
-  if (spawnSync('sh', ['-c', 'command -v kubectl'], { encoding: 'utf8' }).status !== 0) {
-    t.comment('SKIPPED: kubectl is not installed (the static checks above still ran)')
-    return
-  }
+/** deploy/k8s copied to a temporary folder (without the operator's secret.env, if there is one). */
+function copyK8s (t: Test): string {
   const dir = mkdtempSync(join(tmpdir(), 'portcullis-k8s-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  for (const f of readdirSync(join(ROOT, 'deploy/k8s'))) if (f !== 'secret.env') copyFileSync(join(ROOT, 'deploy/k8s', f), join(dir, f))
-  const missing = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8' })
-  t.not(missing.status, 0, 'no secret.env: kustomize stops')
-  t.match(missing.stderr, /secret\.env/, 'naming the file')
+  cpSync(join(ROOT, 'deploy/k8s'), dir, { recursive: true, filter: (src) => !src.endsWith('/secret.env') })
+  return dir
+}
 
-  writeFileSync(join(dir, 'secret.env'), 'JWT_SECRET=' + 'k'.repeat(48) + '\nALICE_PASSWORD=alice-own-pw\nREDIS_URL=redis://redis:6379\n')
-  const built = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8' })
+const SECRET_ENV = 'JWT_SECRET=' + 'k'.repeat(48) + '\nALICE_PASSWORD=alice-own-pw\nREDIS_URL=redis://:r3d1s@portcullis-redis:6379\nREDIS_PASSWORD=r3d1s\n'
+
+t.test('deploy/k8s: kubectl kustomize fails without secret.env; its output, with and without components/redis, matches the Kubernetes schemas', async (t) => {
+  if (!requireCommand(t, KUBECTL, INSTALL_TOOLS)) return
+  const dir = copyK8s(t)
+  const missing = run(KUBECTL, ['kustomize', dir])
+  t.not(missing.status, 0, 'no secret.env: kustomize stops')
+  t.match(missing.stderr, /secret\.env: no such file or directory/, 'naming the file')
+  t.equal(missing.stdout, '', 'and renders nothing to apply')
+
+  writeFileSync(join(dir, 'secret.env'), SECRET_ENV)
+  const built = run(KUBECTL, ['kustomize', dir])
   t.equal(built.status, 0, built.stderr)
-  const docs = parseAllDocuments(built.stdout).map((d) => d.toJS() as Doc)
+  const docs = parseManifests(built.stdout)
+  t.same(docs.map((d) => d.kind).sort(), ['ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'NetworkPolicy', 'PodDisruptionBudget', 'Secret', 'Service'])
+  t.same(await allSchemaProblems(docs), [], 'every rendered object matches its Kubernetes schema')
   const secret = docs.find((d) => d.kind === 'Secret') as Doc
   t.match(secret.metadata.name, /^portcullis-secrets-[a-z0-9]+$/, 'a generated Secret, named with a hash of its contents')
-  t.same(Object.keys(secret.data).sort(), ['ALICE_PASSWORD', 'JWT_SECRET', 'REDIS_URL'])
+  t.same(Object.keys(secret.data).sort(), ['ALICE_PASSWORD', 'JWT_SECRET', 'REDIS_PASSWORD', 'REDIS_URL'])
   t.equal(Buffer.from(secret.data.JWT_SECRET as string, 'base64').toString(), 'k'.repeat(48), 'holding the operator\'s value')
   const deployment = docs.find((d) => d.kind === 'Deployment') as Doc
-  t.equal(deployment.spec.template.spec.containers[0].envFrom[0].secretRef.name, secret.metadata.name, 'the Deployment reads that Secret')
+  const container = deployment.spec.template.spec.containers[0]
+  t.equal(container.envFrom[0].secretRef.name, secret.metadata.name, 'the Deployment reads that Secret')
+  t.equal(container.image, 'ghcr.io/example/portcullis:0.1.0', 'images: set the image')
+  for (const d of docs) t.equal(d.metadata.labels?.['app.kubernetes.io/part-of'], 'portcullis', `${String(d.kind)}/${String(d.metadata.name)}: labels: added part-of`)
+  t.same(deployment.spec.selector.matchLabels, { 'app.kubernetes.io/name': 'portcullis' }, 'but not to the selector (immutable once applied)')
+
+  // The operator's image, by digest, is the one line they change.
+  const pinned = 'registry.example.com/portcullis:1.2.3@sha256:' + 'a'.repeat(64)
+  const kustomization = readFileSync(join(dir, 'kustomization.yaml'), 'utf8')
+  writeFileSync(join(dir, 'kustomization.yaml'), kustomization.replace(/newName: .*\n\s+newTag: .*/, 'newName: registry.example.com/portcullis\n    newTag: 1.2.3\n    digest: sha256:' + 'a'.repeat(64)))
+  const repinned = parseManifests(run(KUBECTL, ['kustomize', dir]).stdout)
+  t.equal(repinned.find((d) => d.kind === 'Deployment')?.spec.template.spec.containers[0].image, pinned, 'images: with a digest: name:tag@digest, pulled by the digest')
+
+  // With the in-cluster Redis component.
+  writeFileSync(join(dir, 'kustomization.yaml'), kustomization.replace('# components:\n#   - components/redis', 'components:\n  - components/redis'))
+  const withRedis = run(KUBECTL, ['kustomize', dir])
+  t.equal(withRedis.status, 0, withRedis.stderr)
+  const all = parseManifests(withRedis.stdout)
+  t.same(await allSchemaProblems(all), [], 'with components/redis: every object matches its schema')
+  const redis = all.find((d) => d.kind === 'Deployment' && d.metadata.name === 'portcullis-redis') as Doc
+  const redisContainer = redis.spec.template.spec.containers[0]
+  t.equal(redisContainer.env[0].valueFrom.secretKeyRef.name, secret.metadata.name, 'Redis reads its password from the same generated Secret')
+  t.match(redisContainer.image, /^redis:7\.4-bookworm@sha256:[0-9a-f]{64}$/, 'a pinned Redis image')
+  t.equal(redis.spec.template.spec.securityContext.runAsNonRoot, true)
+  t.equal(redisContainer.securityContext.readOnlyRootFilesystem, true)
+  const policies = all.filter((d) => d.kind === 'NetworkPolicy').map((d) => d.metadata.name as string).sort()
+  t.same(policies, ['portcullis', 'portcullis-redis', 'portcullis-to-redis'])
+})
+
+t.test('deploy/k8s: the schema check fails on a broken manifest', async (t) => {
+  const deployment = parse(readFileSync(join(ROOT, 'deploy/k8s/deployment.yaml'), 'utf8')) as Doc
+  t.same(await schemaProblems(deployment), [], 'as committed: valid')
+  const broken = structuredClone(deployment)
+  broken.spec.replicas = 'two'
+  broken.spec.template.spec.containers[0].ports[0].containerPort = '8080'
+  delete broken.spec.selector
+  const problems = await schemaProblems(broken)
+  t.equal(problems.length, 1)
+  t.match(problems[0], /^Deployment\/portcullis: /)
+  t.match(problems[0], /spec\/replicas must be integer/, 'a string for an integer')
+  t.match(problems[0], /containerPort must be integer/, 'deep in the pod template')
+  t.match(problems[0], /spec must have required property selector/, 'a required field left out')
+  const policy = parse(readFileSync(join(ROOT, 'deploy/k8s/networkpolicy.yaml'), 'utf8')) as Doc
+  policy.spec.policyTypes = 'Ingress'
+  t.match((await schemaProblems(policy))[0], /policyTypes must be array/)
+  t.same(await schemaProblems({ apiVersion: 'example.com/v1', kind: 'Widget', metadata: { name: 'w' } }), ['Widget/w: no schema for example.com/v1 Widget'], 'an unknown kind fails instead of passing unchecked')
+
+  // And through kustomize: the whole render is refused for one wrong field.
+  if (!requireCommand(t, KUBECTL, INSTALL_TOOLS)) return
+  const dir = copyK8s(t)
+  writeFileSync(join(dir, 'secret.env'), SECRET_ENV)
+  writeFileSync(join(dir, 'pdb.yaml'), readFileSync(join(dir, 'pdb.yaml'), 'utf8').replace('unhealthyPodEvictionPolicy: AlwaysAllow', 'unhealthyPodEvictionPolicy: Sometimes'))
+  const rendered = parseManifests(run(KUBECTL, ['kustomize', dir]).stdout)
+  t.match(await allSchemaProblems(rendered), [/^PodDisruptionBudget\/portcullis: .*must be equal to one of the allowed values/], 'an enum value it does not know')
+})
+
+t.test('deploy/k8s: components/redis starts a password-protected Redis and refuses to start without a password', async (t) => {
+  if (!requireCommand(t, 'redis-server', 'apt-get install redis-server')) return
+  const redis = parseManifests(readFileSync(join(ROOT, 'deploy/k8s/components/redis/redis.yaml'), 'utf8')).find((d) => d.kind === 'Deployment') as Doc
+  const container = redis.spec.template.spec.containers[0]
+  const script = container.command[2] as string
+  const probe = container.readinessProbe.exec.command[2] as string
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-redis-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const port = await freePort()
+  // The container's script on this machine's redis-server: its own port, a temporary folder for /tmp.
+  const local = (s: string): string => s.replaceAll('6379', String(port)).replaceAll('/tmp/', `${dir}/`)
+
+  const empty = spawnSync('sh', ['-c', local(script)], { env: { ...process.env, REDIS_PASSWORD: '' }, encoding: 'utf8' })
+  t.equal(empty.status, 1, 'no password: exits 1')
+  t.equal(empty.stderr, 'REDIS_PASSWORD is empty: set it in deploy/k8s/secret.env\n', 'naming the variable and the file')
+
+  const password = 'pw-' + 'x'.repeat(20)
+  const child = spawn('sh', ['-c', local(script)], { env: { ...process.env, REDIS_PASSWORD: password }, stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => { child.kill('SIGKILL') })
+  let out = ''
+  child.stdout.on('data', (d: Buffer) => { out += d.toString() })
+  for (let i = 0; i < 200 && !out.includes('Ready to accept connections'); i++) await new Promise((resolve) => setTimeout(resolve, 25))
+  t.match(out, /Ready to accept connections/)
+  const cli = (env: Record<string, string>, command: string): string => spawnSync('sh', ['-c', command], { env: { ...process.env, ...env }, encoding: 'utf8' }).stdout.trim()
+  t.equal(cli({}, `redis-cli -p ${port} ping`), 'NOAUTH Authentication required.', 'without the password: refused')
+  t.equal(spawnSync('sh', ['-c', local(probe)], { env: { ...process.env, REDIS_PASSWORD: password } }).status, 0, 'the readiness probe passes with it')
+  t.not(spawnSync('sh', ['-c', local(probe)], { env: { ...process.env, REDIS_PASSWORD: 'wrong' } }).status, 0, 'and fails with a wrong one')
+  t.equal(cli({ REDISCLI_AUTH: password }, `redis-cli -p ${port} config get save`), 'save', 'no snapshots (save is empty)')
+  t.notMatch(readFileSync(`/proc/${String(child.pid)}/cmdline`, 'utf8') + cli({}, `pgrep -a -f 'redis-server.*:${port}'`), password, 'the password is not on a command line')
 })
 
 t.test('docker-compose.yml: gateway, drf and redis with healthchecks; the gateway config is valid', async (t) => {
@@ -189,14 +331,41 @@ t.test('docker-compose.yml: gateway, drf and redis with healthchecks; the gatewa
   ], 'compose with .env.example as it is: the gateway exits naming each variable')
 })
 
-t.test('Dockerfile: multi-stage node:20-slim, production dependencies, non-root, HEALTHCHECK with node', async (t) => {
+t.test('Dockerfile: node:22 LTS pinned by digest, only the compiled gateway and production dependencies, non-root, HEALTHCHECK with node', async (t) => {
   const text = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')
-  t.equal([...text.matchAll(/^FROM node:20-slim AS /gm)].length, 2, 'a build and a runtime stage')
-  t.match(text, /npm ci --omit=dev --ignore-scripts/, 'runtime: production dependencies only, no prepare script')
+  const base = /^ARG NODE_IMAGE=(node:(\d+)\.\d+\.\d+-bookworm-slim)@sha256:([0-9a-f]{64})$/m.exec(text)
+  t.ok(base, 'the base is a node:<version>-bookworm-slim tag pinned by a sha256 digest')
+  t.equal(base?.[2], '22', 'Node 22 (LTS)')
+  t.match(text, new RegExp(`docker-library/repo-info, file\\s+# repos/node/remote/${(base?.[1] ?? '').slice(5).replaceAll('.', '\\.')}\\.md at commit [0-9a-f]{40}`), 'the comment cites where the digest comes from')
+  t.equal([...text.matchAll(/^FROM \$\{NODE_IMAGE\} AS (\w+)$/gm)].map((m) => m[1]).join(' '), 'build deps runtime', 'three stages on the one pinned base')
+  t.equal([...text.matchAll(/^FROM /gm)].length, 3, 'and no other base')
+  t.match(text, /npm ci --omit=dev --ignore-scripts/, 'production dependencies only, no prepare script')
+  const runtime = text.slice(text.indexOf('AS runtime'))
+  t.same([...runtime.matchAll(/^COPY (?:--from=\w+ )?(\S+)/gm)].map((m) => m[1]), ['package.json', '/app/node_modules', '/app/dist/src', '/app/dist/plugins', '/app/dist/schemas', 'gateway.yaml'], 'the runtime stage copies the compiled gateway and nothing else (no bench/, no examples/)')
+  t.match(runtime, /--from=deps \/app\/node_modules/, 'node_modules from the production install')
+  t.match(runtime, /rm -rf \/usr\/local\/lib\/node_modules\/npm/, 'npm is removed from the runtime image')
   t.match(text, /^USER node$/m, 'runs as the non-root node user')
   t.match(text, /^HEALTHCHECK [\s\S]*CMD \["node", "-e", "fetch\('http:\/\/127\.0\.0\.1:' .*\/healthz'\)/m, 'healthcheck on /healthz with node')
   const instructions = text.split('\n').filter((l) => !l.trimStart().startsWith('#')).join('\n')
   t.notMatch(instructions, /curl|wget/, 'no curl in the slim image')
+  t.match(text, /--read-only --tmpfs \/tmp/, 'the usage line runs it with a read-only root and a tmpfs on /tmp')
+
+  // What the compiled CLI imports at run time is in the three folders the image copies.
+  const imports = new Set<string>()
+  for (const dir of ['src', 'plugins', 'schemas']) {
+    for (const f of readdirSync(join(ROOT, dir), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts'))) {
+      for (const m of readFileSync(join(ROOT, dir, f), 'utf8').matchAll(/from '(\.\.?\/[^']+)'/g)) {
+        const target = join(dir, f, '..', m[1] ?? '')
+        imports.add(target.split('/')[0] ?? '')
+      }
+    }
+  }
+  t.same([...imports].sort(), ['plugins', 'schemas', 'src'], 'src, plugins and schemas import only each other')
+
+  // .dockerignore lets in only what the build stage copies.
+  const ignore = readFileSync(join(ROOT, '.dockerignore'), 'utf8').split('\n').filter((l) => l !== '' && !l.startsWith('#'))
+  t.equal(ignore[0], '*', '.dockerignore: everything out by default')
+  t.same(ignore.filter((l) => l.startsWith('!')).sort(), ['!gateway.yaml', '!package-lock.json', '!package.json', '!plugins/', '!schemas/', '!src/', '!tsconfig.build.json', '!tsconfig.json'])
 
   // The image serves the repository's gateway.yaml on 0.0.0.0: without the operator's own secrets
   // it exits with the message naming each variable (fail closed), with them it starts.
