@@ -15,6 +15,7 @@ import { trustProxyOption } from '../plugins/edge/trust.js'
 import { lingerAfterClientError } from '../plugins/edge/lingering-close.js'
 import { hostsRouterConstraints } from '../plugins/edge/host-match.js'
 import { closeAfterResponse, responseInFlight, routeNameOf } from '../plugins/core/fastify-internals.js'
+import { SharedObjects, type Lease } from '../plugins/core/shared.js'
 import { mergePolicy, registerStage, type GatewayContext, type RequestObserver, type RouteContext, type RoutePolicy } from '../plugins/core/stage.js'
 import type { EmbeddedPlugin } from '../plugins/extend/index.js'
 import { createForwarder, type Forwarder } from './forward.js'
@@ -41,6 +42,11 @@ export interface BuildOptions {
    * onResponse hook still sees every request, refused ones included (docs/plugins.md).
    */
   plugins?: readonly EmbeddedPlugin[]
+  /**
+   * What this gateway shares with the other generations of a live reload (src/reload.ts): pools,
+   * rate-limit counters, metrics, kept by key and refcounted. Default: its own, disposed of at close.
+   */
+  shared?: SharedObjects
 }
 
 /** Header and field paths that never reach a log line. */
@@ -113,12 +119,23 @@ class AccessLog extends LogController {
 }
 
 export async function buildGateway (config: Readonly<GatewayConfig>, options: BuildOptions = {}): Promise<FastifyInstance> {
+  const shared = (options.shared ?? new SharedObjects()).lease()
+  try {
+    return await build(config, options, shared)
+  } catch (err) {
+    // A build that fails (a reload's, say) lets go of the pools and counters it took.
+    await shared.release()
+    throw err
+  }
+}
+
+async function build (config: Readonly<GatewayConfig>, options: BuildOptions, shared: Lease): Promise<FastifyInstance> {
   const { server, logging } = config
   const requestTimeout = parseDuration(server.timeouts.request)
   const lingering = { timeMs: parseDuration(server.lingeringClose.time), bytes: parseSize(server.lingeringClose.size) }
   const longestRoute = Math.max(...config.routes.map((r) => parseDuration(r.timeout)))
   // The pipeline's gateway stages, set up once: null is a stage the config leaves off.
-  const ctx: GatewayContext = { config, ownPaths: [...RESERVED_PATHS, server.metrics.path], plugins: options.plugins ?? [] }
+  const ctx: GatewayContext = { config, ownPaths: [...RESERVED_PATHS, server.metrics.path], plugins: options.plugins ?? [], shared }
   const stages = GATEWAY_STAGES.map((stage) => ({ stage, state: stage.setup(ctx) as unknown }))
   const observers: RequestObserver[] = []
   for (const { stage, state } of stages) if (state !== null && stage.observer !== undefined) observers.push(stage.observer(state))
@@ -189,6 +206,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
   app.addHook('onClose', async () => {
     await Promise.all(forwarders.map((f) => f.close()))
     buffers.close()
+    await shared.release()
   })
   const keepAliveTimeoutMs = Math.min(4_000, parseDuration(server.timeouts.keepAlive))
   for (const [index, route] of config.routes.entries()) {
@@ -216,6 +234,7 @@ export async function buildGateway (config: Readonly<GatewayConfig>, options: Bu
       bufferBodyBytes: parseSize(server.requestBuffer),
       requestBuffering: route.requestBuffering,
       buffers,
+      shared,
       policy: mergePolicy(contributions)
     })
     forwarders.push(forwarder)

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * portcullis start | validate — argv → config → server.
+ * portcullis start | validate | reload — argv → config → server.
  * Exit codes: 0 ok, 1 bad config or failure to start, 2 bad command line.
  */
 import { readFileSync } from 'node:fs'
@@ -13,10 +13,16 @@ import { apiKeyCommand, hashPasswordCommand } from './credentials-cli.js'
 const USAGE = `Usage: portcullis <command> [options]
 
 Commands:
-  start      [FILE] [--port N] [--host H]          run the gateway
+  start      [FILE] [--port N] [--host H]          run the gateway; SIGHUP reloads FILE
              [--workers N|auto [--allow-per-worker-limits]]
+             [--pid-file F] [--watch]
   validate   [FILE]                                check a config file: print "ok", or every
                                                    problem in it as \`path: message\` (exit 1)
+  reload     --pid-file F                          send SIGHUP to the gateway whose pid is in F:
+                                                   it re-reads its config file, checks it as
+                                                   validate does, and swaps to it without
+                                                   dropping a request (an invalid file is
+                                                   logged and changes nothing)
   hash-password                                    read a password on stdin (no echo on a
                                                    terminal), print its hash for users[].passwordHash
   api-key                                          print a new API key and its hash for apiKeys[].keyHash
@@ -31,6 +37,9 @@ Options:
       --allow-per-worker-limits
                       start N > 1 workers even though rateLimit.store is memory (each worker
                       then counts on its own: N× the configured limits)
+      --pid-file F    start: write the process id to F (removed on exit); reload: signal it.
+                      No default: nothing is written unless asked
+      --watch         start: reload when the config file changes (checked as on SIGHUP)
   -h, --help          show this help
   -v, --version       print the version
 `
@@ -64,6 +73,8 @@ export async function main (argv: string[]): Promise<void> {
         host: { type: 'string', short: 'H' },
         workers: { type: 'string', short: 'w' },
         'allow-per-worker-limits': { type: 'boolean' },
+        'pid-file': { type: 'string' },
+        watch: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' }
       }
@@ -81,7 +92,20 @@ export async function main (argv: string[]): Promise<void> {
   if (extra.length > (takesFile ? 1 : 0)) usageError(`unexpected argument: ${extra[takesFile ? 1 : 0]}`)
   const file = values.config ?? extra[0] ?? 'gateway.yaml'
 
+  if (command !== 'start' && command !== 'reload' && values['pid-file'] !== undefined) usageError(`${command} takes no --pid-file`)
+  if (command !== 'start' && values.watch !== undefined) usageError(`${command} takes no --watch`)
+
   switch (command) {
+    case 'reload': {
+      const others = Object.entries(values).filter(([k, v]) => k !== 'pid-file' && v !== undefined)
+      if (others.length > 0 || extra.length > 0) usageError('reload takes only --pid-file F')
+      const pidFile = values['pid-file'] ?? usageError('reload needs --pid-file F (the file `portcullis start --pid-file F` wrote)')
+      const { signalReload } = await import('./cluster.js')
+      const problem = signalReload(pidFile)
+      if (problem !== null) { process.stderr.write(`portcullis: cannot reload: ${problem}\n`); process.exit(1) }
+      process.stdout.write('reload requested\n')
+      return
+    }
     case 'validate': {
       if (values.port !== undefined || values.host !== undefined || values.workers !== undefined) usageError('validate takes only the config file')
       const { ConfigError, loadConfig } = await import('./config.js')
@@ -144,12 +168,19 @@ export async function main (argv: string[]): Promise<void> {
         if (workers > 1 && config.server.metrics.enabled && config.server.metrics.port === undefined) {
           process.stderr.write('portcullis: warning: each worker serves its own /metrics; set server.metrics.port to scrape them all at once\n')
         }
-        const code = await runPrimary({ workers, graceMs: parseDuration(config.server.shutdownGrace), level: config.logging.level })
+        const code = await runPrimary({ workers, graceMs: parseDuration(config.server.shutdownGrace), level: config.logging.level, pidFile: values['pid-file'], watchFile: values.watch === true ? file : undefined })
         process.exit(code)
       }
       if (isWorker()) superviseWorker()
       try {
-        const { url, app } = await startServer(config, { host: values.host, port })
+        // In a worker the primary writes the pid file and forwards SIGHUP (src/cluster.ts).
+        const { url, app } = await startServer(config, {
+          host: values.host,
+          port,
+          configFile: file,
+          watch: values.watch === true && !isWorker(),
+          pidFile: isWorker() ? undefined : values['pid-file']
+        })
         app.log.info({ url, routes: config.routes.map((r) => `${r.name} ${r.prefix} → ${String(r.upstream)}`) }, 'portcullis listening')
       } catch (err) {
         process.stderr.write(`portcullis: cannot start: ${(err as Error).message}\n`)

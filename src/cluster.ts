@@ -2,16 +2,22 @@
  * `portcullis start --workers N`: a primary process forks N workers (node:cluster) that share one
  * listening port; the primary hands each new connection to a worker (round-robin), replaces a
  * worker that dies, and on SIGTERM/SIGINT tells every worker to drain, then exits when they have.
- * The primary never builds the gateway and never serves a request.
+ * The primary never builds the gateway and never serves a request. SIGHUP to the primary (or
+ * `portcullis reload --pid-file F`, or the watched file changing) is passed to every worker, and
+ * each reloads its config file as a single process does (src/server.ts): each worker checks the
+ * file itself and logs its own refusal, so an invalid file is one error line per worker. A worker
+ * started later (a replacement) reads the file as it is then.
  *
  * Rate limits kept in memory are per process: with N workers each client gets N× the limit. So
  * the CLI refuses that combination (`perWorkerLimitProblem`) unless it is accepted explicitly.
  */
 import cluster, { type Worker } from 'node:cluster'
+import { readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { hostname, availableParallelism } from 'node:os'
 import closeWithGrace from 'close-with-grace'
 import type { GatewayConfig } from '../schemas/config.js'
 import { rateLimitScaleWarning } from '../plugins/rate-limit/rate-limit.js'
+import { watchConfigFile } from './reload.js'
 
 export const MAX_WORKERS = 256
 
@@ -48,10 +54,38 @@ export interface PrimaryOptions {
   level: keyof typeof LEVELS
   /** Arguments the workers run with (default: this process's). */
   args?: string[]
+  /** Write the primary's pid here (the one `portcullis reload` signals); removed when it exits. */
+  pidFile?: string
+  /** The config file to watch (`--watch`): a change reloads every worker. */
+  watchFile?: string
 }
 
 /** The message that tells a worker to drain (the primary sends it on SIGTERM/SIGINT). */
 const DRAIN = 'portcullis:drain'
+/** The message that tells a worker to reload its config file (the primary sends it on SIGHUP). */
+const RELOAD = 'portcullis:reload'
+
+/**
+ * `portcullis reload --pid-file F`: SIGHUP to the process whose pid F holds. Null when sent, or
+ * why not, in words.
+ */
+export function signalReload (pidFile: string): string | null {
+  let text: string
+  try {
+    text = readFileSync(pidFile, 'utf8')
+  } catch (err) {
+    return `cannot read ${pidFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`
+  }
+  const pid = Number(text.trim())
+  if (!/^[0-9]{1,10}\s*$/.test(text) || !Number.isSafeInteger(pid) || pid < 2) return `${pidFile} does not hold a process id`
+  try {
+    process.kill(pid, 'SIGHUP')
+    return null
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    return code === 'ESRCH' ? `no process ${pid} (a stale ${pidFile}?)` : `cannot signal process ${pid}: ${code ?? (err as Error).message}`
+  }
+}
 
 /**
  * Run the supervising primary. Resolves with the exit code once every worker has exited after a
@@ -82,10 +116,32 @@ export function runPrimary (options: PrimaryOptions): Promise<number> {
     }
     const alive = (): Worker[] => Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead())
 
+    const reloadAll = (why: string): void => {
+      if (stopping) return
+      const workers = alive().filter((w) => w.isConnected())
+      log('info', { reason: why, workers: workers.map((w) => w.process.pid) }, 'reloading every worker')
+      for (const w of workers) w.send(RELOAD)
+    }
+    const onHangup = (): void => { reloadAll('SIGHUP') }
+    process.on('SIGHUP', onHangup)
+    const watcher = options.watchFile === undefined
+      ? undefined
+      : watchConfigFile(options.watchFile, () => { reloadAll('config file changed') }, (err) => {
+        log('warn', { err: err.message, file: options.watchFile }, 'cannot watch the config file any more')
+      })
+    const removePidFile = (): void => { if (options.pidFile !== undefined) rmSync(options.pidFile, { force: true }) }
+    if (options.pidFile !== undefined) {
+      writeFileSync(options.pidFile, `${process.pid}\n`, { mode: 0o644 })
+      process.once('exit', removePidFile)
+    }
+
     const finish = (): void => {
       if (alive().length > 0) return
       if (killTimer !== undefined) clearTimeout(killTimer)
       for (const s of ['SIGTERM', 'SIGINT'] as const) process.removeListener(s, onSignal)
+      process.removeListener('SIGHUP', onHangup)
+      watcher?.close()
+      removePidFile()
       log('info', { exitCode }, 'all workers stopped')
       resolve(exitCode)
     }
@@ -170,7 +226,12 @@ export function superviseWorker (): void {
     // the workers too); a second SIGTERM would make it exit at once instead of draining.
     if ((closeWithGrace as unknown as { closing: boolean }).closing !== true) process.kill(process.pid, 'SIGTERM')
   }
-  process.on('message', (message) => { if (message === DRAIN) drain() })
+  process.on('message', (message) => {
+    if (message === DRAIN) drain()
+    // A worker still starting has no SIGHUP handler yet (the signal would end it); it reads the
+    // file as it is anyway.
+    else if (message === RELOAD && process.listenerCount('SIGHUP') > 0) process.kill(process.pid, 'SIGHUP')
+  })
   process.on('disconnect', drain)
 }
 

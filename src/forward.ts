@@ -28,6 +28,7 @@ import { BodyTooLarge, hasBody, readBody, type BodyError } from '../plugins/vali
 import { hasBearerScheme } from '../plugins/auth/auth-common.js'
 import { mergePolicy, type RoutePolicy } from '../plugins/core/stage.js'
 import { UpstreamSet } from '../plugins/upstream/upstream-set.js'
+import type { Lease } from '../plugins/core/shared.js'
 import type { RetryOn } from '../schemas/upstream.js'
 
 export interface ForwarderOptions {
@@ -77,6 +78,12 @@ export interface ForwarderOptions {
   buffers?: BodyBuffers
   /** The route's name, for events and logs. */
   routeName?: string
+  /**
+   * Where the pools come from when they are shared across live reloads (src/reload.ts): one pool
+   * per route, origin and everything that shapes it, closed when the last gateway using it
+   * closes. Without it the forwarder's pools are its own, closed by `close()`.
+   */
+  shared?: Lease
   /**
    * What the pipeline's stages ask of forwarding (headers never forwarded, identity headers,
    * response headers added or hidden…): merged from their contributions (plugins/core/stage.ts).
@@ -170,7 +177,7 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
   })
   const targets: Target[] = set.targets.map(({ url: raw }, index) => {
     const url = new URL(raw)
-    const pool = new Pool(url.origin, {
+    const poolOptions: Pool.Options = {
       connections: options.connections,
       pipelining: 1,
       keepAliveTimeout: options.keepAliveTimeoutMs ?? 4_000,
@@ -179,7 +186,13 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
       connect: url.protocol === 'https:'
         ? { rejectUnauthorized: options.tls?.insecureSkipVerify !== true, ca, timeout: Math.min(options.timeoutMs, 10_000) }
         : { timeout: Math.min(options.timeoutMs, 10_000) }
-    })
+    }
+    // The key names the route (its pools are its own: `connections` is per route) and everything
+    // that shapes the pool (the CA by its file name: a changed file needs a restart or a new name).
+    const key = `pool ${JSON.stringify(routeNameFor(options))} ${url.origin} ${JSON.stringify({ ...poolOptions, connect: { ...poolOptions.connect, ca: options.tls?.ca } })}`
+    const pool = options.shared === undefined
+      ? new Pool(url.origin, poolOptions)
+      : options.shared.acquire(key, () => new Pool(url.origin, poolOptions), async (p) => { await p.close() })
     return { index, pool, host: url.host, origin: url.origin, active: 0, waiting: [], waitingCount: 0 }
   })
   // The config check guarantees every URL of a balanced upstream has the same path.
@@ -262,10 +275,13 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
         for (const place of target.waiting) place.request?.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The gateway is shutting down.'))
         target.waiting.length = 0
       }
-      await Promise.all(targets.map(async (t) => { await t.pool.close() }))
+      // Shared pools are closed by the gateway's lease, when no other generation uses them.
+      if (options.shared === undefined) await Promise.all(targets.map(async (t) => { await t.pool.close() }))
     }
   }
 }
+
+function routeNameFor (options: ForwarderOptions): string { return options.routeName ?? options.prefix }
 
 /**
  * A streamed chunked body passes through a counter that fails the upload once it exceeds the

@@ -1,29 +1,129 @@
 /**
- * Listening and stopping: the process side of the gateway. SIGTERM/SIGINT stop accepting new
- * connections, let in-flight requests finish within `server.shutdownGrace`, then exit 0
- * (1 if the grace ran out or closing failed).
+ * Listening, reloading and stopping: the process side of the gateway.
+ *
+ * The listening http.Server (the "front") is made here, with the listener-level options the first
+ * gateway's Fastify instance was given (timeouts, maxHeaderSize, maxHeadersCount…). Each
+ * generation of the gateway is a buildGateway() instance that never listens: the front hands each
+ * request (and `checkContinue`, `clientError`, `upgrade`) to the current generation's own server,
+ * with one emit. A reload (SIGHUP, `reload()`, or the watched file) checks the new config
+ * completely, builds the next generation beside the running one, then swaps at once: requests
+ * already handed to the old generation finish there, and it is closed when they (and its
+ * WebSocket tunnels) have, or after `server.shutdownGrace`. Pools, rate-limit counters and
+ * metrics pass from one generation to the next by key (plugins/core/shared.ts).
+ *
+ * Why a front rather than one Fastify instance: Fastify cannot remove a route, and
+ * a new instance per config is the only way to get everything a config shapes (routes, hooks,
+ * plugins, the 404 handler) built from it alone.
+ *
+ * SIGTERM/SIGINT stop accepting new connections, let in-flight requests finish within
+ * `server.shutdownGrace`, then exit 0 (1 if the grace ran out or closing failed).
  */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
+import { writeFileSync, rmSync } from 'node:fs'
+import type { AddressInfo } from 'node:net'
 import { setFlagsFromString } from 'node:v8'
 import closeWithGrace from 'close-with-grace'
 import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../schemas/config.js'
 import { parseDuration } from '../schemas/common.js'
+import { SharedObjects } from '../plugins/core/shared.js'
 import { buildGateway, type BuildOptions } from './app.js'
+import { Coalescer, ReloadRefused, configChanges, keepRestartOnly, readConfig, watchConfigFile } from './reload.js'
 
 export interface StartOptions extends BuildOptions {
   host?: string
   port?: number
-  /** Install SIGTERM/SIGINT handlers that drain and exit (the CLI does). Default true. */
+  /** Install SIGTERM/SIGINT handlers that drain and exit, and SIGHUP to reload (the CLI does). Default true. */
   handleSignals?: boolean
-  /** Called after the gateway is built and before it listens: register your own plugins or hooks here. */
+  /** Called after each generation of the gateway is built and before it serves: register your own plugins or hooks here. */
   setup?: (app: FastifyInstance) => Promise<void> | void
+  /** The config file a reload re-reads (SIGHUP, `reload()` without a config, `watch`). */
+  configFile?: string
+  /** Reload when the config file changes (fs.watch on its folder, debounced). Needs configFile. */
+  watch?: boolean
+  /** Write the process id to this file once listening (for `portcullis reload --pid-file`); removed at close. */
+  pidFile?: string
+}
+
+/** What one reload did. */
+export interface ReloadOutcome {
+  ok: boolean
+  /** The generation serving after it. */
+  generation: number
+  /** When refused: every problem, as `path: message`. */
+  problems?: string[]
 }
 
 export interface RunningGateway {
-  app: FastifyInstance
+  /** The generation serving new requests (a reload replaces it). */
+  readonly app: FastifyInstance
+  /** The listening server every generation is served through. */
+  readonly server: Server
   /** `http://127.0.0.1:8080` */
   url: string
+  /** 1 at start, one more per reload that was applied. */
+  readonly generation: number
+  /**
+   * Reload from `config`, or from the config file when none is given. Concurrent calls are
+   * coalesced: never two reloads at once; a call while one runs is served by one more run after it.
+   */
+  reload: (config?: Readonly<GatewayConfig>) => Promise<ReloadOutcome>
   close: () => Promise<void>
+}
+
+/** How often a retiring generation is checked for requests and tunnels still open. */
+const RETIRE_POLL_MS = 50
+
+interface WebSocketCount { open: () => number, closeAll: (code?: number) => Promise<void> }
+
+/** One built gateway and the requests handed to it that have not closed. */
+class Generation {
+  inFlight = 0
+  /** res 'close' listener: made once per generation, so a request costs no closure. */
+  readonly done: () => void
+  readonly server: Server
+  private closing: Promise<void> | undefined
+  constructor (readonly app: FastifyInstance, readonly number: number, readonly config: Readonly<GatewayConfig>) {
+    this.server = app.server
+    this.done = () => { this.inFlight-- }
+  }
+
+  /** Closes the instance, once (a retiring generation may meet a shutdown). */
+  close (): Promise<void> {
+    this.closing ??= this.app.close()
+    return this.closing
+  }
+
+  /** Requests in flight plus open tunnels (task W's `app.websockets`, when there). */
+  busy (): number {
+    const ws = (this.app as unknown as { websockets?: WebSocketCount }).websockets
+    return this.inFlight + (ws === undefined ? 0 : ws.open())
+  }
+}
+
+/** The listening server, with what Fastify set on the first generation's own (unused) server. */
+function createFront (model: Server): Server {
+  const m = model as Server & { maxHeaderSize?: number, connectionsCheckingInterval?: number, requireHostHeader?: boolean, joinDuplicateHeaders?: boolean, insecureHTTPParser?: boolean }
+  const front = createServer({
+    maxHeaderSize: m.maxHeaderSize,
+    connectionsCheckingInterval: m.connectionsCheckingInterval,
+    requestTimeout: m.requestTimeout,
+    headersTimeout: m.headersTimeout,
+    requireHostHeader: m.requireHostHeader,
+    joinDuplicateHeaders: m.joinDuplicateHeaders,
+    insecureHTTPParser: m.insecureHTTPParser
+  })
+  front.keepAliveTimeout = m.keepAliveTimeout
+  front.maxHeadersCount = m.maxHeadersCount as number
+  front.maxRequestsPerSocket = m.maxRequestsPerSocket as number
+  front.setTimeout(m.timeout)
+  return front
+}
+
+function formatUrl (address: AddressInfo): string {
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
+  return `http://${host}:${address.port}`
 }
 
 export async function startServer (config: Readonly<GatewayConfig>, options: StartOptions = {}): Promise<RunningGateway> {
@@ -33,28 +133,224 @@ export async function startServer (config: Readonly<GatewayConfig>, options: Sta
   // small POST costs ≈ 20 % less CPU, a GET ≈ 9 % (bench/PROFILE.md). The flag is read when the
   // GC runs, so setting it here, before the first request, takes effect; it is process-wide.
   if (!config.server.allocationSitePretenuring) setFlagsFromString('--no-allocation-site-pretenuring')
-  const app = await buildGateway(config, options)
-  let uninstall = (): void => {}
-  app.addHook('onClose', async () => { uninstall() })
-  // server.close() closes the connections that are idle when it is called; one that finishes its
-  // in-flight request later would stay open until its keep-alive timeout and hold the exit past
-  // the grace. So while draining, idle connections are closed as they become idle.
-  app.addHook('preClose', async () => {
-    const reaper = setInterval(() => { app.server.closeIdleConnections() }, 50).unref()
-    app.server.once('close', () => { clearInterval(reaper) })
+  const shared = options.shared ?? new SharedObjects()
+  const buildOptions: BuildOptions = { ...options, shared }
+
+  async function build (cfg: Readonly<GatewayConfig>): Promise<FastifyInstance> {
+    const app = await buildGateway(cfg, buildOptions)
+    try {
+      if (options.setup !== undefined) await options.setup(app)
+      await app.ready()
+    } catch (err) {
+      await app.close().catch(() => {})
+      throw err
+    }
+    return app
+  }
+
+  let generation = new Generation(await build(config), 1, config)
+  const generations = new Set<Generation>([generation])
+  const front = createFront(generation.server)
+
+  // The front hands everything to the current generation: one emit (and the in-flight count).
+  front.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const gen = generation
+    gen.inFlight++
+    res.on('close', gen.done)
+    gen.server.emit('request', req, res)
   })
-  if (options.setup !== undefined) await options.setup(app)
+  front.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    const gen = generation
+    gen.inFlight++
+    res.on('close', gen.done)
+    // Node's own behaviour when nothing listens for it: 100 Continue, then the request.
+    if (gen.server.listenerCount('checkContinue') > 0) gen.server.emit('checkContinue', req, res)
+    else {
+      res.writeContinue()
+      gen.server.emit('request', req, res)
+    }
+  })
+  front.on('clientError', (err: Error, socket: Duplex) => {
+    if (generation.server.listenerCount('clientError') > 0) generation.server.emit('clientError', err, socket)
+    else socket.destroy()
+  })
+  // Only while the generation takes upgrades (WebSocket routes): without a listener, Node treats
+  // an upgrade request as any other request.
+  const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => { generation.server.emit('upgrade', req, socket, head) }
+  const followUpgrades = (): void => {
+    front.off('upgrade', onUpgrade)
+    if (generation.server.listenerCount('upgrade') > 0) front.on('upgrade', onUpgrade)
+  }
+  followUpgrades()
+
   const host = options.host ?? config.server.host
   const port = options.port ?? config.server.port
-  const url = await app.listen({ host, port })
-  if (options.handleSignals !== false) {
-    const grace = parseDuration(config.server.shutdownGrace)
-    const closeListeners = closeWithGrace({ delay: grace, logger: app.log }, async ({ signal, err }) => {
-      if (err !== undefined) app.log.error({ err }, 'shutting down after an error')
-      else app.log.info({ signal, graceMs: grace }, 'draining')
-      await app.close()
+  try {
+    await new Promise<void>((resolve, reject) => {
+      front.once('error', reject)
+      front.listen({ host, port }, () => { front.off('error', reject); resolve() })
     })
-    uninstall = () => { closeListeners.uninstall() }
+  } catch (err) {
+    await generation.app.close()
+    throw err
   }
-  return { app, url, close: () => app.close() }
+  const url = formatUrl(front.address() as AddressInfo)
+  const grace = parseDuration(config.server.shutdownGrace)
+  const log = (): FastifyInstance['log'] => generation.app.log
+
+  // --- retiring a generation ------------------------------------------------------------------
+
+  async function retire (gen: Generation): Promise<void> {
+    const deadline = Date.now() + grace
+    while (gen.busy() > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, RETIRE_POLL_MS).unref())
+    const ws = (gen.app as unknown as { websockets?: WebSocketCount }).websockets
+    if (ws !== undefined && ws.open() > 0) await ws.closeAll(1001).catch(() => {})
+    const left = gen.inFlight
+    await gen.close().catch((err: unknown) => { log().error({ err, generation: gen.number }, 'closing an old generation failed') })
+    generations.delete(gen)
+    log().info({ generation: gen.number, unfinished: left }, 'old generation closed')
+  }
+
+  // --- reload -------------------------------------------------------------------------------
+
+  let stopping = false
+  let wanted: Readonly<GatewayConfig> | undefined
+  let lastOutcome: ReloadOutcome = { ok: true, generation: 1 }
+
+  async function reloadOnce (): Promise<void> {
+    const given = wanted
+    wanted = undefined
+    const started = performance.now()
+    const running = generation
+    let next: Readonly<GatewayConfig>
+    try {
+      if (given !== undefined) next = given
+      else if (options.configFile !== undefined) next = await readConfig(options.configFile)
+      else throw new ReloadRefused(['no config file to reload from (start with configFile)'])
+    } catch (err) {
+      const problems = err instanceof ReloadRefused ? err.problems : [(err as Error).message]
+      log().error({ file: options.configFile, problems, generation: running.number }, 'reload refused: the config is invalid; the running config keeps serving')
+      lastOutcome = { ok: false, generation: running.number, problems }
+      return
+    }
+    const changes = configChanges(running.config, next)
+    const effective = keepRestartOnly(running.config, next)
+    let app: FastifyInstance
+    try {
+      app = await build(effective)
+    } catch (err) {
+      const problems = [(err as Error).message]
+      log().error({ file: options.configFile, problems, generation: running.number }, 'reload failed: the new config could not be built; the running config keeps serving')
+      lastOutcome = { ok: false, generation: running.number, problems }
+      return
+    }
+    if (stopping) {
+      await app.close()
+      lastOutcome = { ok: false, generation: running.number, problems: ['the gateway is shutting down'] }
+      return
+    }
+    // The old generation's buffered lines first, so the log reads in order.
+    ;(running.app.log as { flush?: () => void }).flush?.()
+    const gen = new Generation(app, running.number + 1, effective)
+    generations.add(gen)
+    generation = gen
+    followUpgrades()
+    // Derived from the routes' timeouts (src/app.ts: connectionTimeout), so it follows them.
+    front.timeout = gen.server.timeout
+    app.log.info({
+      generation: gen.number,
+      added: changes.added,
+      removed: changes.removed,
+      changed: changes.changed,
+      gatewayChanged: changes.gatewayChanged,
+      needsRestart: changes.needsRestart,
+      ms: Math.round((performance.now() - started) * 10) / 10
+    }, changes.needsRestart.length === 0
+      ? 'config reloaded'
+      : `config reloaded; ${changes.needsRestart.join(', ')} changed and keep${changes.needsRestart.length === 1 ? 's' : ''} the running value until a restart`)
+    lastOutcome = { ok: true, generation: gen.number }
+    retire(running).catch(() => {})
+  }
+
+  const reloads = new Coalescer(reloadOnce)
+  const reload = async (cfg?: Readonly<GatewayConfig>): Promise<ReloadOutcome> => {
+    if (stopping) return { ok: false, generation: generation.number, problems: ['the gateway is shutting down'] }
+    if (cfg !== undefined) wanted = cfg
+    await reloads.request()
+    return lastOutcome
+  }
+
+  // --- the file, the signal, the pid file ---------------------------------------------------
+
+  const watcher = options.watch === true && options.configFile !== undefined
+    ? watchConfigFile(options.configFile, () => {
+      log().info({ file: options.configFile }, 'config file changed: reloading')
+      reload().catch(() => {})
+    }, (err) => { log().warn({ err: err.message, file: options.configFile }, 'cannot watch the config file any more') })
+    : undefined
+
+  const onHangup = (): void => {
+    log().debug({ file: options.configFile, generation: generation.number }, 'SIGHUP: reloading')
+    reload().catch(() => {})
+  }
+
+  const removePidFile = (): void => { if (options.pidFile !== undefined) rmSync(options.pidFile, { force: true }) }
+  if (options.pidFile !== undefined) {
+    writeFileSync(options.pidFile, `${process.pid}\n`, { mode: 0o644 })
+    process.once('exit', removePidFile)
+  }
+
+  // --- stopping -----------------------------------------------------------------------------
+
+  let uninstall = (): void => {}
+  let closing: Promise<void> | undefined
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      stopping = true
+      watcher?.close()
+      await reloads.stop()
+      const current = generation
+      // /readyz 503, and what arrives on an open connection is refused with Connection: close.
+      if (current.app.hasDecorator('readiness')) current.app.readiness.state = 'draining'
+      // server.close() closes the connections that are idle when it is called; one that finishes
+      // its in-flight request later would stay open until its keep-alive timeout and hold the exit
+      // past the grace. So while draining, idle connections are closed as they become idle.
+      const closed = new Promise<void>((resolve) => front.close(() => { resolve() }))
+      const reaper = setInterval(() => { front.closeIdleConnections() }, 50).unref()
+      while ([...generations].some((g) => g.inFlight > 0)) await new Promise((resolve) => setTimeout(resolve, RETIRE_POLL_MS).unref())
+      await Promise.all([...generations].map(async (g) => { await g.close() }))
+      generations.clear()
+      await closed
+      clearInterval(reaper)
+      uninstall()
+      removePidFile()
+      process.removeListener('exit', removePidFile)
+    })()
+    return closing
+  }
+
+  if (options.handleSignals !== false) {
+    // The logger of whichever generation serves when it speaks (a closed one's is closed).
+    const logger = { error: (message: unknown) => { log().error(message) } }
+    // SIGHUP reloads (below), it does not stop the gateway.
+    const closeListeners = closeWithGrace({ delay: grace, logger, skip: ['SIGHUP'] }, async ({ signal, err }) => {
+      if (err !== undefined) log().error({ err }, 'shutting down after an error')
+      else log().info({ signal, graceMs: grace }, 'draining')
+      await close()
+    })
+    process.on('SIGHUP', onHangup)
+    uninstall = () => {
+      closeListeners.uninstall()
+      process.removeListener('SIGHUP', onHangup)
+    }
+  }
+
+  return {
+    get app () { return generation.app },
+    get generation () { return generation.number },
+    server: front,
+    url,
+    reload,
+    close
+  }
 }

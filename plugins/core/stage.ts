@@ -10,6 +10,7 @@
 import type { FastifyInstance, FastifyPluginAsync, FastifyPluginCallback, FastifyReply, FastifyRequest } from 'fastify'
 import type { GatewayConfig, RouteConfig } from '../../schemas/config.js'
 import type { EmbeddedPlugin } from '../extend/user-plugins.js'
+import type { Lease } from './shared.js'
 
 /** When in a request's life a stage acts (what the pipeline page shows). */
 export type Phase =
@@ -27,6 +28,8 @@ export interface GatewayContext {
   ownPaths: readonly string[]
   /** Plugins given in code to buildGateway (`options.plugins`), placed in every route. */
   plugins: readonly EmbeddedPlugin[]
+  /** What this gateway keeps across a live reload (pools, counters, metrics): ./shared.ts. */
+  shared: Lease
 }
 
 /** What a route's stages see: the gateway's context plus the route. */

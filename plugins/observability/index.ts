@@ -23,7 +23,11 @@ export const metrics = gatewayStage({
   name: 'metrics',
   key: 'server.metrics.enabled',
   phase: 'request',
-  setup: ({ config }) => config.server.metrics.enabled ? { metrics: new GatewayMetrics(config), host: config.server.host } : null,
+  // One GatewayMetrics across live reloads (counters never reset): kept by its config, which a
+  // reload does not change (server.metrics needs a restart, src/reload.ts).
+  setup: ({ config, shared }) => config.server.metrics.enabled
+    ? { metrics: shared.acquire(`metrics ${JSON.stringify(config.server.metrics)}`, () => new GatewayMetrics(config)), host: config.server.host, shared }
+    : null,
   plugin: metricsPlugin,
   observer: ({ metrics }) => metrics
 })

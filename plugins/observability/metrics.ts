@@ -27,6 +27,7 @@ import { ERRORS, GatewayError, problemType, type ErrorCode } from '../../schemas
 import { PROBLEM_CONTENT_TYPE } from '../../schemas/problem.js'
 import { blockList, unmapIPv4 } from '../edge/ip-filter.js'
 import { parsePasswordHash, verifyPassword, type ParsedHash } from '../auth/password-hash.js'
+import type { Lease } from '../core/shared.js'
 import {
   channels, type AuthFailureEvent, type AuthzDeniedEvent, type RateLimitedEvent, type UpstreamErrorEvent, type ValidationFailureEvent
 } from '../../schemas/events.js'
@@ -343,6 +344,8 @@ export class GatewayMetrics {
   /** The series of the routes' targets (plugins/upstream), read at scrape time. */
   readonly upstreamSeries: UpstreamSeries
   private readonly subscriptions: Array<[Channel, (message: unknown) => void]> = []
+  /** The HTTP servers of the gateways counted here (more than one across a live reload). */
+  private readonly servers = new Set<object>()
   private readonly requests: client.Counter<'route' | 'method' | 'status_class'>
   private readonly inFlightGauge: client.Gauge
   readonly upstreamErrors: client.Counter<'route' | 'kind'>
@@ -467,10 +470,13 @@ export class GatewayMetrics {
   /**
    * Subscribe to the pipeline's events; `unsubscribe` undoes it (at close). `server`: the
    * gateway's HTTP server — the channels are process-wide, so an event about a request another
-   * gateway in this process handled is not counted here.
+   * gateway in this process handled is not counted here. The generations of a live reload share
+   * one GatewayMetrics: each adds its server, and the last to leave unsubscribes.
    */
   subscribe (server?: object): void {
+    if (server !== undefined) this.servers.add(server)
     if (this.subscriptions.length > 0) return
+    const servers = this.servers
     const kind = new LabelGuard()
     const scheme = new LabelGuard()
     const reason = new LabelGuard()
@@ -480,7 +486,7 @@ export class GatewayMetrics {
       const listener = (message: unknown): void => {
         if (message === null || typeof message !== 'object') return
         const about = (message as { request?: { server?: { server?: object } } }).request
-        if (server !== undefined && about?.server?.server !== undefined && about.server.server !== server) return
+        if (servers.size > 0 && about?.server?.server !== undefined && !servers.has(about.server.server)) return
         handler(message as Partial<T>)
       }
       channel.subscribe(listener)
@@ -504,7 +510,9 @@ export class GatewayMetrics {
     })
   }
 
-  unsubscribe (): void {
+  unsubscribe (server?: object): void {
+    if (server !== undefined) this.servers.delete(server)
+    if (this.servers.size > 0) return
     for (const [channel, listener] of this.subscriptions) channel.unsubscribe(listener)
     this.subscriptions.length = 0
   }
@@ -570,6 +578,8 @@ const WWW_AUTHENTICATE = 'Basic realm="metrics", charset="UTF-8"'
 
 export interface MetricsPluginOptions {
   metrics: GatewayMetrics
+  /** Where the metrics listener is kept across live reloads (plugins/core/shared.ts). */
+  shared: Lease
   /** Address of the separate metrics listener when `server.metrics.host` is not set. */
   host: string
 }
@@ -594,9 +604,10 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
     if (typeof name === 'string') metrics.knowRoute(name)
   })
   metrics.subscribe(app.server)
+  const own = app.server
   // Asked at scrape time: the upstream stage decorates the gateway after this one (src/pipeline.ts).
   metrics.readUpstreams(() => app.hasDecorator('upstreams') ? app.upstreams : undefined)
-  app.addHook('onClose', async () => { metrics.unsubscribe() })
+  app.addHook('onClose', async () => { metrics.unsubscribe(own) })
 
   if (config.port !== undefined && cluster.isWorker) {
     // `portcullis start --workers N`: the primary serves every worker's metrics on the port.
@@ -616,21 +627,28 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
     return
   }
 
-  const server = createServer((req, res) => { serveScrape(req, res, config.path, guard, metrics).catch(() => { res.destroy() }) })
-  server.headersTimeout = 10_000
-  server.requestTimeout = 10_000
+  // One listener across the generations of a live reload: the first one's, closed by the last.
+  const server = opts.shared.acquire(`metrics listener ${JSON.stringify(config)}`, () => {
+    const server = createServer((req, res) => { serveScrape(req, res, config.path, guard, metrics).catch(() => { res.destroy() }) })
+    server.headersTimeout = 10_000
+    server.requestTimeout = 10_000
+    return server
+  }, async (server) => {
+    if (!server.listening) return
+    server.closeAllConnections()
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+  })
   app.addHook('onReady', async () => {
+    if (server.listening) {
+      app.metricsServer = server
+      return
+    }
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
       server.listen(config.port, config.host ?? opts.host, () => { server.off('error', reject); resolve() })
     })
     app.metricsServer = server
     app.log.info({ url: `http://${formatHost(server.address() as AddressInfo)}${config.path}` }, 'metrics listening')
-  })
-  app.addHook('onClose', async () => {
-    if (!server.listening) return
-    server.closeAllConnections()
-    await new Promise<void>((resolve) => server.close(() => resolve()))
   })
 }
 

@@ -10,7 +10,7 @@ export const store = gatewayStage({
   name: 'rate-limit store',
   key: 'rateLimit',
   phase: 'onRequest',
-  setup: ({ config }) => ({ config: config.rateLimit }),
+  setup: ({ config, shared }) => ({ config: config.rateLimit, shared }),
   plugin: rateLimitPlugin
 })
 

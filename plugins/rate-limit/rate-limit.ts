@@ -35,9 +35,12 @@ import { GatewayError } from '../../schemas/errors.js'
 import { channels, publish } from '../../schemas/events.js'
 import { MemoryCounterStore, type CounterCallback } from './memory-store.js'
 import { RedisCounterStore, type CounterStore } from './redis-store.js'
+import type { Lease } from '../core/shared.js'
 
 export interface RateLimitPluginOptions {
   config: RateLimitStoreConfig
+  /** Where the memory stores are kept across live reloads (plugins/core/shared.ts). */
+  shared: Lease
 }
 
 /** What the route-level limiters need from the root plugin. */
@@ -45,9 +48,10 @@ interface LimitBackend {
   onStoreError: 'allow' | 'deny'
   /**
    * The store of one route's limiters: the shared Redis store, or the route's memory store (an LRU
-   * of its own, shared by the route's edge and consumer limiters, as Redis shares its keys).
+   * of its own, shared by the route's edge and consumer limiters, as Redis shares its keys). A
+   * memory store outlives a live reload when the route keeps its name and its limit.
    */
-  store: (route: string) => CounterStore
+  store: (route: string, limit: RouteRateLimit) => CounterStore
   /** Records a store failure (warning log, readiness) — the Redis backend only. */
   failed: (err: unknown, log: FastifyBaseLogger) => void
   /** Client addresses to counter keys, for this gateway's limiters. */
@@ -76,15 +80,14 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitPluginOptio
     })
     app.addHook('onClose', async () => { await store.close() })
   }
-  const memory = new Map<string, CounterStore>()
   app.decorate('rateLimitBackend', {
     onStoreError: config.onStoreError,
-    // Every limiter shares the one Redis client; in memory each route has its own LRU.
-    store (route: string) {
+    // Every limiter shares the one Redis client (its counters live in Redis, so a reload keeps
+    // them anyway); in memory each route has its own LRU, kept by route name and limit.
+    store (route: string, limit: RouteRateLimit) {
       if (redis !== null) return redis
-      let store = memory.get(route)
-      if (store === undefined) memory.set(route, store = new MemoryCounterStore({ maxKeys: config.maxKeys }))
-      return store
+      const key = `rate-limit ${config.maxKeys} ${JSON.stringify(route)} ${JSON.stringify(limit)}`
+      return opts.shared.acquire(key, () => new MemoryCounterStore({ maxKeys: config.maxKeys }))
     },
     failed (err: unknown, log: FastifyBaseLogger) {
       if (redis !== null) redis.down(err)
@@ -151,7 +154,7 @@ export interface RouteLimiter {
 export function routeLimiter (scope: FastifyInstance, opts: RouteLimitOptions): RouteLimiter {
   const { route, limit } = opts
   const backend = scope.rateLimitBackend
-  const store = backend.store(route)
+  const store = backend.store(route, limit)
   const ipKeys = backend.ipKeys
   const by = parseLimitBy(limit.by)
   const windowMs = parseDuration(limit.window)
