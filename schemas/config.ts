@@ -10,6 +10,7 @@ import { routeUpstreamProperties } from './upstream.js'
 import { MetricsSchema, TracingSchema } from './observability.js'
 import { edgeConfigProperties, routeEdgeProperties, serverEdgeProperties } from './edge.js'
 import { routeValidateProperties } from './validate.js'
+import { routeWebSocketProperties } from './websocket.js'
 
 export { HTTP_METHODS }
 export const DEFAULT_METHODS = [...HTTP_METHODS]
@@ -106,7 +107,8 @@ export const RouteSchema = Type.Object({
   ...routeValidateProperties,
   plugins: Type.Array(RoutePluginSchema, { default: [], description: 'your own Fastify plugins, registered in this route\'s scope before the proxy' }),
   ...routeAuthProperties,
-  ...routeEdgeProperties
+  ...routeEdgeProperties,
+  ...routeWebSocketProperties
 }, { additionalProperties: false })
 
 export const GatewayConfigSchema = Type.Object({

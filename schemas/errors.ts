@@ -8,7 +8,7 @@
 export const PROBLEM_TYPE_BASE = 'urn:portcullis:problem:'
 
 export const ERRORS = {
-  GW_ERR_BAD_REQUEST: { status: 400, title: 'Bad Request', when: 'malformed request; a path spelling the route refuses (dot segments, %2F, backslash, ;, NUL or control byte, #: see security.md, "Paths and transfer codings"); a Transfer-Encoding in an HTTP/1.0 request; a body shorter than its length; on a route with hosts, a second Host header, or an absolute-form target or trusted X-Forwarded-Host naming another host than Host' },
+  GW_ERR_BAD_REQUEST: { status: 400, title: 'Bad Request', when: 'malformed request; a path spelling the route refuses (dot segments, %2F, backslash, ;, NUL or control byte, #: see security.md, "Paths and transfer codings"); a Transfer-Encoding in an HTTP/1.0 request; a body shorter than its length; on a route with hosts, a second Host header, or an absolute-form target or trusted X-Forwarded-Host naming another host than Host; an upgrade request with a body, or a WebSocket handshake with a bad Sec-WebSocket-Key or a Sec-WebSocket-Version other than 13 (then with Sec-WebSocket-Version: 13)' },
   GW_ERR_VALIDATION: { status: 400, title: 'Request validation failed', when: "the request does not match the route's schema (with errors[{pointer, message}])" },
   GW_ERR_UNAUTHORIZED: { status: 401, title: 'Unauthorized', when: 'missing or invalid credentials (with a WWW-Authenticate challenge per scheme the route accepts); a wrong password at the token endpoint' },
   GW_ERR_FORBIDDEN: { status: 403, title: 'Forbidden', when: 'a valid identity without the required scope (named in detail) or claim (require); an address refused by the IP filter; a CORS preflight from an origin not listed' },
@@ -21,8 +21,8 @@ export const ERRORS = {
   GW_ERR_HEADERS_TOO_LARGE: { status: 431, title: 'Request Header Fields Too Large', when: 'the request head is over server.maxHeaderSize, or has more fields than server.maxHeaders' },
   GW_ERR_INTERNAL: { status: 500, title: 'Internal Server Error', when: 'a bug in the gateway or a plugin (logged, never detailed)' },
   GW_ERR_NOT_IMPLEMENTED: { status: 501, title: 'Not Implemented', when: 'a Transfer-Encoding other than chunked (gzip, chunked); never forwarded, the connection is closed' },
-  GW_ERR_BAD_GATEWAY: { status: 502, title: 'Bad Gateway', when: 'the upstream refused or dropped the connection, or answered with an invalid status or an oversized head' },
-  GW_ERR_UNAVAILABLE: { status: 503, title: 'Service Unavailable', when: 'draining, not ready, shedding load, too many requests waiting for an upstream connection, buffered bodies over server.requestBufferTotal (all with Retry-After), a JWKS that could never be fetched, or the rate-limit store unreachable with onStoreError: deny' },
+  GW_ERR_BAD_GATEWAY: { status: 502, title: 'Bad Gateway', when: 'the upstream refused or dropped the connection, or answered with an invalid status or an oversized head; it answered a WebSocket upgrade with anything but 101' },
+  GW_ERR_UNAVAILABLE: { status: 503, title: 'Service Unavailable', when: 'draining, not ready, shedding load, too many requests waiting for an upstream connection, buffered bodies over server.requestBufferTotal (all with Retry-After), a WebSocket route at its websocket.maxConnections (with Retry-After), a JWKS that could never be fetched, or the rate-limit store unreachable with onStoreError: deny' },
   GW_ERR_GATEWAY_TIMEOUT: { status: 504, title: 'Gateway Timeout', when: "the upstream did not answer within the route's timeout" }
 } as const
 

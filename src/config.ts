@@ -20,6 +20,7 @@ import { checkEdgeSemantics } from '../schemas/edge.js'
 import { checkObservabilitySemantics } from '../schemas/observability.js'
 import { checkUpstreamSemantics, upstreamTargets } from '../schemas/upstream.js'
 import { checkKnownSecrets } from '../schemas/secure-defaults.js'
+import { checkWebSocketSemantics } from '../schemas/websocket.js'
 import { hostsOverlap } from '../plugins/edge/host-match.js'
 
 export interface ConfigErrorOptions {
@@ -728,6 +729,7 @@ function checkSemantics (config: GatewayConfig, problems: string[]): void {
       problems.push(`${at}.prefix: at most ${MAX_ROUTES_PER_PREFIX} routes may share the prefix "${prefix}" (find-my-way's limit of handlers on one path)`)
     }
     if (route.validate !== undefined) checkValidateSemantics(route.validate, `${at}.validate`, problems, route.methods)
+    checkWebSocketSemantics(route, at, problems)
     prefixes.push(placed)
   })
 }

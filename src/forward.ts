@@ -17,7 +17,7 @@
  */
 import { readFileSync } from 'node:fs'
 import type { ServerResponse } from 'node:http'
-import { Transform, type Readable } from 'node:stream'
+import { Transform, type Duplex, type Readable } from 'node:stream'
 import { BodyBuffers, BuffersFull, bufferBody, type BufferedBody } from './body-buffer.js'
 import { Pool, type Dispatcher } from 'undici'
 import type { FastifyReply, FastifyRequest } from 'fastify'
@@ -111,6 +111,12 @@ export interface Forwarder {
    * handler that returns nothing.
    */
   forward: (request: FastifyRequest, reply: FastifyReply, extras?: ForwardExtras) => void
+  /**
+   * Asks the target the route's UpstreamSet picks to switch protocols (a WebSocket handshake, with
+   * the headers `forward` would send), and reports its result to the set; the answer goes to
+   * `handlers`, never to the reply. Returns what gives the handshake up (the client left).
+   */
+  upgrade: (request: FastifyRequest, reply: FastifyReply, handlers: UpgradeHandlers) => () => void
   close: () => Promise<void>
 }
 
@@ -239,11 +245,15 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
   const bufferBodyBytes = options.bufferBodyBytes ?? 0
   const buffering = options.requestBuffering === true && options.buffers !== undefined
 
+  function upstreamPath (url: string): string {
+    const rest = url.slice(prefix.length) // the route scope checked that the URL starts with the prefix as spelled
+    return basePath === '' ? (rest === '' || rest[0] === '?' ? '/' + rest : rest) : basePath + rest
+  }
+
   function forward (request: FastifyRequest, reply: FastifyReply, extras: ForwardExtras = request.upstream ?? NO_EXTRAS): void {
     const raw = request.raw
     const url = raw.url ?? '/'
-    const rest = url.slice(prefix.length) // the route scope checked that the URL starts with the prefix as spelled
-    const path = basePath === '' ? (rest === '' || rest[0] === '?' ? '/' + rest : rest) : basePath + rest
+    const path = upstreamPath(url)
 
     let body: Readable | string | Buffer | null = null
     if (extras.body !== undefined) {
@@ -270,6 +280,11 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
 
   return {
     forward,
+    upgrade (request, reply, handlers) {
+      const upgrade = new UpgradeRequest(route, request, reply, upstreamPath(request.raw.url ?? '/'), handlers)
+      upgrade.send()
+      return upgrade.giveUp
+    },
     async close () {
       for (const target of targets) {
         for (const place of target.waiting) place.request?.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The gateway is shutting down.'))
@@ -924,6 +939,118 @@ function responseHeaders (raw: Buffer[], requestId: string, route: RouteState, o
   for (const [name, value] of route.fixed) if (own[name] === undefined) out.push(name, value)
   out.push('x-request-id', requestId)
   return out
+}
+
+/** Where `Forwarder.upgrade` reports. */
+export interface UpgradeHandlers {
+  /**
+   * The upstream switched protocols: its status (101) and headers for the client (filtered as a
+   * response's: hop-by-hop and hidden ones dropped, the pipeline's own and X-Request-Id added;
+   * Connection and Upgrade are the caller's to write), and its socket, the bytes it sent after its
+   * head put back first.
+   */
+  accepted: (status: number, headers: string[], socket: Duplex) => void
+  /** No tunnel: the answer for the client (502: refused or unreachable, 504: no answer in time, 503: no target). */
+  refused: (err: GatewayError) => void
+}
+
+/** The upstream answered an upgrade with a final status instead of 101. */
+class UpgradeRefusedError extends Error {
+  readonly code = 'GW_UPGRADE_REFUSED'
+  constructor (readonly status: number) { super(`upstream answered the upgrade with ${status}`) }
+}
+
+/**
+ * One upgrade handshake on the target the route's set picks (no retry: the client can ask again).
+ * undici's dispatch interface: a 101 arrives in onUpgrade with the socket, any other final status
+ * in onHeaders (reported to the set as a response, then the request aborted).
+ */
+class UpgradeRequest implements Dispatcher.DispatchHandler {
+  private target = -1
+  private abort: ((err?: Error) => void) | null = null
+  private gone = false
+  private over = false
+  private readonly startedAt = performance.now()
+  readonly giveUp = (): void => {
+    if (this.over) return
+    this.gone = true
+    if (this.abort !== null) this.abort(new Error('client closed the connection'))
+  }
+
+  constructor (
+    private readonly route: RouteState,
+    private readonly request: FastifyRequest,
+    private readonly reply: FastifyReply,
+    private readonly path: string,
+    private readonly handlers: UpgradeHandlers
+  ) {}
+
+  send (): void {
+    const set = this.route.set
+    set.requested()
+    const index = set.pick(set.keyOf(this.request))
+    if (index === -1) {
+      this.over = true
+      this.handlers.refused(new GatewayError('GW_ERR_UNAVAILABLE', 'No upstream target is available; retry shortly.', { headers: { 'retry-after': String(set.retryAfterSeconds()) } }))
+      return
+    }
+    const target = this.route.targets[index]
+    const headers = upstreamHeaders(this.request, target.host, this.request.upstream ?? NO_EXTRAS, this.route.policy, -1)
+    this.target = index
+    set.dispatched(index)
+    target.pool.dispatch({ origin: target.origin, path: this.path, method: 'GET', headers, upgrade: 'websocket', body: null }, this)
+  }
+
+  private finish (): boolean {
+    if (this.over) return false
+    this.over = true
+    this.route.set.done(this.target)
+    return true
+  }
+
+  onConnect (abort: (err?: Error) => void): void {
+    this.abort = abort
+    if (this.gone) abort(new Error('client closed the connection'))
+  }
+
+  onHeaders (statusCode: number): boolean {
+    if (statusCode >= 100 && statusCode < 200) return true // 1xx other than 101: wait for the final answer
+    const valid = statusCode >= 200 && statusCode <= 599
+    this.route.set.result(this.target, valid ? statusCode : 0)
+    ;(this.abort as (err?: Error) => void)(valid ? new UpgradeRefusedError(statusCode) : new InvalidStatusError(statusCode))
+    return false
+  }
+
+  onUpgrade (statusCode: number, rawHeaders: Buffer[] | string[] | null, socket: Duplex): void {
+    if (!this.finish()) { socket.destroy(); return }
+    this.route.set.result(this.target, statusCode)
+    if (this.gone) { socket.destroy(); return }
+    this.request.upstreamMs = performance.now() - this.startedAt
+    const raw = (rawHeaders ?? []).map((h) => typeof h === 'string' ? Buffer.from(h, 'latin1') : h)
+    this.handlers.accepted(statusCode, responseHeaders(raw, this.request.id, this.route, replyHeaders(this.reply)), socket)
+  }
+
+  onData (): boolean { return true }
+  onComplete (): void {}
+
+  onError (err: Error): void {
+    if (!this.finish()) return
+    const code = (err as { code?: string }).code ?? ''
+    const origin = this.route.targets[this.target].origin
+    if (this.gone) {
+      this.route.set.abandoned(this.target)
+      this.request.log.info({ code, upstream: origin }, 'client closed the connection during the upgrade')
+      return
+    }
+    if (err instanceof UpgradeRefusedError) {
+      this.request.log.warn({ upstream: origin, upstreamStatus: err.status }, 'upstream refused the upgrade')
+      this.handlers.refused(new GatewayError('GW_ERR_BAD_GATEWAY', 'The upstream did not accept the WebSocket upgrade.', { cause: err }))
+      return
+    }
+    if (!(err instanceof InvalidStatusError)) this.route.set.result(this.target, 0)
+    publish(channels.upstreamError, () => ({ request: this.request, route: this.route.routeName, kind: errorKind(err) }))
+    this.handlers.refused(upstreamError(err, this.request, origin))
+  }
 }
 
 /**

@@ -21,6 +21,7 @@ import * as observability from '../plugins/observability/index.js'
 import * as extend from '../plugins/extend/index.js'
 import { loadShedding } from '../plugins/load-shedding/index.js'
 import * as upstream from '../plugins/upstream/index.js'
+import * as websocket from '../plugins/websocket/index.js'
 
 /** Registered once, on the gateway, in this order; they see every request (and the gateway's own endpoints). */
 export const GATEWAY_STAGES: readonly GatewayStage[] = [
@@ -34,6 +35,7 @@ export const GATEWAY_STAGES: readonly GatewayStage[] = [
   observability.tracing, //      tracing.enabled            trace context, spans
   observability.metrics, //      server.metrics.enabled     Prometheus
   core.health, //                always                     /healthz, /readyz, drain
+  websocket.websockets, //       routes[].websocket         upgrade requests through the pipeline; tunnels, closeAll
   upstream.targets, //           routes[].upstream, balance, healthCheck…   which target; health, ejection, breakers
   rateLimit.store, //            rateLimit                  memory or Redis counters
   auth.schemes, //               users, jwt, apiKeys        the schemes every route shares (JWKS cache, user table)

@@ -9,6 +9,8 @@ import type { RouteContext } from '../plugins/core/stage.js'
 import { registerStage } from '../plugins/core/stage.js'
 import { corsRouteMethods } from '../plugins/edge/cors.js'
 import { hostGuard, hostsRouteConstraint } from '../plugins/edge/host-match.js'
+import { websocketHandler } from '../plugins/websocket/index.js'
+import { websocketSettings } from '../schemas/websocket.js'
 import type { Forwarder } from './forward.js'
 import { ROUTE_STAGES } from './pipeline.js'
 
@@ -40,7 +42,10 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
   scope.addContentTypeParser('*', function passThrough (_request, payload, done) { done(null, payload) })
 
   // The forwarder answers through the reply (hijacked for the upstream's response, or an error).
-  const handler = (request: FastifyRequest, reply: FastifyReply): void => { forwarder.forward(request, reply) }
+  const forward = (request: FastifyRequest, reply: FastifyReply): void => { forwarder.forward(request, reply) }
+  // A websocket route: an upgrade request that passed the stages gets a tunnel (plugins/websocket).
+  const websocket = websocketSettings(route.websocket)
+  const handler = websocket === null ? forward : websocketHandler(route.name, websocket, forwarder.upgrade, forward)
   const base = route.prefix === '/' ? '' : route.prefix
   const urls = base === '' ? ['/', '/*'] : [base, `${base}/*`]
   for (const url of urls) {

@@ -34,6 +34,7 @@ import {
 import { routeNameOf } from '../core/fastify-internals.js'
 import type { BreakerState } from '../upstream/breaker.js'
 import type { UpstreamSet } from '../upstream/index.js'
+import type { WebSocketRouteStats } from '../websocket/index.js'
 
 /** The route label of a request no configured route matched (404s, bad URLs). */
 export const UNMATCHED = UNMATCHED_ROUTE
@@ -68,7 +69,10 @@ export const METRIC_NAMES = {
   upstreamBreakerTransitions: 'portcullis_upstream_breaker_transitions_total',
   upstreamRetries: 'portcullis_upstream_retries_total',
   upstreamRetryBudgetExhausted: 'portcullis_upstream_retry_budget_exhausted_total',
-  upstreamInFlight: 'portcullis_upstream_in_flight'
+  upstreamInFlight: 'portcullis_upstream_in_flight',
+  websocketTunnelsOpen: 'portcullis_websocket_tunnels_open',
+  websocketUpgrades: 'portcullis_websocket_upgrades_total',
+  websocketBytes: 'portcullis_websocket_bytes_total'
 } as const
 
 /** A latency histogram as plain numbers: `counts[i]` holds values ≤ bounds[i] (and > bounds[i-1]). */
@@ -327,6 +331,48 @@ const kStart = Symbol('portcullis.metrics.start')
 /** Fastify measures `reply.elapsedTime` only when logging is on: the start is kept here instead. */
 type TrackedResponse = ServerResponse & { [kReply]?: FastifyReply, [kStart]?: number }
 
+/** Where the WebSocket series read each route's tunnel counters (plugins/websocket's `app.websockets.stats()`). */
+export type WebSocketSource = () => Iterable<WebSocketRouteStats> | undefined
+
+/**
+ * The WebSocket series, read from the routes' counters when scraped (nothing on the tunnels' path):
+ * open tunnels (handshakes included), upgrade requests answered by status (a bounded set), bytes
+ * each way (upstream: from the client; downstream: to it).
+ */
+function webSocketSeries (source: WebSocketSource, registers: client.Registry[]): client.Metric[] {
+  const routes = (): Iterable<WebSocketRouteStats> => source() ?? []
+  const open = new client.Gauge({
+    name: METRIC_NAMES.websocketTunnelsOpen,
+    help: 'WebSocket tunnels open now (handshakes with the upstream included), by route.',
+    labelNames: ['route'] as const,
+    registers,
+    collect () {
+      this.reset()
+      for (const r of routes()) this.set({ route: r.route }, r.open)
+    }
+  })
+  // Counters whose collect() sets each route's count (reset, then inc by it), as the upstream series do.
+  const counter = <L extends string>(name: string, help: string, labelNames: readonly L[], add: (r: WebSocketRouteStats, inc: (labels: Record<L, string>, n: number) => void) => void): client.Metric =>
+    new client.Counter({
+      name,
+      help,
+      labelNames,
+      registers,
+      collect () {
+        this.reset()
+        for (const r of routes()) add(r, (labels, n) => { if (n > 0) this.inc(labels, n) })
+      }
+    })
+  const upgrades = counter(METRIC_NAMES.websocketUpgrades, 'Upgrade requests answered, by route and status (101: a tunnel opened; aborted: the client left first).',
+    ['route', 'status'], (r, inc) => { for (const [status, n] of r.upgrades) inc({ route: r.route, status }, n) })
+  const bytes = counter(METRIC_NAMES.websocketBytes, 'Bytes through WebSocket tunnels, by route and direction (upstream: client to upstream; downstream: upstream to client).',
+    ['route', 'direction'], (r, inc) => {
+      inc({ route: r.route, direction: 'upstream' }, r.bytesUp)
+      inc({ route: r.route, direction: 'downstream' }, r.bytesDown)
+    })
+  return [open, upgrades, bytes]
+}
+
 /**
  * The gateway's metrics: built from the config before the Fastify instance (the LogController
  * needs it), attached to the instance by the plugin below.
@@ -341,6 +387,7 @@ export class GatewayMetrics {
   private inFlight = 0
   private readonly onClose: (this: TrackedResponse) => void
   private upstreams: UpstreamSource = () => undefined
+  private websockets: WebSocketSource = () => undefined
   /** The series of the routes' targets (plugins/upstream), read at scrape time. */
   readonly upstreamSeries: UpstreamSeries
   private readonly subscriptions: Array<[Channel, (message: unknown) => void]> = []
@@ -412,6 +459,12 @@ export class GatewayMetrics {
       name: METRIC_NAMES.rateLimited, help: 'Requests refused with 429, by route and what the limit counts by.', labelNames: ['route', 'by'], registers
     })
     this.upstreamSeries = new UpstreamSeries(() => this.upstreams(), registers)
+    webSocketSeries(() => this.websockets(), registers)
+  }
+
+  /** Where the WebSocket series read each route's tunnel counters (the plugin: `app.websockets`). */
+  readWebSockets (source: WebSocketSource): void {
+    this.websockets = source
   }
 
   /** Where the upstream series read each route's targets (the plugin: the gateway's `app.upstreams`). */
@@ -607,6 +660,7 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
   const own = app.server
   // Asked at scrape time: the upstream stage decorates the gateway after this one (src/pipeline.ts).
   metrics.readUpstreams(() => app.hasDecorator('upstreams') ? app.upstreams : undefined)
+  metrics.readWebSockets(() => app.hasDecorator('websockets') ? app.websockets?.stats() : undefined)
   app.addHook('onClose', async () => { metrics.unsubscribe(own) })
 
   if (config.port !== undefined && cluster.isWorker) {
