@@ -46,7 +46,8 @@ export const GATEWAY_STAGES: readonly GatewayStage[] = [
 
 /** Registered in each route's scope, in this order (a refusal at any stage ends the request there). */
 export const ROUTE_STAGES: readonly RouteStage[] = [
-  edge.pathGuard, //             routes[].prefix, allowInPath   400 on ambiguous spellings
+  edge.pathGuard, //             routes[].prefix, allowInPath   400 on ambiguous spellings and non-path targets
+  edge.hostGuard, //             routes[].hosts                 400 on a second Host, a disagreeing X-Forwarded-Host
   edge.ipFilter, //              ipFilter, routes[].ipFilter    403
   edge.cors, //                  routes[].cors                  preflights
   rateLimit.byIp, //             routes[].rateLimit             429; failed logins count here

@@ -8,7 +8,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { RouteContext } from '../plugins/core/stage.js'
 import { registerStage } from '../plugins/core/stage.js'
 import { corsRouteMethods } from '../plugins/edge/cors.js'
-import { hostGuard, hostsRouteConstraint } from '../plugins/edge/host-match.js'
+import { hostsRouteConstraint } from '../plugins/edge/host-match.js'
 import { websocketHandler } from '../plugins/websocket/index.js'
 import { websocketSettings } from '../schemas/websocket.js'
 import type { Forwarder } from './forward.js'
@@ -30,9 +30,6 @@ declare module 'fastify' {
 
 export async function routeScope (scope: FastifyInstance, opts: RouteScopeOptions): Promise<void> {
   const { ctx: { route }, states, forwarder } = opts
-  // A route with hosts: its first hook refuses a request that names a second host (host-match.ts).
-  const constraints = hostsRouteConstraint(route.hosts)
-  if (constraints !== undefined) scope.addHook('onRequest', hostGuard)
   for (let i = 0; i < ROUTE_STAGES.length; i++) {
     if (states[i] !== null) await registerStage(scope, ROUTE_STAGES[i], states[i])
   }
@@ -46,6 +43,7 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
   // A websocket route: an upgrade request that passed the stages gets a tunnel (plugins/websocket).
   const websocket = websocketSettings(route.websocket)
   const handler = websocket === null ? forward : websocketHandler(route.name, websocket, forwarder.upgrade, forward)
+  const constraints = hostsRouteConstraint(route.hosts)
   const base = route.prefix === '/' ? '' : route.prefix
   const urls = base === '' ? ['/', '/*'] : [base, `${base}/*`]
   for (const url of urls) {

@@ -163,3 +163,21 @@ t.test('allowInPath is checked by the config schema', async (t) => {
   await t.rejects(startTestGateway(t, { routes: [people(up, { allowInPath: ['nul'] })] }), /allowInPath/)
   await t.rejects(startTestGateway(t, { routes: [people(up, { allowInPath: ['semicolon', 'semicolon'] })] }), /allowInPath/)
 })
+
+t.test('a request target that is not a path (absolute-form, asterisk-form) is refused with 400 on every route, prefix / included: a validation rule cannot be stepped around with `POST http://x/api/people`', async (t) => {
+  const up = await startUpstream(t)
+  const root = { ...people(up), name: 'root', prefix: '/', upstream: up.origin, validate: [{ method: 'POST', path: '/api/people', body: 'Person' }] }
+  for (const routes of [[root], [people(up)]]) {
+    const { url } = await startTestGateway(t, { routes })
+    const port = Number(new URL(url).port)
+    for (const target of ['http://gw/api/people', 'http://gw/api/people/', 'HTTP://gw/api/people', 'https://gw/api/people', 'http://evil.example/api/people', 'http://gw', '*']) {
+      const res = await sendRaw(port, post(target, INVALID))
+      const body = problem(t, res, 400, `${routes[0].prefix as string} ${target}`)
+      t.equal(body.detail, 'The request target must be a path: absolute-form (http://host/path) and asterisk-form (*) are not served.', `${target}: said in words`)
+    }
+    // The route itself works.
+    t.equal((await sendRaw(port, post('/api/people', VALID))).status, 200, `${routes[0].prefix as string}: an origin-form target is forwarded`)
+    t.equal((await sendRaw(port, post('/api/people', INVALID))).status, 400, `${routes[0].prefix as string}: and validated`)
+  }
+  t.same(up.requests.map((r) => r.url), ['/api/people', '/api/people'], 'only the origin-form targets reached the upstream')
+})

@@ -9,6 +9,7 @@ import { codeForStatus, ERRORS, GatewayError, problemType, type ErrorCode, type 
 import { escapePointer, PROBLEM_CONTENT_TYPE, type Problem } from '../../schemas/problem.js'
 import { refuseUnreadBody } from '../edge/lingering-close.js'
 import { hostRank, routingHost } from '../edge/host-match.js'
+import { NOT_A_PATH } from '../edge/path-guard.js'
 
 export interface ProblemPluginOptions {
   /** Prefix (and hosts) → allowed methods, to answer 405 (with `Allow`) instead of 404 under a route. */
@@ -106,6 +107,7 @@ async function problemPlugin (app: FastifyInstance, opts: ProblemPluginOptions):
   const withHosts = routes.some((r) => r.hosts.length > 0)
   app.setNotFoundHandler(function gatewayNotFound (request, reply) {
     const url = request.raw.url ?? '/'
+    if (url.charCodeAt(0) !== 47 /* / */) return sendProblem(reply, 'GW_ERR_BAD_REQUEST', NOT_A_PATH)
     const q = url.indexOf('?')
     const path = q === -1 ? url : url.slice(0, q)
     // Among the routes under this path, the one the request's host reaches, as the router would choose.

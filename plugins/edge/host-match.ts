@@ -21,7 +21,8 @@
  * router tries the longest first. src/config.ts refuses the configs where the two would disagree
  * (hostsConflict below), so the answer is always the one the precedence above gives.
  */
-import type { FastifyRequest, FastifyServerOptions, onRequestHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyRequest, FastifyServerOptions, onRequestHookHandler } from 'fastify'
+import fp from 'fastify-plugin'
 import type { IncomingMessage } from 'node:http'
 import { GatewayError } from '../../schemas/errors.js'
 
@@ -130,27 +131,30 @@ export function hostsRouteConstraint (hosts: readonly string[]): { [HOSTS_CONSTR
 }
 
 const TWO_HOSTS = 'The request has more than one Host header.'
-const ABSOLUTE_MISMATCH = 'The request target names another host than the Host header.'
 const FORWARDED_MISMATCH = 'X-Forwarded-Host names another host than the Host header.'
 
 /**
  * The first hook of a route with hosts: the host it was chosen by must be the only one the
  * request names, so the upstream (which gets X-Forwarded-Host: request.host) and the logs agree
  * with the route. 400 (RFC 9112 §3.2) for a second Host header (Node keeps the first and drops
- * the rest), an absolute-form target whose authority names another host (§3.2.2: the authority
- * wins, so the Host header the route was chosen by is not the host asked for), and an
- * X-Forwarded-Host from a trusted proxy (server.trustProxy) that names another host.
+ * the rest) and an X-Forwarded-Host from a trusted proxy (server.trustProxy) that names another
+ * host. (An absolute-form target, whose authority would win over Host, is refused on every route
+ * by the path guard, which runs first.)
  */
 export const hostGuard: onRequestHookHandler = function hostGuard (request, _reply, done) {
   const raw = request.raw
   const routed = routingHost(raw.headers.host)
   let detail: string | null = null
   if (hostHeaderCount(raw.rawHeaders) > 1) detail = TWO_HOSTS
-  else if (raw.url !== undefined && raw.url.charCodeAt(0) !== 47 /* / */ && authorityHost(raw.url) !== routed) detail = ABSOLUTE_MISMATCH
   else if (forwardedHost(request) !== routed) detail = FORWARDED_MISMATCH
   if (detail === null) done()
   else done(new GatewayError('GW_ERR_BAD_REQUEST', detail))
 }
+
+/** The host guard as a route stage's plugin (plugins/edge/index.ts): its hook in the route's scope. */
+export const hostGuardPlugin = fp(async function hostGuardScope (scope: FastifyInstance) {
+  scope.addHook('onRequest', hostGuard)
+}, { name: 'portcullis-host-guard', fastify: '5.x' })
 
 function hostHeaderCount (rawHeaders: readonly string[]): number {
   let n = 0
@@ -159,12 +163,6 @@ function hostHeaderCount (rawHeaders: readonly string[]): number {
     if (name.length === 4 && name.toLowerCase() === 'host') n++
   }
   return n
-}
-
-/** The host of an absolute-form target (`http://h:1/x`), as routes compare it; undefined for anything else. */
-function authorityHost (target: string): string | undefined {
-  const m = /^[A-Za-z][A-Za-z0-9+.-]*:\/\/([^/?#]*)/.exec(target)
-  return m === null ? undefined : routingHost(m[1])
 }
 
 /** The host Fastify reports (X-Forwarded-Host from a trusted proxy, else Host), as routes compare it. */

@@ -13,6 +13,7 @@ import ipFilterPlugin from './ip-filter.js'
 import corsPlugin, { CORS_RESPONSE_HEADERS } from './cors.js'
 import pathGuardPlugin from './path-guard.js'
 import { trustedPeer } from './trust.js'
+import { hostGuardPlugin } from './host-match.js'
 
 /** A refused request's body is read (bounded) before the close, so the client reads the refusal. */
 export const lingeringClose = gatewayStage({
@@ -68,6 +69,15 @@ export const pathGuard = routeStage({
   phase: 'onRequest',
   setup: ({ route }) => ({ prefix: route.prefix, allow: route.allowInPath }),
   plugin: pathGuardPlugin
+})
+
+/** A route chosen by host: one Host header, and a trusted X-Forwarded-Host that agrees with it (400). */
+export const hostGuard = routeStage({
+  name: 'host guard',
+  key: 'routes[].hosts',
+  phase: 'onRequest',
+  setup: ({ route }) => route.hosts.length === 0 ? null : {},
+  plugin: hostGuardPlugin
 })
 
 /** IP allow/deny lists: the gateway's, then the route's. */

@@ -20,6 +20,16 @@ const BACKSLASH = 'The path must not contain a backslash (\\ or %5C).'
 const SEMICOLON = 'The path must not contain ";" parameters.'
 const CONTROL = 'The path must not contain a NUL byte or another control character (%00-%1F, %7F).'
 const FRAGMENT = 'The request target must not contain a fragment (#).'
+/**
+ * Absolute-form (`GET http://host/path`) is what a client sends to a forward proxy, and
+ * asterisk-form (`OPTIONS *`) asks about the server, not a resource. The router, the path guard
+ * and the validation rules read paths; an upstream that reads the absolute-form (gunicorn does)
+ * would route a target none of them matched — on a route with prefix `/`, `POST http://x/api/people`
+ * once reached the upstream with a body its rule never checked. RFC 9112 §3.2.2 asks origin
+ * servers to accept absolute-form; a gateway in front of them refuses it, as it refuses other
+ * spellings an upstream could read differently (docs/security.md).
+ */
+export const NOT_A_PATH = 'The request target must be a path: absolute-form (http://host/path) and asterisk-form (*) are not served.'
 
 /**
  * The router matches paths after decoding them, and upstream servers normalise paths each their
@@ -49,6 +59,10 @@ export function pathGuard (prefix: string, allow: readonly PathAllowance[] = [])
     (allow.includes('semicolon') ? ALLOW_SEMICOLON : 0)
   return function guardPath (request, _reply, done) {
     const url = request.raw.url ?? '/'
+    if (url.charCodeAt(0) !== 47 /* / */) {
+      done(new GatewayError('GW_ERR_BAD_REQUEST', NOT_A_PATH))
+      return
+    }
     if (base !== '') {
       const next = url.charCodeAt(base.length)
       if (!url.startsWith(base) || !(Number.isNaN(next) || next === 47 /* / */ || next === 63 /* ? */)) {
