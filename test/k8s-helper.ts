@@ -3,9 +3,11 @@
  * (deploy/tools/k8s-tools.sh puts them in node_modules/.cache/portcullis-k8s; .ci/run runs it),
  * multi-document YAML parsing, and validation of every rendered object against the Kubernetes
  * OpenAPI schemas that the kubernetes-models packages ship (compiled ajv validators: types,
- * required fields, enums and formats; they do not reject unknown fields).
+ * required fields, enums and formats; they do not reject unknown fields), and a check for
+ * unknown fields (kubeconform -strict) through the same packages' TypeScript interfaces.
  */
 import { spawnSync } from 'node:child_process'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor'
 import { Deployment } from 'kubernetes-models/apps/v1/Deployment'
@@ -15,6 +17,7 @@ import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBu
 import { ConfigMap } from 'kubernetes-models/v1/ConfigMap'
 import { Secret } from 'kubernetes-models/v1/Secret'
 import { Service } from 'kubernetes-models/v1/Service'
+import ts from 'typescript'
 import { parseAllDocuments } from 'yaml'
 
 export const ROOT = new URL('..', import.meta.url).pathname
@@ -73,4 +76,54 @@ export async function schemaProblems (obj: Doc): Promise<string[]> {
 /** schemaProblems of every object. */
 export async function allSchemaProblems (objs: Doc[]): Promise<string[]> {
   return (await Promise.all(objs.map(schemaProblems))).flat()
+}
+
+/** Where each kind's interface is declared (`I<Kind>` in that module). */
+const TYPES = new Map<string, string>([
+  ['v1 ConfigMap', 'kubernetes-models/v1/ConfigMap'], ['v1 Secret', 'kubernetes-models/v1/Secret'],
+  ['v1 Service', 'kubernetes-models/v1/Service'], ['apps/v1 Deployment', 'kubernetes-models/apps/v1/Deployment'],
+  ['autoscaling/v2 HorizontalPodAutoscaler', 'kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler'],
+  ['policy/v1 PodDisruptionBudget', 'kubernetes-models/policy/v1/PodDisruptionBudget'],
+  ['networking.k8s.io/v1 NetworkPolicy', 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy'],
+  ['monitoring.coreos.com/v1 ServiceMonitor', '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor']
+])
+
+/**
+ * Unknown fields (a misspelt `readinesProbe`, a key at the wrong level), which the JSON schemas
+ * let through: each object becomes an object literal typed with its kind's interface, and the
+ * TypeScript compiler's excess-property check reports a field the interface lacks (the first one
+ * of each object: fix it and run again to see the next). `Kind/name: message`; `[]` when there is
+ * none. One compile takes ≈ 5 s, so pass all the objects of a test at once.
+ */
+export function unknownFieldProblems (objs: Doc[]): string[] {
+  const cache = join(ROOT, 'node_modules/.cache/portcullis-k8s')
+  mkdirSync(cache, { recursive: true })
+  const dir = mkdtempSync(join(cache, 'strict-'))
+  try {
+    const lines: string[] = []
+    const owners: Array<{ from: number, id: string }> = []
+    const kinds = [...new Set(objs.map((o) => `${String(o.apiVersion)} ${String(o.kind)}`))]
+    for (const [i, k] of kinds.entries()) {
+      const mod = TYPES.get(k)
+      if (mod === undefined) return [`${k}: no interface`]
+      lines.push(`import type { I${k.split(' ')[1] ?? ''} as T${i} } from '${mod}'`)
+    }
+    for (const [i, o] of objs.entries()) {
+      owners.push({ from: lines.length, id: `${String(o.kind)}/${String(o.metadata?.name)}` })
+      const type = `T${kinds.indexOf(`${String(o.apiVersion)} ${String(o.kind)}`)}`
+      lines.push(...`export const o${i}: ${type} = ${JSON.stringify(o, null, 1)}`.split('\n'))
+    }
+    const file = join(dir, 'objects.ts')
+    writeFileSync(file, lines.join('\n') + '\n')
+    const program = ts.createProgram([file], {
+      strict: true, noEmit: true, skipLibCheck: true, types: [], target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext
+    })
+    return ts.getPreEmitDiagnostics(program).map((d) => {
+      const line = d.file !== undefined && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start).line : -1
+      const owner = owners.filter((o) => o.from <= line).at(-1)
+      return `${owner?.id ?? 'objects.ts'}: ${ts.flattenDiagnosticMessageText(d.messageText, ' ').replace(/ {2,}/g, ' ')}`
+    })
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
 }
