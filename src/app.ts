@@ -161,7 +161,9 @@ async function build (config: Readonly<GatewayConfig>, options: BuildOptions, sh
       headersTimeout: parseDuration(server.timeouts.headers),
       // How often Node looks for heads and requests past their timeout (default 30 s, far longer
       // than the timeouts themselves): slow-loris sockets are closed within a second of theirs.
-      connectionsCheckingInterval: Math.min(1000, parseDuration(server.timeouts.headers))
+      connectionsCheckingInterval: Math.min(1000, parseDuration(server.timeouts.headers)),
+      // A missing Host is refused by plugins/edge/client-limits with a problem body instead.
+      requireHostHeader: false
     },
     // plugins/core/health answers requests that arrive while draining (problem+json, /readyz 503).
     return503OnClosing: false,

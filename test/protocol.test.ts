@@ -85,6 +85,20 @@ t.test('HTTP/1.0 with a Transfer-Encoding: 400, never forwarded', async (t) => {
   t.equal(up.requests.length, 0)
 })
 
+t.test('HTTP/1.1 without Host: 400 problem+json (RFC 9112 §3.2), never forwarded; HTTP/1.0 without Host is served', async (t) => {
+  const { port, up } = await gateway(t)
+  for (const raw of ['GET /api/people/x HTTP/1.1\r\nConnection: close\r\n\r\n', `POST /api/people/ HTTP/1.1\r\nContent-Length: ${BODY.length}\r\nConnection: close\r\n\r\n${BODY}`, 'GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n']) {
+    const res = await sendRaw(port, raw)
+    t.equal(res.status, 400, `${raw.split(' ')[1]}: 400`)
+    t.match(res.headers['content-type'], /^application\/problem\+json/)
+    t.match(JSON.parse(res.body), { type: problemType('GW_ERR_BAD_REQUEST'), detail: 'An HTTP/1.1 request must have a Host header.' })
+  }
+  t.equal(up.requests.length, 0, 'none reached the upstream')
+  const old = await sendRaw(port, 'GET /api/people/x HTTP/1.0\r\n\r\n')
+  t.equal(old.status, 200, 'HTTP/1.0 has no Host requirement')
+  t.equal(up.requests.length, 1)
+})
+
 t.test('what Node\'s parser refuses itself is a 400 problem, never forwarded', async (t) => {
   const { port, up } = await gateway(t)
   const cases: Array<[string, string]> = [
