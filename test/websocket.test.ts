@@ -9,7 +9,7 @@
 import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server } from 'node:http'
-import { connect, type AddressInfo } from 'node:net'
+import { connect, type AddressInfo, type Socket } from 'node:net'
 import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import WebSocket, { WebSocketServer, type RawData } from 'ws'
@@ -18,6 +18,7 @@ import { startTestGateway, startUpstream, type RawConfig } from './helper.js'
 import { hsToken, SECRET } from './auth-helper.js'
 import { sendRaw } from './raw-http.js'
 import { FrameTracker, closeFrame } from '../plugins/websocket/frames.js'
+import { EARLY_BYTES_LIMIT } from '../plugins/websocket/websocket.js'
 
 interface WsUpstream {
   server: Server
@@ -158,6 +159,25 @@ function handshake (path: string, headers: Record<string, string> = {}): string 
     ...headers
   }
   return `GET ${path} HTTP/1.1\r\n${Object.entries(all).filter(([, v]) => v !== '').map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`
+}
+
+/** An upstream that holds every upgrade until `release()`; `reached` resolves when the first arrives. */
+async function heldUpstream (t: Test): Promise<{ up: WsUpstream, reached: Promise<void>, release: () => void }> {
+  let arrived: () => void = () => {}
+  const reached = new Promise<void>((resolve) => { arrived = resolve })
+  let release: () => void = () => {}
+  const held = new Promise<void>((resolve) => { release = resolve })
+  const up = await wsUpstream(t, { beforeAccept: async () => { arrived(); await held } })
+  return { up, reached, release }
+}
+
+/** A connection to the gateway that has sent `bytes`. */
+async function rawSocket (port: number, bytes: string): Promise<Socket> {
+  const socket = connect(port, '127.0.0.1')
+  socket.on('error', () => {})
+  await once(socket, 'connect')
+  socket.write(bytes)
+  return socket
 }
 
 /** A masked client text frame. */
@@ -397,20 +417,29 @@ t.test('hostile: a slow upgrade head meets server.timeouts.headers; nothing reac
 })
 
 t.test('hostile: a client that leaves mid-handshake holds no upstream socket', async (t) => {
-  let arrived: () => void = () => {}
-  const reached = new Promise<void>((resolve) => { arrived = resolve })
-  let release: () => void = () => {}
-  const held = new Promise<void>((resolve) => { release = resolve })
-  const up = await wsUpstream(t, { beforeAccept: async () => { arrived(); await held } })
+  const { up, reached, release } = await heldUpstream(t)
   const { port, app } = await gateway(t, up)
-  const socket = connect(port, '127.0.0.1')
-  socket.on('error', () => {})
-  await once(socket, 'connect')
-  socket.write(handshake('/ws/x'))
+  const socket = await rawSocket(port, handshake('/ws/x'))
   await reached
   t.equal(app.websockets?.open(), 1, 'the handshake counts against the cap')
   socket.destroy()
   await until(() => app.websockets?.open() === 0)
+  release()
+  await until(async () => await up.connections() === 0)
+  t.equal(up.sockets.length, 0, 'no tunnel was opened')
+})
+
+t.test('hostile: more than 64 KB before the 101 closes the client and gives the handshake up; an upstream with no 101 in time is 504', async (t) => {
+  const { up, reached, release } = await heldUpstream(t)
+  const { port, app, ws: base } = await gateway(t, up, { timeout: '500ms' })
+  const socket = await rawSocket(port, handshake('/ws/x'))
+  await reached
+  socket.write(Buffer.alloc(EARLY_BYTES_LIMIT + 1))
+  await once(socket, 'close')
+  await until(() => app.websockets?.open() === 0)
+  t.pass('the flooding client was closed and its handshake given up')
+  const slow = await refused(`${base}/ws/y`)
+  assertProblem(t, { ...slow, headers: slow.headers as Record<string, unknown> }, 504, 'gateway-timeout')
   release()
   await until(async () => await up.connections() === 0)
   t.equal(up.sockets.length, 0, 'no tunnel was opened')
