@@ -25,10 +25,11 @@ const CLI = join(transpileProject(t), 'src/cli.js')
 
 // --- upstreams that say who they are and count their connections --------------------------------
 
-interface Upstream { name: string, url: string, connections: () => number, requests: () => number, server: Server }
+interface Upstream { name: string, url: string, connections: () => number, open: () => number, requests: () => number, server: Server }
 
 async function startNamed (t: Test, name: string, delayMs = 0): Promise<Upstream> {
   let connections = 0
+  let open = 0
   let requests = 0
   const server = createServer((req, res) => {
     requests++
@@ -44,11 +45,15 @@ async function startNamed (t: Test, name: string, delayMs = 0): Promise<Upstream
     })
   })
   server.keepAliveTimeout = 60_000
-  server.on('connection', () => { connections++ })
+  server.on('connection', (socket) => {
+    connections++
+    open++
+    socket.once('close', () => { open-- })
+  })
   server.listen(0, '127.0.0.1')
   await once(server, 'listening')
   t.teardown(() => { server.closeAllConnections(); server.close() })
-  return { name, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, connections: () => connections, requests: () => requests, server }
+  return { name, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, connections: () => connections, open: () => open, requests: () => requests, server }
 }
 
 // --- the CLI as a process -------------------------------------------------------------------------
@@ -303,6 +308,73 @@ t.test('reload() without a config file is refused; close() during a reload is sa
   await gw.close()
   t.match(await during, { generation: 1 }, 'the reload under way did not swap in a closing gateway')
   t.equal(gw.server.listening, false, 'closed')
+})
+
+t.test('watch: a changed file is reloaded, an unchanged rewrite is not; metrics never reset', async (t) => {
+  const [a, b, c] = await Promise.all([startNamed(t, 'A'), startNamed(t, 'B'), startNamed(t, 'C')])
+  const [one, two] = tables(a, b, c)
+  const dir = folder(t)
+  const file = join(dir, 'gateway.yaml')
+  const withMetrics = (raw: RawConfig): RawConfig => ({ ...raw, server: { ...(raw.server as object), metrics: { enabled: true } } })
+  writeFileSync(file, stringify(withMetrics(one)))
+  const gw = await startServer(await readConfig(file), { handleSignals: false, logger: false, configFile: file, watch: true })
+  t.teardown(() => gw.close())
+  for (let i = 0; i < 3; i++) t.equal((await fresh(`${gw.url}/api/${i}`)).status, 200)
+  const apiCount = async (): Promise<number> => {
+    const text = (await fresh(`${gw.url}/metrics`)).body
+    const line = text.split('\n').find((l) => l.startsWith('portcullis_requests_total{') && l.includes('route="api"') && l.includes('status_class="2xx"'))
+    return Number(line?.split(' ').pop() ?? 0)
+  }
+  t.equal(await apiCount(), 3, 'three requests counted')
+
+  writeFileSync(file, stringify(withMetrics(two)))
+  for (let i = 0; i < 100 && gw.generation === 1; i++) await sleep(50)
+  t.equal(gw.generation, 2, 'the changed file was reloaded')
+  t.match(JSON.parse((await fresh(`${gw.url}/api/x`)).body), { up: 'B' }, 'the new table serves')
+  t.equal(await apiCount(), 4, 'the counter went on from 3: one registry across generations')
+
+  writeFileSync(file, stringify(withMetrics(two)))
+  await sleep(1_000)
+  t.equal(gw.generation, 2, 'the same content written again: no reload')
+})
+
+t.test('an aborted request frees the old generation at once; a stalled one holds it for shutdownGrace at most', async (t) => {
+  const [a, b, c] = await Promise.all([startNamed(t, 'A', 30_000), startNamed(t, 'B'), startNamed(t, 'C')])
+  const [one, two] = tables(a, b, c)
+  const lines: Array<{ msg: string, generation?: number, unfinished?: number }> = []
+  const stream = { write: (line: string) => { lines.push(JSON.parse(line) as typeof lines[number]) } }
+  const grace = (raw: RawConfig): Readonly<ReturnType<typeof parseConfig>> => parseConfig({ ...raw, server: { ...(raw.server as object), shutdownGrace: '1s' } }, { env: {} })
+  const gw = await startServer(grace(one), { handleSignals: false, logger: { level: 'info', stream } })
+  t.teardown(() => gw.close())
+  const closedLine = async (generation: number): Promise<{ unfinished?: number }> => {
+    for (let i = 0; i < 200; i++) {
+      const line = lines.find((l) => l.msg === 'old generation closed' && l.generation === generation)
+      if (line !== undefined) return line
+      await sleep(25)
+    }
+    throw new Error(`generation ${generation} was not closed`)
+  }
+
+  // Aborted: the client leaves while A holds the answer; the upstream request is aborted too.
+  const aborted = httpRequest(`${gw.url}/api/slow`, { agent: false })
+  aborted.on('error', () => {})
+  aborted.end()
+  while (a.requests() === 0) await sleep(10)
+  aborted.destroy()
+  for (let i = 0; i < 200 && a.open() > 0; i++) await sleep(25)
+  t.equal(a.open(), 0, 'the upstream request was aborted with it: no connection to A held')
+  await gw.reload(grace(two))
+  t.equal((await closedLine(1)).unfinished, 0, 'the aborted request counted as finished: generation 1 closed with nothing left')
+
+  // Stalled: a body that never comes holds generation 2 until the grace (1 s), no longer.
+  const stalled = httpRequest(`${gw.url}/api/upload`, { method: 'POST', agent: false, headers: { 'content-length': '10' } })
+  stalled.on('error', () => {})
+  stalled.write('x')
+  await sleep(200)
+  await gw.reload(grace(one))
+  t.equal((await closedLine(2)).unfinished, 1, 'the stalled request was still in flight when the grace ran out')
+  t.match(JSON.parse((await fresh(`${gw.url}/api/after`)).body), { up: 'A' }, 'generation 3 serves')
+  stalled.destroy()
 })
 
 // --- the CLI --------------------------------------------------------------------------------------
