@@ -386,6 +386,10 @@ t.test('docker-compose.yml: gateway, drf and redis with healthchecks; the gatewa
   const gateway = compose.services.gateway as Doc
   t.same(Object.keys(gateway.depends_on).sort(), ['drf', 'redis'])
   t.equal(gateway.volumes[0], './deploy/compose/gateway.yaml:/etc/portcullis/gateway.yaml:ro')
+  // A read-only gateway still needs a writable temporary folder: buffered bodies over
+  // server.requestBuffer spill there (and requestBufferDir is not set in deploy/compose).
+  t.equal(gateway.read_only, true)
+  t.ok((gateway.tmpfs as string[]).some((m) => m.startsWith('/tmp:')), 'read-only root, tmpfs on /tmp for bodies that spill to disk')
   t.same(Object.keys(compose.services).filter((s) => compose.services[s].ports !== undefined), ['gateway'], 'only the gateway publishes a port')
   // DRF believes identity headers only from the gateway's fixed address.
   t.equal(compose.services.drf.environment.GATEWAY_TRUSTED_ADDRESSES, gateway.networks.backend.ipv4_address)
