@@ -36,7 +36,11 @@ export interface StartOptions extends BuildOptions {
   port?: number
   /** Install SIGTERM/SIGINT handlers that drain and exit, and SIGHUP to reload (the CLI does). Default true. */
   handleSignals?: boolean
-  /** Called after each generation of the gateway is built and before it serves: register your own plugins or hooks here. */
+  /**
+   * Called after each generation of the gateway is built and before it serves: register your own
+   * plugins or hooks here. Its `app.server` never listens; the listening one is RunningGateway.server.
+   * A hook added here belongs to that generation: its onClose runs when a reload retires it.
+   */
   setup?: (app: FastifyInstance) => Promise<void> | void
   /** The config file a reload re-reads (SIGHUP, `reload()` without a config, `watch`). */
   configFile?: string
