@@ -41,7 +41,7 @@ export async function routeScope (scope: FastifyInstance, opts: RouteScopeOption
   // The forwarder answers through the reply (hijacked for the upstream's response, or an error).
   const forward = (request: FastifyRequest, reply: FastifyReply): void => { forwarder.forward(request, reply) }
   // A websocket route: an upgrade request that passed the stages gets a tunnel (plugins/websocket).
-  const websocket = websocketSettings(route.websocket)
+  const websocket = websocketSettings(route.websocket, route.cors?.origins)
   const handler = websocket === null ? forward : websocketHandler(route.name, websocket, forwarder.upgrade, forward)
   const constraints = hostsRouteConstraint(route.hosts)
   const base = route.prefix === '/' ? '' : route.prefix

@@ -250,6 +250,37 @@ t.test('the upgrade passes auth, scopes and the rate limit: 401, 403 and 429 are
   t.equal(up.upgrades.length, 1, 'only the accepted upgrade reached the upstream')
 })
 
+t.test('hostile: a page on another origin cannot open a tunnel with the user\'s cookie (cross-site WebSocket hijacking): 403 before the upstream', async (t) => {
+  const up = await wsUpstream(t)
+  const { ws: base, port } = await gateway(t, up, { auth: ['jwt'] }, { jwt: { algorithms: ['HS256'], secret: SECRET, cookie: 'session' } })
+  const cookie = `session=${hsToken({ sub: 'alice', scope: '' })}`
+  // What a browser sends from https://evil.example: the user's cookie, and the page's Origin.
+  for (const origin of ['https://evil.example', 'null', `http://127.0.0.1:${port}.evil.example`, `http://127.0.0.1:${port + 1}`, 'https://127.0.0.1']) {
+    const res = await refused(`${base}/ws/room`, { headers: { cookie }, origin })
+    assertProblem(t, { ...res, headers: res.headers as Record<string, unknown> }, 403, 'forbidden')
+    t.match(res.body, /Origin/, `${origin}: refused, and why`)
+  }
+  t.equal(up.upgrades.length, 0, 'no cross-origin upgrade reached the upstream')
+  // The page's own origin (Origin naming the Host asked for), and a client without Origin (not a browser).
+  t.equal((await echo(await opened(t, `${base}/ws/room`, { headers: { cookie }, origin: `http://127.0.0.1:${port}` }), 'same')).data.toString(), 'same')
+  t.equal((await echo(await opened(t, `${base}/ws/room`, { headers: { cookie }, origin: `HTTP://127.0.0.1:${port}` }), 'case')).data.toString(), 'case')
+  t.equal((await echo(await opened(t, `${base}/ws/room`, { headers: { cookie } }), 'cli')).data.toString(), 'cli')
+  t.equal(up.upgrades.length, 3)
+})
+
+t.test('websocket.origins, else routes[].cors.origins, lists the other pages that may open a tunnel', async (t) => {
+  const up = await wsUpstream(t)
+  const { ws: listed } = await gateway(t, up, { websocket: { origins: ['https://app.example.com'] } })
+  t.equal((await echo(await opened(t, `${listed}/ws/a`, { origin: 'https://app.example.com' }), 'ok')).data.toString(), 'ok')
+  t.equal((await refused(`${listed}/ws/a`, { origin: 'https://other.example.com' })).status, 403)
+  const { ws: cors } = await gateway(t, up, { cors: { origins: ['https://spa.example.com'] } })
+  t.equal((await echo(await opened(t, `${cors}/ws/a`, { origin: 'https://spa.example.com' }), 'cors')).data.toString(), 'cors')
+  t.equal((await refused(`${cors}/ws/a`, { origin: 'https://app.example.com' })).status, 403)
+  const { ws: any } = await gateway(t, up, { websocket: { origins: ['*'] } })
+  t.equal((await echo(await opened(t, `${any}/ws/a`, { origin: 'https://anywhere.example' }), 'any')).data.toString(), 'any')
+  t.equal(up.upgrades.length, 3, 'only the allowed ones reached the upstream')
+})
+
 t.test('close codes pass both ways; an upstream that drops gives the client 1014', async (t) => {
   let serverSide: WebSocket | null = null
   const up = await wsUpstream(t, { onConnection: (ws) => { serverSide = ws; ws.on('message', (d) => { if (d.toString() === 'bye') ws.close(4001, 'upstream says bye'); if (d.toString() === 'drop') ws.terminate() }) } })

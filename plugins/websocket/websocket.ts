@@ -22,7 +22,7 @@ import type { Duplex } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { GatewayError } from '../../schemas/errors.js'
-import type { WebSocketSettings } from '../../schemas/websocket.js'
+import { originAllowed, type WebSocketSettings } from '../../schemas/websocket.js'
 import { closeAfterResponse, routeNameOf } from '../core/fastify-internals.js'
 import { hasBody } from '../validation/json-body.js'
 import { lingerAfterClientError } from '../edge/lingering-close.js'
@@ -136,6 +136,10 @@ export class WebSockets implements WebSocketGateway {
     const key = request.headers['sec-websocket-key']
     if (typeof key !== 'string' || !/^[A-Za-z0-9+/]{21}[AQgw]==$/.test(key)) {
       reply.send(new GatewayError('GW_ERR_BAD_REQUEST', 'Sec-WebSocket-Key must be 16 bytes in base64.'))
+      return
+    }
+    if (!originAllowed(request.headers.origin, request.headers.host, settings.origins)) {
+      reply.send(new GatewayError('GW_ERR_FORBIDDEN', 'This WebSocket upgrade comes from a page whose Origin the route does not allow.'))
       return
     }
     const counters = this.route(route)
