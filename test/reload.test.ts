@@ -19,6 +19,7 @@ import { startServer } from '../src/server.js'
 import { Coalescer, configChanges, keepRestartOnly, readConfig, ReloadRefused } from '../src/reload.js'
 import { SharedObjects } from '../plugins/core/shared.js'
 import { transpileProject, type RawConfig } from './helper.js'
+import { sendRaw } from './raw-http.js'
 import { startCli as startProcess, type Cli, type LogLine } from './cli-process.js'
 
 const CLI = join(transpileProject(t), 'src/cli.js')
@@ -375,6 +376,40 @@ t.test('an aborted request frees the old generation at once; a stalled one holds
   t.equal((await closedLine(2)).unfinished, 1, 'the stalled request was still in flight when the grace ran out')
   t.match(JSON.parse((await fresh(`${gw.url}/api/after`)).body), { up: 'A' }, 'generation 3 serves')
   stalled.destroy()
+})
+
+t.test('through the front, after a reload: malformed heads, header floods, Expect: 100-continue, slow heads', async (t) => {
+  const c = await startNamed(t, 'C')
+  const raw = (extra: object): Readonly<ReturnType<typeof parseConfig>> => parseConfig({
+    ...BASE,
+    server: { ...BASE.server, maxHeaders: 20, timeouts: { headers: '1s' } },
+    routes: [{ name: 'stable', prefix: '/stable', upstream: `${c.url}/c`, ...extra }]
+  }, { env: {} })
+  const gw = await startServer(raw({}), { handleSignals: false, logger: false })
+  t.teardown(() => gw.close())
+  await gw.reload(raw({ methods: ['GET', 'POST'], rateLimit: { max: 1, window: '1m' } }))
+  t.equal(gw.generation, 2)
+  const port = (gw.server.address() as AddressInfo).port
+  const before = c.requests()
+
+  const bad = await sendRaw(port, 'GET /stable/x HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n')
+  t.equal(bad.status, 400, 'a malformed head: 400 (the generation\'s clientErrorHandler)')
+  t.match(bad.headers['content-type'], /problem\+json/)
+
+  const flood = await sendRaw(port, 'GET /stable/x HTTP/1.1\r\nHost: a\r\n' + Array.from({ length: 25 }, (_, i) => `x-h${i}: v\r\n`).join('') + 'Connection: close\r\n\r\n')
+  t.equal(flood.status, 431, 'more than server.maxHeaders: 431')
+  t.equal(gw.server.maxHeadersCount, 21, 'the front keeps one header line more than server.maxHeaders, as client-limits set it')
+
+  const accepted = await sendRaw(port, 'POST /stable/up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi')
+  t.equal(accepted.status, 100, 'Expect: 100-continue on an accepted request: 100 first')
+  t.match(accepted.body, /HTTP\/1\.1 200 /, 'then the upstream\'s 200')
+  const refused = await sendRaw(port, 'POST /stable/up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n')
+  t.equal(refused.status, 429, 'a refused one (the limit of 1 is spent): its final answer, no 100')
+  t.equal(refused.headers.connection, 'close', 'and the connection closes (the body never came)')
+
+  const slow = await sendRaw(port, 'GET /stable/x HTTP/1.1\r\nHost: a\r\n')
+  t.equal(slow.status, 408, 'a head that never ends: 408 after server.timeouts.headers (the front\'s timer)')
+  t.equal(c.requests() - before, 1, 'only the accepted request reached the upstream')
 })
 
 // --- the CLI --------------------------------------------------------------------------------------
