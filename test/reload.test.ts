@@ -298,6 +298,24 @@ t.test('in flight on the old config, new requests on the new; unchanged pools an
   t.equal((await keptAlive(pool, '/stable/4')).status, 200, 'still serving')
 })
 
+t.test('an unchanged route keeps its upstream set (health, ejections, breakers); a changed one gets a new one', async (t) => {
+  const [c, d] = await Promise.all([startNamed(t, 'C'), startNamed(t, 'D')])
+  const checked = { name: 'checked', prefix: '/checked', upstream: [`${c.url}/c`, `${d.url}/c`], healthCheck: { path: '/health', interval: '10s' } }
+  const other = (timeout: string): RawConfig => ({ name: 'other', prefix: '/other', upstream: `${d.url}/o`, timeout })
+  const config = (extra: object, otherTimeout = '30s'): Readonly<ReturnType<typeof parseConfig>> =>
+    parseConfig({ ...BASE, routes: [{ ...checked, ...extra }, other(otherTimeout)] }, { env: {} })
+  const gw = await startServer(config({}), { handleSignals: false, logger: false })
+  t.teardown(() => gw.close())
+  const first = gw.app.upstreams.get('checked')
+  await gw.reload(config({}, '20s'))
+  t.equal(gw.app.upstreams.get('checked'), first, 'another route changed: this one keeps its set, its health state and its check rounds')
+  const otherSet = gw.app.upstreams.get('other')
+  await gw.reload(config({ healthCheck: { path: '/health', interval: '5s' } }, '20s'))
+  t.not(gw.app.upstreams.get('checked'), first, 'its healthCheck changed: a new set')
+  t.equal(gw.app.upstreams.get('other'), otherSet, 'a route whose timeout alone changed keeps its set (the pool is new: its timeouts changed)')
+  t.equal((await fresh(`${gw.url}/checked/x`)).status, 200, 'serving')
+})
+
 t.test('reload() without a config file is refused; close() during a reload is safe', async (t) => {
   const c = await startNamed(t, 'C')
   const config = parseConfig({ ...BASE, routes: [{ name: 'stable', prefix: '/stable', upstream: `${c.url}/c` }] }, { env: {} })

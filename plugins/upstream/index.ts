@@ -15,6 +15,7 @@ import { gatewayStage } from '../core/stage.js'
 import { CheckLimiter } from './health-check.js'
 import { UpstreamSet, type UpstreamSetOptions } from './upstream-set.js'
 import { readFileSync } from 'node:fs'
+import type { Lease } from '../core/shared.js'
 
 export { UpstreamSet } from './upstream-set.js'
 
@@ -31,6 +32,14 @@ const CHECK_CONCURRENCY = 16
 export interface UpstreamsOptions {
   routes: readonly RouteConfig[]
   readiness: readonly string[]
+  /** Where the sets are kept across live reloads (plugins/core/shared.ts). */
+  shared: Lease
+}
+
+/** What shapes a route's set: a live reload keeps the set (health, ejections, breakers) while these stay the same. */
+function setKey (route: RouteConfig): string {
+  const { upstream, balance, healthCheck, outlierDetection, circuitBreaker, retryBudget, tls } = route
+  return `upstream set ${JSON.stringify(route.name)} ${JSON.stringify({ upstream, balance, healthCheck, outlierDetection, circuitBreaker, retryBudget, tls })}`
 }
 
 /** The options of one route's set, from its config (durations in ms). */
@@ -79,21 +88,22 @@ async function upstreamsPlugin (app: FastifyInstance, opts: UpstreamsOptions): P
   const limiter = new CheckLimiter(CHECK_CONCURRENCY)
   const sets = new Map<string, UpstreamSet>()
   for (const route of opts.routes) {
-    sets.set(route.name, new UpstreamSet({ ...upstreamSetOptions(route), limiter, log: app.log }))
+    // Stopped when the last gateway generation using it closes (a live reload keeps it).
+    sets.set(route.name, opts.shared.acquire(setKey(route), () => new UpstreamSet({ ...upstreamSetOptions(route), limiter, log: app.log }), async (set) => { await set.stop() }))
   }
   app.decorate('upstreams', sets)
   for (const name of opts.readiness) {
     const set = sets.get(name) as UpstreamSet
     app.readiness.add(`upstream:${name}`, () => set.hasAvailable() ? null : 'no upstream target available')
   }
+  // start() is once per set: a set kept across a reload goes on with its rounds.
   app.addHook('onReady', async () => { for (const set of sets.values()) set.start() })
-  app.addHook('onClose', async () => { await Promise.all([...sets.values()].map(async (set) => { await set.stop() })) })
 }
 
 export const targets = gatewayStage({
   name: 'upstream targets',
   key: 'routes[].upstream, balance, healthCheck, outlierDetection, circuitBreaker, retryBudget',
   phase: 'handler',
-  setup: ({ config }) => ({ routes: config.routes, readiness: config.server.readiness }),
+  setup: ({ config, shared }) => ({ routes: config.routes, readiness: config.server.readiness, shared }),
   plugin: fp(upstreamsPlugin, { name: 'portcullis-upstreams', fastify: '5.x', decorators: { fastify: ['readiness'] } })
 })
