@@ -61,6 +61,8 @@ export const PATTERN_PHRASES: Record<string, string> = {
   '^[A-Za-z0-9_.-]{1,64}$': 'must be 1 to 64 letters, digits and - . _ (no spaces)',
   '^[A-Za-z0-9_.:@-]{1,64}$': 'must be 1 to 64 letters, digits and - . _ : @ (no spaces)',
   '^[A-Za-z0-9:_.-]{0,64}$': 'must be at most 64 letters, digits and - . _ : (no spaces)',
+  // rateLimit.redis.sentinels and .cluster.
+  '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}$': 'must be host:port, such as redis-0.redis:6379, 10.0.0.5:26379 or [fd00::5]:6379',
   '^[^:\\x00-\\x1F\\x7F]+$': 'must not contain ":" or control characters',
   // RFC 9110 tokens: header names (apiKeyHeader, identityHeaders, cors, hideUpstreamHeaders), cookie names, methods.
   "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$": "must be a header name (an HTTP token): letters, digits and ! # $ % & ' * + . ^ _ ` | ~ - only, no spaces or \":\"",

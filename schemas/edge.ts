@@ -12,12 +12,36 @@ const TOKEN = '[A-Za-z0-9!#$%&\'*+.^_`|~-]+'
 
 // --- rate limiting -----------------------------------------------------------------------
 
+/** `host:port` of a Sentinel or a Cluster node: a name, an IPv4 address or a bracketed IPv6 one. */
+const RedisEndpoint = Type.String({ pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}$', description: 'host:port' })
+
+export const RedisTlsSchema = Type.Object({
+  ca: Type.Optional(Type.String({ minLength: 1, description: 'PEM file of the CA that signed the Redis (and Sentinel) certificates; default: the system CAs' })),
+  servername: Type.Optional(Type.String({ minLength: 1, maxLength: 253, description: 'name the server certificates must carry (default: the host connected to)' })),
+  insecureSkipVerify: Type.Boolean({ default: false, description: 'accept any certificate (never in production)' })
+}, { additionalProperties: false, description: 'TLS to every Redis node (and to the Sentinels); certificates are verified unless insecureSkipVerify' })
+
+export const RedisTopologySchema = Type.Object({
+  url: Type.Optional(Type.String({ minLength: 1, description: 'one server, as the string form (redis:// or rediss://), for when it needs `tls` options' })),
+  sentinels: Type.Optional(Type.Array(RedisEndpoint, { minItems: 1, maxItems: 32, uniqueItems: true, description: 'Sentinel mode: the Sentinels asked where the primary named `name` is (ioredis follows a failover)' })),
+  name: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', description: 'Sentinel mode: the monitored primary\'s name (sentinel monitor NAME …)' })),
+  cluster: Type.Optional(Type.Array(RedisEndpoint, { minItems: 1, maxItems: 64, uniqueItems: true, description: 'Cluster mode: some nodes of the Redis Cluster (the others are discovered with CLUSTER SLOTS)' })),
+  username: Type.Optional(Type.String({ minLength: 1, description: 'ACL user on the Redis nodes (default: the default user)' })),
+  password: Type.Optional(Type.String({ minLength: 1, description: 'password on the Redis nodes; write ${REDIS_PASSWORD} to take it from the environment' })),
+  sentinelUsername: Type.Optional(Type.String({ minLength: 1, description: 'Sentinel mode: ACL user on the Sentinels' })),
+  sentinelPassword: Type.Optional(Type.String({ minLength: 1, description: 'Sentinel mode: password on the Sentinels (requirepass in sentinel.conf); from the environment as above' })),
+  db: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000, description: 'Sentinel mode: database number (default 0; a Cluster has only 0)' })),
+  tls: Type.Optional(RedisTlsSchema)
+}, { additionalProperties: false, description: 'one server ({ url }), Redis Sentinel ({ sentinels, name }) or Redis Cluster ({ cluster }), with credentials and TLS (docs/rate-limiting.md, "Redis topologies")' })
+
 export const RateLimitStoreSchema = Type.Object({
   store: Type.Union([Type.Literal('memory'), Type.Literal('redis')], {
     default: 'memory',
     description: 'where counters live: memory (this process only) or redis (shared by every instance)'
   }),
-  redis: Type.Optional(Type.String({ minLength: 1, description: 'redis:// or rediss:// URL of the shared store (required with store: redis)' })),
+  redis: Type.Optional(Type.Union([Type.String({ minLength: 1 }), RedisTopologySchema], {
+    description: 'the shared store (required with store: redis): a redis:// or rediss:// URL of one server, or { sentinels, name } or { cluster } (below)'
+  })),
   onStoreError: Type.Union([Type.Literal('allow'), Type.Literal('deny')], {
     default: 'allow',
     description: 'when the store cannot answer in time: allow the request unlimited, or deny it with 503'
@@ -138,6 +162,7 @@ export const serverEdgeProperties = {
 }
 
 export type RateLimitStoreConfig = Static<typeof RateLimitStoreSchema>
+export type RedisTopology = Static<typeof RedisTopologySchema>
 export type RouteRateLimit = Static<typeof RouteRateLimitSchema>
 export type IpFilterConfig = Static<typeof IpFilterSchema>
 export type CorsConfig = Static<typeof CorsSchema>
@@ -186,11 +211,46 @@ function checkIpFilter (filter: IpFilterConfig | undefined, at: string, problems
   }
 }
 
+/** What the schema cannot say about `rateLimit.redis` as an object: one topology, and its own keys only. */
+function checkRedisTopology (redis: RedisTopology, problems: string[]): void {
+  const at = 'rateLimit.redis'
+  const given = (['url', 'sentinels', 'cluster'] as const).filter((k) => redis[k] !== undefined)
+  if (given.length !== 1) {
+    problems.push(given.length === 0
+      ? `${at}: an object needs url (one server), sentinels: [host:port, …] with name (Redis Sentinel) or cluster: [host:port, …] (Redis Cluster)`
+      : `${at}: give one of ${given.join(', ')}, not ${given.length === 2 ? 'both' : 'all three'}`)
+    return
+  }
+  if (redis.url !== undefined && !isRedisUrl(redis.url)) problems.push(`${at}.url: must be a redis:// or rediss:// URL`)
+  if (redis.sentinels !== undefined) {
+    if (redis.name === undefined) problems.push(`${at}.name: required with sentinels (the NAME in the Sentinels' "sentinel monitor NAME host port quorum")`)
+  } else {
+    for (const key of ['name', 'sentinelUsername', 'sentinelPassword'] as const) {
+      if (redis[key] !== undefined) problems.push(`${at}.${key}: only with sentinels`)
+    }
+  }
+  if (redis.cluster !== undefined && (redis.db ?? 0) !== 0) problems.push(`${at}.db: a Redis Cluster has only database 0`)
+  if (redis.url !== undefined && redis.db !== undefined) problems.push(`${at}.db: with url, write the database in the URL (redis://host:6379/2)`)
+  for (const list of ['sentinels', 'cluster'] as const) {
+    redis[list]?.forEach((endpoint, i) => {
+      const port = Number(endpoint.slice(endpoint.lastIndexOf(':') + 1))
+      if (port < 1 || port > 65535) problems.push(`${at}.${list}[${i}]: the port must be 1 to 65535`)
+    })
+  }
+  if (redis.tls?.insecureSkipVerify === true && redis.tls.ca !== undefined) problems.push(`${at}.tls: ca is pointless with insecureSkipVerify: true (nothing is verified)`)
+}
+
+function isRedisUrl (url: string): boolean {
+  return /^rediss?:\/\/[^\s]+$/.test(url) && URL.canParse(url)
+}
+
 export function checkEdgeSemantics (config: EdgeConfigView, problems: string[]): void {
   const { rateLimit } = config
   if (rateLimit.store === 'redis') {
     if (rateLimit.redis === undefined) problems.push('rateLimit.redis: required with store: redis')
-    else if (!/^rediss?:\/\/[^\s]+$/.test(rateLimit.redis) || !URL.canParse(rateLimit.redis)) problems.push('rateLimit.redis: must be a redis:// or rediss:// URL')
+    else if (typeof rateLimit.redis === 'string') {
+      if (!isRedisUrl(rateLimit.redis)) problems.push('rateLimit.redis: must be a redis:// or rediss:// URL')
+    } else checkRedisTopology(rateLimit.redis, problems)
   }
   checkIpFilter(config.ipFilter, 'ipFilter', problems)
   config.routes.forEach((route, i) => {

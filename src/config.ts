@@ -746,6 +746,8 @@ function resolvePaths (config: GatewayConfig, baseDir: string): void {
     if (route.tls.ca !== undefined) route.tls.ca = abs(route.tls.ca)
     if (route.validate !== undefined) route.validate = resolveValidatePaths(route.validate, abs)
   }
+  const redis = config.rateLimit.redis
+  if (typeof redis === 'object' && redis.tls?.ca !== undefined) redis.tls.ca = abs(redis.tls.ca)
 }
 
 export function deepFreeze<T> (value: T): Readonly<T> {

@@ -132,6 +132,14 @@ export interface RedisServer {
   start: () => Promise<void>
 }
 
+/** SIGKILL a child process unless it has exited; resolves once it has. */
+export async function sigkill (child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const exited = once(child, 'exit')
+  child.kill('SIGKILL')
+  await exited
+}
+
 /** A throwaway redis-server on a free loopback port, no persistence. Call requireCommand first. */
 export async function startRedis (t: T): Promise<RedisServer> {
   const port = await freePort()
@@ -149,12 +157,7 @@ export async function startRedis (t: T): Promise<RedisServer> {
     })
     child.stdout?.resume()
   }
-  const stop = async (): Promise<void> => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    const exited = once(child, 'exit')
-    child.kill('SIGKILL')
-    await exited
-  }
+  const stop = async (): Promise<void> => { await sigkill(child) }
   await start()
   const redis: RedisServer = { port, url: `redis://127.0.0.1:${port}`, get process () { return child }, stop, start }
   t.teardown(stop)

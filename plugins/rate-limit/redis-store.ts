@@ -1,9 +1,21 @@
 /**
- * The shared Redis counter store of the rate limiter (moved out of ./rate-limit.ts unchanged).
+ * The shared Redis counter store of the rate limiter, on ioredis, in three topologies: one server
+ * (a URL), Redis Sentinel (`new Redis({ sentinels, name })`: ioredis asks the Sentinels where the
+ * primary is and follows a failover) and Redis Cluster (`new Cluster(nodes)`: commands go to the
+ * node that owns their key's slot). The store behaves the same in each: every call settles
+ * within the store timeout, a failure is handed to `onStoreError`, /readyz reports it.
+ *
+ * Keys are `<keyPrefix>{<route>|<client>}`: the braces are a Redis Cluster hash tag, so only the
+ * part that names the limit and the client picks the slot. Each script below touches one key,
+ * so today the tag changes nothing but where a key lives; it keeps a future script that touches
+ * several keys of one limit and client (a sliding window's two buckets) on one slot.
  */
 import { once } from 'node:events'
+import { readFileSync } from 'node:fs'
+import type { ConnectionOptions } from 'node:tls'
 import type { FastifyBaseLogger } from 'fastify'
-import { Redis } from 'ioredis'
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
+import type { RedisTopology } from '../../schemas/edge.js'
 import type { CounterCallback } from './memory-store.js'
 
 /** INCR, and start the window on the first hit (or if the key somehow lost its expiry). */
@@ -24,45 +36,158 @@ local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then ttl = 0 end
 return {tonumber(current), ttl}`
 
-interface CounterClient extends Redis {
-  portcullisIncr: (key: string, windowMs: number, cb: (err: Error | null | undefined, result?: [number, number]) => void) => void
-  portcullisRead: (key: string, cb: (err: Error | null | undefined, result?: [number, number]) => void) => void
+type ScriptCallback = (err: Error | null | undefined, result?: [number, number]) => void
+
+/** The two scripts, defined on a server/Sentinel client or on a Cluster (which routes them by key). */
+interface CounterCommands {
+  portcullisIncr: (key: string, windowMs: number, cb: ScriptCallback) => void
+  portcullisRead: (key: string, cb: ScriptCallback) => void
 }
 
-/**
- * One ioredis connection per gateway. A dead Redis must not stall requests: commands are not
- * queued while disconnected (they fail at once), every command has `commandTimeout`, and commands
- * cut off by a disconnect are not replayed later. ioredis reconnects by itself (backing off up to
- * 1 s), so limiting resumes when Redis is back, without a restart.
- */
-export class RedisCounterStore implements CounterStore {
-  readonly client: CounterClient
-  /** False after a failure, true again after a success or a reconnect. */
-  healthy = true
-  private closing = false
+type CounterClient = (Redis | Cluster) & CounterCommands
 
-  constructor (url: string, private readonly prefix: string, timeoutMs: number, private readonly log: FastifyBaseLogger, private readonly onStoreError: string) {
-    this.client = new Redis(url, {
-      enableOfflineQueue: false,
+/** What `rateLimit.redis` says: a URL, or one of the topologies of schemas/edge.ts. */
+export type RedisTarget = string | RedisTopology
+
+export type RedisMode = 'server' | 'sentinel' | 'cluster'
+
+function endpoint (hostPort: string): { host: string, port: number } {
+  const colon = hostPort.lastIndexOf(':')
+  return { host: hostPort.slice(0, colon).replace(/^\[(.*)\]$/, '$1'), port: Number(hostPort.slice(colon + 1)) }
+}
+
+/** Reconnect backoff of every connection: 100 ms more a try, at most 1 s between tries. */
+const backoff = (times: number): number => Math.min(times * 100, 1000)
+
+/**
+ * The ioredis client for a target. A dead store must not stall requests:
+ *  - commands are not queued while disconnected (`enableOfflineQueue: false`: they fail at
+ *    once), not retried (`maxRetriesPerRequest: 0`) and not replayed after a reconnect
+ *    (`autoResendUnfulfilledCommands: false`); each has `commandTimeout`;
+ *  - ioredis reconnects by itself (`retryStrategy`, `sentinelRetryStrategy`,
+ *    `clusterRetryStrategy`: 100 ms more a try, at most 1 s), so limiting resumes without a restart;
+ *  - Sentinel: a failover is followed when the connection to the old primary closes (it died, or
+ *    Sentinel's reconfiguration closed its clients, as the Sentinel client guidelines say it does):
+ *    ioredis asks the Sentinels again. `failoverDetector` (+switch-master subscriptions) stays off:
+ *    its Sentinel connections have no error listener, so a dead Sentinel prints "[ioredis]
+ *    Unhandled error event" on stderr every reconnect (redis/ioredis#1600, seen with 5.11.1). The
+ *    Sentinels' own commands have the connect timeout;
+ *  - Cluster: `retryDelayOnFailover` / `retryDelayOnClusterDown` / `maxRedirections` (ioredis'
+ *    100 ms / 100 ms / 16) let a command follow MOVED and a node's failover, which can take
+ *    longer than the store timeout: the store's own deadline (RedisCounterStore.call) bounds it.
+ */
+export function redisClient (target: RedisTarget, timeoutMs: number): { client: Redis | Cluster, mode: RedisMode } {
+  const connectTimeout = Math.max(1000, timeoutMs * 4)
+  const common: RedisOptions = {
+    enableOfflineQueue: false,
+    commandTimeout: timeoutMs,
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
+    connectTimeout,
+    lazyConnect: false
+  }
+  if (typeof target === 'string') return { client: new Redis(target, { ...common, retryStrategy: backoff }), mode: 'server' }
+  const tls = tlsOptions(target)
+  const auth = { username: target.username, password: target.password }
+  if (target.url !== undefined) {
+    return { client: new Redis(target.url, { ...common, ...auth, ...(tls === undefined ? {} : { tls }), retryStrategy: backoff }), mode: 'server' }
+  }
+  if (target.sentinels !== undefined) {
+    return {
+      client: new Redis({
+        ...common,
+        ...auth,
+        retryStrategy: backoff,
+        sentinels: target.sentinels.map(endpoint),
+        name: target.name,
+        role: 'master',
+        db: target.db,
+        sentinelUsername: target.sentinelUsername,
+        sentinelPassword: target.sentinelPassword,
+        sentinelCommandTimeout: connectTimeout,
+        sentinelRetryStrategy: backoff,
+        failoverDetector: false,
+        ...(tls === undefined ? {} : { tls, sentinelTLS: tls, enableTLSForSentinelMode: true })
+      }),
+      mode: 'sentinel'
+    }
+  }
+  const options: ClusterOptions = {
+    enableOfflineQueue: false,
+    enableReadyCheck: true,
+    scaleReads: 'master',
+    clusterRetryStrategy: backoff,
+    slotsRefreshTimeout: connectTimeout,
+    redisOptions: {
+      ...auth,
       commandTimeout: timeoutMs,
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,
-      connectTimeout: Math.max(1000, timeoutMs * 4),
-      retryStrategy: (times) => Math.min(times * 100, 1000),
-      lazyConnect: false
-    }) as CounterClient
+      connectTimeout,
+      ...(tls === undefined ? {} : { tls })
+    }
+  }
+  return { client: new Cluster((target.cluster ?? []).map(endpoint), options), mode: 'cluster' }
+}
+
+function tlsOptions (target: RedisTopology): ConnectionOptions | undefined {
+  const tls = target.tls
+  if (tls === undefined) return undefined
+  let ca: Buffer | undefined
+  if (tls.ca !== undefined) {
+    try {
+      ca = readFileSync(tls.ca)
+    } catch (err) {
+      throw new Error(`rateLimit.redis.tls.ca: cannot read ${tls.ca}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    }
+  }
+  return { rejectUnauthorized: !tls.insecureSkipVerify, ...(ca === undefined ? {} : { ca }), ...(tls.servername === undefined ? {} : { servername: tls.servername }) }
+}
+
+/**
+ * One ioredis client per gateway (a Cluster client holds one connection per node). See
+ * `redisClient` for how a dead or failing-over store is kept from stalling requests.
+ */
+export class RedisCounterStore implements CounterStore {
+  readonly client: CounterClient
+  readonly mode: RedisMode
+  /** False after a failure, true again after a success or a reconnect. */
+  healthy = true
+  private closing = false
+  /** The last thing the Sentinels said that was not an address (wrong name, refused, down). */
+  private sentinelProblem: string | null = null
+  private recheckAt = 0
+
+  constructor (target: RedisTarget, private readonly prefix: string, private readonly timeoutMs: number, private readonly log: FastifyBaseLogger, private readonly onStoreError: string) {
+    const { client, mode } = redisClient(target, timeoutMs)
+    this.client = client as CounterClient
+    this.mode = mode
     this.client.defineCommand('portcullisIncr', { numberOfKeys: 1, lua: INCR_LUA })
     this.client.defineCommand('portcullisRead', { numberOfKeys: 1, lua: READ_LUA })
     // An 'error' event without a listener would crash the process.
     this.client.on('error', (err: Error) => { this.down(err) })
     this.client.on('close', () => { this.down(new Error('connection closed')) })
     this.client.on('ready', () => { this.up() })
+    if (mode === 'sentinel') {
+      const name = typeof target === 'string' ? '' : target.name ?? ''
+      this.client.on('sentinelError', (err: Error) => {
+        // Redis 7's Sentinel answers an unknown name with an error, older ones with null.
+        this.sentinelProblem = /No such master with that name|invalid reply: null$/.test(err.message)
+          ? `no Sentinel knows a primary named ${JSON.stringify(name)} (rateLimit.redis.name)`
+          : err.message
+      })
+    }
+    if (mode === 'cluster') {
+      // One node's failure: its slots' calls fail (onStoreError), the others' keep counting.
+      this.client.on('node error', (err: Error, node: string) => { this.down(new Error(`node ${node}: ${err.message}`)) })
+    }
   }
 
   down (err: unknown): void {
     if (!this.healthy || this.closing) return
     this.healthy = false
-    this.log.warn({ err: (err as Error).message, onStoreError: this.onStoreError },
+    const detail = this.sentinelProblem === null ? {} : { sentinels: this.sentinelProblem }
+    this.log.warn({ err: (err as Error).message, ...detail, topology: this.mode, onStoreError: this.onStoreError },
       this.onStoreError === 'allow'
         ? 'rate-limit store unreachable: requests pass without limits until it is back'
         : 'rate-limit store unreachable: limited routes answer 503 until it is back')
@@ -71,16 +196,39 @@ export class RedisCounterStore implements CounterStore {
   up (): void {
     if (this.healthy) return
     this.healthy = true
-    this.log.info('rate-limit store reachable again: limiting resumed')
+    this.sentinelProblem = null
+    this.log.info({ topology: this.mode }, 'rate-limit store reachable again: limiting resumed')
   }
 
   /** The @fastify/rate-limit store contract (`CounterStore`): incr and read. */
   incr (key: string, cb: CounterCallback, timeWindow: number): void {
-    this.client.portcullisIncr(this.prefix + key, timeWindow, (err, result) => { this.settle(err, result, cb) })
+    const settle = this.deadline(cb)
+    this.client.portcullisIncr(this.prefix + '{' + key + '}', timeWindow, settle)
   }
 
   read (key: string, cb: CounterCallback): void {
-    this.client.portcullisRead(this.prefix + key, (err, result) => { this.settle(err, result, cb) })
+    const settle = this.deadline(cb)
+    this.client.portcullisRead(this.prefix + '{' + key + '}', settle)
+  }
+
+  /**
+   * The callback of one call, settled once: by the reply, or by a timeout error after the store
+   * timeout, whichever comes first. ioredis' own `commandTimeout` starts when a command is written
+   * to a connection; a Cluster command can wait before that (retryDelayOnFailover, ×16
+   * redirections: 1.6 s), so the bound is kept here, for every topology alike.
+   */
+  private deadline (cb: CounterCallback): ScriptCallback {
+    let settled = false
+    const timer = setTimeout(() => {
+      settled = true
+      cb(new Error(`no answer within ${this.timeoutMs} ms`))
+    }, this.timeoutMs)
+    return (err, result) => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      this.settle(err, result, cb)
+    }
   }
 
   private settle (err: Error | null | undefined, result: [number, number] | undefined, cb: CounterCallback): void {
@@ -88,20 +236,53 @@ export class RedisCounterStore implements CounterStore {
       cb(err ?? new Error('no reply'))
       return
     }
-    if (!this.healthy) this.up()
+    if (!this.healthy) this.recovered()
     cb(null, { current: Number(result[0]), ttl: Number(result[1]) })
   }
 
-  /** For /readyz: a PING within the command timeout. */
+  /**
+   * A call succeeded while the store was marked down. One server or a Sentinel primary is one
+   * connection: it is back. A Cluster may answer for some slots and not others, so the whole
+   * check runs (at most once a second) before the recovery is announced.
+   */
+  private recovered (): void {
+    if (this.mode !== 'cluster') { this.up(); return }
+    const now = Date.now()
+    if (now < this.recheckAt) return
+    this.recheckAt = now + 1000
+    this.check().catch(() => {})
+  }
+
+  /**
+   * For /readyz. One server or Sentinel: a PING within the command timeout. Cluster: every
+   * primary that owns slots answers a PING, and every slot has a primary.
+   */
   async check (): Promise<string | null> {
     try {
-      await this.client.ping()
+      if (this.client instanceof Cluster) await this.checkCluster(this.client)
+      else await this.client.ping()
       this.up()
       return null
     } catch (err) {
       this.down(err)
       return `unreachable (onStoreError: ${this.onStoreError})`
     }
+  }
+
+  private async checkCluster (cluster: Cluster): Promise<void> {
+    if (cluster.status !== 'ready') throw new Error(`cluster ${cluster.status}`)
+    const owners = new Set<string>()
+    let covered = 0
+    for (const nodes of cluster.slots) {
+      if (nodes?.[0] === undefined) continue
+      covered++
+      owners.add(nodes[0])
+    }
+    if (covered < 16384) throw new Error(`${16384 - covered} of 16384 slots have no node`)
+    const connected = new Map(cluster.nodes('master').map((node) => [`${node.options.host ?? ''}:${node.options.port ?? ''}`, node]))
+    const missing = [...owners].filter((key) => !connected.has(key))
+    if (missing.length > 0) throw new Error(`no connection to ${missing.join(', ')}`)
+    await Promise.all([...owners].map(async (key) => await connected.get(key)?.ping()))
   }
 
   async close (): Promise<void> {
