@@ -169,6 +169,31 @@ export async function startCluster (t: Test): Promise<ClusterSetup> {
   return { nodes, endpoints, ownerOf }
 }
 
+export interface TlsRedis {
+  port: number
+  /** PEM file of the CA that signed the server's certificate (for 127.0.0.1 and localhost). */
+  ca: string
+}
+
+/** A redis-server that speaks only TLS, with a certificate from a CA made for it by openssl. */
+export async function startTlsRedis (t: Test): Promise<TlsRedis> {
+  const dir = tempDir(t, 'tls-redis')
+  const openssl = (...args: string[]): void => {
+    const res = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8', timeout: 30_000 })
+    if (res.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${res.stderr}`)
+  }
+  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=portcullis test CA')
+  openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=localhost')
+  writeFileSync(join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n')
+  openssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '1', '-extfile', 'ext.cnf')
+  const port = await freePort()
+  await startProcess(t, 'redis-server', dir, [
+    '--port', '0', '--tls-port', String(port), '--tls-cert-file', 'server.pem', '--tls-key-file', 'server.key',
+    '--tls-ca-cert-file', 'ca.pem', '--tls-auth-clients', 'no', ...SERVER_ARGS
+  ], port, READY)
+  return { port, ca: join(dir, 'ca.pem') }
+}
+
 export interface GatewayProcess {
   url: string
   /** Its JSON log lines so far. */

@@ -8,7 +8,8 @@
  * Keys are `<keyPrefix>{<route>|<client>}`: the braces are a Redis Cluster hash tag, so only the
  * part that names the limit and the client picks the slot. Each script below touches one key,
  * so today the tag changes nothing but where a key lives; it keeps a future script that touches
- * several keys of one limit and client (a sliding window's two buckets) on one slot.
+ * several keys of one limit and client (a sliding window's two buckets) on one slot. A client
+ * part holding a `}` (a consumer subject may) ends the tag early: still one slot per key.
  */
 import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
@@ -74,7 +75,9 @@ const backoff = (times: number): number => Math.min(times * 100, 1000)
  *    Sentinels' own commands have the connect timeout;
  *  - Cluster: `retryDelayOnFailover` / `retryDelayOnClusterDown` / `maxRedirections` (ioredis'
  *    100 ms / 100 ms / 16) let a command follow MOVED and a node's failover, which can take
- *    longer than the store timeout: the store's own deadline (RedisCounterStore.call) bounds it.
+ *    longer than the store timeout: the store's own deadline (RedisCounterStore.deadline) bounds
+ *    it. A node's connection reconnects with the same backoff, and the slot map is re-read every
+ *    5 s (below).
  */
 export function redisClient (target: RedisTarget, timeoutMs: number): { client: Redis | Cluster, mode: RedisMode } {
   const connectTimeout = Math.max(1000, timeoutMs * 4)
@@ -117,6 +120,13 @@ export function redisClient (target: RedisTarget, timeoutMs: number): { client: 
     enableReadyCheck: true,
     scaleReads: 'master',
     clusterRetryStrategy: backoff,
+    // A node that comes back (restarted with its nodes.conf, its slots unchanged) is reconnected
+    // to: ioredis' default (null) drops its connection for good and waits for a MOVED that a
+    // node owning the slots never sends, so /readyz stayed 503 (seen in test/redis-topologies).
+    clusterNodeRetryStrategy: backoff,
+    // The slot map is re-read every 5 s (ioredis documents 5000 as the default, but 5.11.1 does
+    // not set it: without it the map changes only on MOVED and failures).
+    slotsRefreshInterval: 5000,
     slotsRefreshTimeout: connectTimeout,
     redisOptions: {
       ...auth,
