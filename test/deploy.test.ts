@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { parse, parseAllDocuments } from 'yaml'
+import { validate as validateDockerfile } from 'dockerfile-utils'
 import { ConfigError, parseConfig } from '../src/config.js'
 import { checkValidation } from '../plugins/validation/validate.js'
 import { parseDuration, parseSize } from '../schemas/common.js'
@@ -472,4 +473,17 @@ t.test('Dockerfile: node:22 LTS pinned by digest, only the compiled gateway and 
   ], 'docker run without secrets: refused')
   t.match(text, /JWT_SECRET[\s\S]*DEMO_PASSWORD[\s\S]*READER_PASSWORD/, 'the Dockerfile\'s comments say what to set')
   t.same(problemsOf(shipped, { ...imageEnv, JWT_SECRET: 'k'.repeat(48), DEMO_PASSWORD: 'own-demo-pw', READER_PASSWORD: 'own-reader-pw' }), [], 'with them: starts')
+})
+
+t.test('Dockerfiles pass a lint (dockerfile-utils, the Docker language server\'s validator: hadolint is in neither Debian nor npm), and the lint fails on a broken one', async (t) => {
+  for (const file of ['Dockerfile', 'examples/drf/Dockerfile']) {
+    const problems = validateDockerfile(readFileSync(join(ROOT, file), 'utf8'))
+    t.same(problems.map((p) => `${p.range.start.line + 1}: ${p.message}`), [], `${file}: no error or warning`)
+  }
+  const broken = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')
+    .replace(/^EXPOSE .*$/m, 'EXPOSE http')
+    .replace(/HEALTHCHECK --interval=\S+/, 'HEALTHCHECK --interval=often')
+  const found = validateDockerfile(broken).map((p) => String(p.message))
+  t.ok(found.some((m) => /containerPort/.test(m)), 'an invalid EXPOSE is caught')
+  t.ok(found.some((m) => /duration/.test(m)), 'an invalid HEALTHCHECK interval is caught')
 })
