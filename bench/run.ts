@@ -32,6 +32,8 @@ const USAGE = `Usage: npm run bench -- [options]
   --workers N       instead of the pinned comparison: Portcullis in 1 process vs
                     "portcullis start --workers N", nothing pinned
   --out FILE        where to write the JSON report (default bench/results/bench-<time>.json)
+  --scale           instead: cost growth with routes, API keys and idle clients (bench/scale.ts;
+                    --scale --help for its options; --scale-quick: tiny sizes)
   -h, --help
 `
 
@@ -582,7 +584,11 @@ function log (line: string): void {
   process.stderr.write(line + '\n')
 }
 
-main().then((code) => { process.exitCode = code }, async (err: unknown) => {
+const argv = process.argv.slice(2)
+const entry = argv.includes('--scale') || argv.includes('--scale-quick')
+  ? async () => await (await import('./scale.js')).runScale(argv)
+  : main
+entry().then((code) => { process.exitCode = code }, async (err: unknown) => {
   process.stderr.write(`bench: ${(err as Error).stack ?? String(err)}\n`)
   await stopAll()
   process.exitCode = 1
