@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { freePort, requireCommand, transpileProject } from './helper.js'
+import { waitFor } from './fault-helpers.js'
 
 const ROOT = join(import.meta.dirname, '..')
 const PAGE = readFileSync(join(ROOT, 'docs', 'drf.md'), 'utf8')
@@ -188,7 +189,12 @@ if (!requireCommand(t, 'gunicorn', 'apt-get install gunicorn python3-djangorestf
     t.equal(statSync(data).mode & 0o777, 0o700, 'a folder for its owner only')
     t.notOk(existsSync(join(ROOT, 'examples', 'drf', 'db.sqlite3')), 'nothing written into the repository')
     t.match(readFileSync(join(cwd, 'drf.log'), 'utf8'), /Listening at: http:\/\/127\.0\.0\.1:\d+/, 'drf.log has gunicorn\'s log')
-    const gwLines = readFileSync(join(cwd, 'gateway.log'), 'utf8').split('\n').filter((l) => l.includes('"request completed"')).map((l) => JSON.parse(l) as { status: number, upstreamMs: number | null, path: string })
+    // `kill %1 %2` does not wait: the gateway drains and writes its buffered log lines as it exits,
+    // which may be after the shell has closed (CI once read the file before the last lines).
+    const completed = (): Array<{ status: number, upstreamMs: number | null, path: string }> => readFileSync(join(cwd, 'gateway.log'), 'utf8').split('\n')
+      .filter((l) => l.includes('"request completed"')).map((l) => JSON.parse(l) as { status: number, upstreamMs: number | null, path: string })
+    await waitFor(() => completed().filter((l) => l.status === 401 || l.status === 400).length >= 2, 10_000)
+    const gwLines = completed()
     t.same(gwLines.filter((l) => l.status === 401 || l.status === 400).map((l) => l.upstreamMs), [null, null], 'the 401 and the 400 never reached DRF')
     t.ok(gwLines.some((l) => l.path === '/api/token/' && l.status === 200 && l.upstreamMs !== null), 'the token came from DRF, through the gateway')
   })
