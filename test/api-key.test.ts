@@ -1,6 +1,8 @@
 import t, { type Test } from 'tap'
 import { ConfigError, parseConfig } from '../src/config.js'
 import { hashApiKey } from '../plugins/auth/password-hash.js'
+import { createApiKeyAuthenticator } from '../plugins/auth/api-key.js'
+import { AuthFailure } from '../plugins/auth/auth-common.js'
 import { startUpstream } from './helper.js'
 import { gatewayFrom } from './auth-helper.js'
 
@@ -75,4 +77,20 @@ t.test('a key from ${ENV} is hashed at start; a plain key in the file is refused
   t.same(problems({ apiKeys: [apiKeys[0], { ...apiKeys[1], name: 'reporting' }], routes: [route] }), ['apiKeys[1].name: "reporting" is already apiKeys[0]'])
   t.same(problems({ apiKeys: [apiKeys[0], { ...apiKeys[0], name: 'copy' }], routes: [route] }), ['apiKeys[1]: the same key as apiKeys[0]'])
   t.same(problems({ routes: [route] }), ['routes[0].auth: "apiKey" needs apiKeys, and none is configured'])
+})
+
+t.test('keys are looked up by digest: among 50,000, each finds its own identity, a near miss none, a key listed twice its last entry', async (t) => {
+  const keys = Array.from({ length: 50_000 }, (_, i) => ({ name: `k${i}`, keyHash: hashApiKey(`pk_scale-${i}`), scopes: i % 2 === 0 ? ['even'] : ['odd'] }))
+  keys.push({ name: 'again', keyHash: hashApiKey('pk_scale-7'), scopes: ['later'] })
+  const auth = createApiKeyAuthenticator(keys, 'X-Api-Key', 'api')
+  const ask = (value: string): unknown => auth.authenticate({ headers: { 'x-api-key': value } } as never, {} as never)
+  for (const i of [0, 1, 24_999, 49_999]) {
+    t.match(ask(`pk_scale-${i}`), { subject: `k${i}`, scopes: [i % 2 === 0 ? 'even' : 'odd'], scheme: 'apiKey' }, `key ${i}`)
+  }
+  t.match(ask('pk_scale-7'), { subject: 'again', scopes: ['later'] }, 'listed twice: the last entry, as the linear scan gave')
+  for (const miss of ['pk_scale-50000', 'pk_scale-1 ', 'PK_SCALE-1', hashApiKey('pk_scale-1'), hashApiKey('pk_scale-1').slice('sha256$'.length)]) {
+    t.match(ask(miss), { reason: 'invalid' }, `${miss.slice(0, 20)}…: invalid`)
+  }
+  t.equal(ask('x'.repeat(513)) instanceof AuthFailure, true, 'oversized: malformed, not hashed')
+  t.equal(ask(undefined as never), null, 'no header: not this scheme')
 })

@@ -1,23 +1,31 @@
 /**
  * API keys: `X-Api-Key` (name configurable with `apiKeyHeader`), stored as SHA-256 hashes, each
- * with a name (the identity's subject) and scopes. The presented key is hashed once and compared
- * with every configured hash in constant time, without stopping at the first match, so the
- * timing says nothing about how close a guess came or which key it matched.
+ * with a name (the identity's subject) and scopes. The presented key is hashed once and looked up
+ * by its digest in a Map: the cost of a request does not grow with the number of keys.
+ *
+ * It used to compare the digest with every configured hash in constant time, so that timing said
+ * nothing about which key came close; that made every request, an anonymous one with a made-up
+ * key included, cost about 55 ns per configured key (10,000 keys: 636 µs against 99 µs for 10,
+ * 6.3× a request; 1,000,000 keys: 129 ms — `npm run bench -- --scale`), an easy way for one
+ * client to burn the gateway's CPU. A lookup's timing can only tell how close the *digest* of a
+ * guess came to a configured digest, and a digest is no use without a key that hashes to it (a
+ * SHA-256 preimage): the same reasoning as a database index on token hashes.
  */
-import { timingSafeEqual } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import type { ApiKeyConfig, Identity } from '../../schemas/auth.js'
 import { AuthFailure, quote, type Authenticator } from './auth-common.js'
-import { apiKeyDigest } from './password-hash.js'
 
 const MAX_KEY_LENGTH = 512
 
 export function createApiKeyAuthenticator (keys: readonly ApiKeyConfig[], headerName: string, realm: string): Authenticator {
   const header = headerName.toLowerCase()
-  const table = keys.map((k) => {
+  // digest (lower-case hex, as in keyHash) → identity; a key listed twice: the last entry, as before.
+  const byDigest = new Map<string, Identity>()
+  for (const k of keys) {
     const scopes = Object.freeze([...k.scopes])
     const identity: Identity = Object.freeze({ subject: k.name, scopes, scheme: 'apiKey', claims: Object.freeze({ sub: k.name, scope: scopes.join(' ') }) })
-    return { digest: Buffer.from((k.keyHash ?? '').slice('sha256$'.length), 'hex'), identity }
-  })
+    byDigest.set((k.keyHash ?? '').slice('sha256$'.length).toLowerCase(), identity)
+  }
   const malformed = new AuthFailure('malformed', `The ${headerName} header is malformed.`)
   const invalid = new AuthFailure('invalid', 'Invalid API key.')
   const challenge = `ApiKey realm=${quote(realm)}, header=${quote(headerName)}`
@@ -29,12 +37,7 @@ export function createApiKeyAuthenticator (keys: readonly ApiKeyConfig[], header
       const value = request.headers[header]
       if (value === undefined) return null
       if (typeof value !== 'string' || value === '' || value.length > MAX_KEY_LENGTH) return malformed
-      const digest = apiKeyDigest(value)
-      let found: Identity | null = null
-      for (const entry of table) {
-        if (timingSafeEqual(digest, entry.digest)) found = entry.identity
-      }
-      return found ?? invalid
+      return byDigest.get(createHash('sha256').update(value, 'utf8').digest('hex')) ?? invalid
     }
   }
 }

@@ -75,11 +75,6 @@ export function hashApiKey (key: string): string {
   return 'sha256$' + createHash('sha256').update(key, 'utf8').digest('hex')
 }
 
-/** The raw 32-byte digest of an API key (what is compared). */
-export function apiKeyDigest (key: string): Buffer {
-  return createHash('sha256').update(key, 'utf8').digest()
-}
-
 /** A new API key: 32 random bytes, base64url (43 characters), with a recognisable prefix. */
 export function generateApiKey (): string {
   return 'pk_' + randomBytes(32).toString('base64url')
