@@ -10,7 +10,7 @@ import { readdirSync } from 'node:fs'
 import { join, relative } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { ConfigError, loadConfig, parseConfig } from '../src/config.js'
-import { GatewayConfigSchema } from '../schemas/config.js'
+import { GatewayConfigSchema, MAX_ROUTES } from '../schemas/config.js'
 import { PATTERN_PHRASES } from '../schemas/common.js'
 import { hashPasswordSync } from '../plugins/auth/password-hash.js'
 import { configProblems, tempFolder } from './config-helper.js'
@@ -238,4 +238,10 @@ t.test('routes[].scopes: a key that is not a method, or a list for the mapping, 
     ['routes[0].scopes.FOO: must be a method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS) or * for every other method'])
   t.same(configProblems({ users, routes: [{ ...route, scopes: ['people:read'] }] }), ['routes[0].scopes: must be a mapping (key: value)'])
   t.same(configProblems({ users, routes: [{ ...route, scopes: { '*': ['people:read'], GET: ['people:read'] } }] }), [], 'method keys and * are accepted')
+})
+
+t.test(`more than ${MAX_ROUTES} routes is a config error, not a stack overflow at start`, async (t) => {
+  const routes = (n: number): unknown[] => Array.from({ length: n }, (_, i) => ({ name: `r${i}`, prefix: `/r${i}`, upstream: 'http://127.0.0.1:9' }))
+  t.throws(() => parseConfig({ routes: routes(MAX_ROUTES + 1) }), { message: /routes: must not have more than 2000 items/ })
+  t.equal(parseConfig({ routes: routes(MAX_ROUTES) }).routes.length, MAX_ROUTES, `${MAX_ROUTES} are accepted`)
 })
