@@ -11,20 +11,20 @@
  * guess came to a configured digest, and a digest is no use without a key that hashes to it (a
  * SHA-256 preimage): the same reasoning as a database index on token hashes.
  */
-import { createHash } from 'node:crypto'
 import type { ApiKeyConfig, Identity } from '../../schemas/auth.js'
 import { AuthFailure, quote, type Authenticator } from './auth-common.js'
+import { hashApiKey } from './password-hash.js'
 
 const MAX_KEY_LENGTH = 512
 
 export function createApiKeyAuthenticator (keys: readonly ApiKeyConfig[], headerName: string, realm: string): Authenticator {
   const header = headerName.toLowerCase()
-  // digest (lower-case hex, as in keyHash) → identity; a key listed twice: the last entry, as before.
+  // keyHash (sha256$<lower-case hex>, as hashApiKey writes it) → identity; a key listed twice: the last entry, as before.
   const byDigest = new Map<string, Identity>()
   for (const k of keys) {
     const scopes = Object.freeze([...k.scopes])
     const identity: Identity = Object.freeze({ subject: k.name, scopes, scheme: 'apiKey', claims: Object.freeze({ sub: k.name, scope: scopes.join(' ') }) })
-    byDigest.set((k.keyHash ?? '').slice('sha256$'.length).toLowerCase(), identity)
+    byDigest.set(k.keyHash ?? '', identity)
   }
   const malformed = new AuthFailure('malformed', `The ${headerName} header is malformed.`)
   const invalid = new AuthFailure('invalid', 'Invalid API key.')
@@ -37,7 +37,7 @@ export function createApiKeyAuthenticator (keys: readonly ApiKeyConfig[], header
       const value = request.headers[header]
       if (value === undefined) return null
       if (typeof value !== 'string' || value === '' || value.length > MAX_KEY_LENGTH) return malformed
-      return byDigest.get(createHash('sha256').update(value, 'utf8').digest('hex')) ?? invalid
+      return byDigest.get(hashApiKey(value)) ?? invalid
     }
   }
 }
