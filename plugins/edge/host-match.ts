@@ -21,7 +21,7 @@
  * router tries the longest first. src/config.ts refuses the configs where the two would disagree
  * (hostsConflict below), so the answer is always the one the precedence above gives.
  */
-import type { FastifyInstance, FastifyRequest, FastifyServerOptions, onRequestHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyServerOptions, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import type { IncomingMessage } from 'node:http'
 import { GatewayError } from '../../schemas/errors.js'
@@ -143,10 +143,11 @@ const FORWARDED_MISMATCH = 'X-Forwarded-Host names another host than the Host he
  */
 export const hostGuard: onRequestHookHandler = function hostGuard (request, _reply, done) {
   const raw = request.raw
-  const routed = routingHost(raw.headers.host)
   let detail: string | null = null
   if (hostHeaderCount(raw.rawHeaders) > 1) detail = TWO_HOSTS
-  else if (forwardedHost(request) !== routed) detail = FORWARDED_MISMATCH
+  // request.host is the Host header itself unless a trusted proxy sent X-Forwarded-Host: only
+  // then is there a second name to compare, as routes compare names.
+  else if (request.host !== raw.headers.host && routingHost(request.host) !== routingHost(raw.headers.host)) detail = FORWARDED_MISMATCH
   if (detail === null) done()
   else done(new GatewayError('GW_ERR_BAD_REQUEST', detail))
 }
@@ -163,11 +164,6 @@ function hostHeaderCount (rawHeaders: readonly string[]): number {
     if (name.length === 4 && name.toLowerCase() === 'host') n++
   }
   return n
-}
-
-/** The host Fastify reports (X-Forwarded-Host from a trusted proxy, else Host), as routes compare it. */
-function forwardedHost (request: FastifyRequest): string | undefined {
-  return routingHost(request.host)
 }
 
 /** Where two routes whose prefixes are equal or nested meet for some host (the config check). */
