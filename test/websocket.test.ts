@@ -15,6 +15,8 @@ import type { FastifyInstance } from 'fastify'
 import WebSocket, { WebSocketServer, type RawData } from 'ws'
 import { ConfigError, parseConfig } from '../src/config.js'
 import { startTestGateway, startUpstream, type RawConfig } from './helper.js'
+import { buildGateway } from '../src/app.js'
+import fp from 'fastify-plugin'
 import { hsToken, SECRET } from './auth-helper.js'
 import { sendRaw } from './raw-http.js'
 import { FrameTracker, closeFrame } from '../plugins/websocket/frames.js'
@@ -458,6 +460,28 @@ t.test('hostile: a client that leaves mid-handshake holds no upstream socket', a
   release()
   await until(async () => await up.connections() === 0)
   t.equal(up.sockets.length, 0, 'no tunnel was opened')
+})
+
+t.test('hostile: a client that leaves while the pipeline still decides never reaches the upstream', async (t) => {
+  const up = await wsUpstream(t)
+  // A slow stage of the route's pipeline (a plugin given in code): the client leaves during it.
+  const slow = async (scope: FastifyInstance): Promise<void> => {
+    scope.addHook('onRequest', async () => { await new Promise((resolve) => setTimeout(resolve, 300)) })
+  }
+  const app = await buildGateway(parseConfig({ logging: { level: 'silent' }, routes: [route(up.origin)] }), { plugins: [{ plugin: fp(slow), name: 'slow' }] })
+  t.teardown(() => app.close())
+  const port = Number(new URL(await app.listen({ host: '127.0.0.1', port: 0 })).port)
+  for (const leave of ['destroy', 'end'] as const) {
+    const socket = await rawSocket(port, handshake('/ws/slow'))
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    if (leave === 'destroy') socket.destroy()
+    else socket.end()
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    t.equal(up.upgrades.length, 0, `${leave}: the handshake was not sent`)
+    t.equal(app.websockets?.open(), 0, `${leave}: nothing held against the cap`)
+  }
+  const ws = await opened(t, `ws://127.0.0.1:${port}/ws/slow`)
+  t.equal((await echo(ws, 'next')).data.toString(), 'next', 'the next client is served')
 })
 
 t.test('hostile: more than 64 KB before the 101 closes the client and gives the handshake up; an upstream with no 101 in time is 504', async (t) => {
