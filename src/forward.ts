@@ -240,7 +240,8 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
     tryTimeoutMs: options.tryTimeoutMs ?? 0,
     connections: options.connections,
     maxPending: options.maxPending ?? 1024,
-    queueTimeoutMs: options.queueTimeoutMs ?? 5_000
+    queueTimeoutMs: options.queueTimeoutMs ?? 5_000,
+    timeoutMs: options.timeoutMs
   }
   const bufferBodyBytes = options.bufferBodyBytes ?? 0
   const buffering = options.requestBuffering === true && options.buffers !== undefined
@@ -499,6 +500,8 @@ interface RouteState {
   connections: number
   maxPending: number
   queueTimeoutMs: number
+  /** routes[].timeout in ms: also the whole of a WebSocket handshake, queued or not (UpgradeRequest). */
+  timeoutMs: number
 }
 
 /**
@@ -941,6 +944,8 @@ function responseHeaders (raw: Buffer[], requestId: string, route: RouteState, o
   return out
 }
 
+function onUpgradeTimeout (upgrade: UpgradeRequest): void { upgrade.timedOut() }
+
 /** Where `Forwarder.upgrade` reports. */
 export interface UpgradeHandlers {
   /**
@@ -971,6 +976,7 @@ class UpgradeRequest implements Dispatcher.DispatchHandler {
   private gone = false
   private over = false
   private readonly startedAt = performance.now()
+  private timer: NodeJS.Timeout | null = null
   readonly giveUp = (): void => {
     if (this.over) return
     this.gone = true
@@ -998,12 +1004,26 @@ class UpgradeRequest implements Dispatcher.DispatchHandler {
     const headers = upstreamHeaders(this.request, target.host, this.request.upstream ?? NO_EXTRAS, this.route.policy, -1)
     this.target = index
     set.dispatched(index)
+    // The pool's headersTimeout starts when the handshake is written; one that waits in undici's
+    // queue behind busy connections is bounded by this timer instead (routes[].timeout in all).
+    this.timer = setTimeout(onUpgradeTimeout, this.route.timeoutMs, this)
     target.pool.dispatch({ origin: target.origin, path: this.path, method: 'GET', headers, upgrade: 'websocket', body: null }, this)
+  }
+
+  /** @internal (onUpgradeTimeout) The handshake took longer than the route's timeout: 504, and it is given up. */
+  timedOut (): void {
+    if (!this.finish()) return
+    this.gone = true // a later onConnect aborts, a later 101's socket is destroyed
+    this.route.set.result(this.target, 0)
+    if (this.abort !== null) this.abort(new Error('upgrade timed out'))
+    this.request.log.warn({ upstream: this.route.targets[this.target].origin }, 'upstream did not answer the upgrade in time')
+    this.handlers.refused(new GatewayError('GW_ERR_GATEWAY_TIMEOUT', 'The upstream did not answer in time.'))
   }
 
   private finish (): boolean {
     if (this.over) return false
     this.over = true
+    if (this.timer !== null) clearTimeout(this.timer)
     this.route.set.done(this.target)
     return true
   }

@@ -500,6 +500,20 @@ t.test('hostile: more than 64 KB before the 101 closes the client and gives the 
   t.equal(up.sockets.length, 0, 'no tunnel was opened')
 })
 
+t.test('hostile: a handshake queued behind the route\'s busy connections is bounded by routes[].timeout too: 504, and nothing held', async (t) => {
+  const { up, reached, release } = await heldUpstream(t)
+  const { port, app, ws: base } = await gateway(t, up, { timeout: '500ms', connections: 1 })
+  const first = await rawSocket(port, handshake('/ws/first'))
+  await reached // the route's one connection carries a handshake the upstream holds
+  const queued = await refused(`${base}/ws/queued`)
+  assertProblem(t, { ...queued, headers: queued.headers as Record<string, unknown> }, 504, 'gateway-timeout')
+  first.destroy()
+  await until(() => app.websockets?.open() === 0)
+  release()
+  await until(async () => await up.connections() === 0)
+  t.equal(up.sockets.length, 0, 'no tunnel was opened for either')
+})
+
 t.test('hostile: frames sent before the 101 reach the upstream only after it accepted, and never after a refusal', async (t) => {
   const messages: string[] = []
   let release: () => void = () => {}
