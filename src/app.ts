@@ -76,22 +76,26 @@ class AccessLog extends LogController {
    * pino would, so a level changed at run time (`app.log.level`) applies. Without it (a logger given to buildGateway), the line goes
    * through `request.log` like any other.
    */
-  constructor (
-    private readonly enabled: boolean,
-    private readonly observers: readonly RequestObserver[] = [],
-    private readonly lines: LineBuffer | null = null
-  ) {
+  // Private fields: Fastify deep-copies its options (lib/initial-config-validation.js) and would
+  // walk everything the observers hold — the metrics registry, its per-route histograms.
+  readonly #enabled: boolean
+  readonly #observers: readonly RequestObserver[]
+  readonly #lines: LineBuffer | null
+  constructor (enabled: boolean, observers: readonly RequestObserver[] = [], lines: LineBuffer | null = null) {
     super({ disableRequestLogging: false })
+    this.#enabled = enabled
+    this.#observers = observers
+    this.#lines = lines
   }
 
   override incomingRequest (request: FastifyRequest, reply: FastifyReply): void {
-    for (const observer of this.observers) observer.start(request, reply)
+    for (const observer of this.#observers) observer.start(request, reply)
   }
 
   override routeNotFound (): void {}
 
   override requestCompleted (error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
-    if (!this.enabled) return
+    if (!this.#enabled) return
     const url = request.raw.url ?? '/'
     const q = url.indexOf('?')
     // reqId first: the fields in formatAccessLine's order, built once (no copy for the fast path).
@@ -107,8 +111,8 @@ class AccessLog extends LogController {
       upstreamMs: request.upstreamMs === undefined ? null : Math.round(request.upstreamMs * 100) / 100,
       traceId: request.trace?.traceId ?? null
     }
-    if (this.lines !== null && !error) {
-      if ((request.log as unknown as Logger).isLevelEnabled('info')) this.lines.write(formatAccessLine(line))
+    if (this.#lines !== null && !error) {
+      if ((request.log as unknown as Logger).isLevelEnabled('info')) this.#lines.write(formatAccessLine(line))
       return
     }
     // request.log carries reqId already.

@@ -240,8 +240,8 @@ t.test('routes[].scopes: a key that is not a method, or a list for the mapping, 
   t.same(configProblems({ users, routes: [{ ...route, scopes: { '*': ['people:read'], GET: ['people:read'] } }] }), [], 'method keys and * are accepted')
 })
 
-t.test(`more than ${MAX_ROUTES} routes is a config error, not a stack overflow at start`, async (t) => {
+t.test(`more than ${MAX_ROUTES} routes is a config error`, async (t) => {
   const routes = (n: number): unknown[] => Array.from({ length: n }, (_, i) => ({ name: `r${i}`, prefix: `/r${i}`, upstream: 'http://127.0.0.1:9' }))
-  t.throws(() => parseConfig({ routes: routes(MAX_ROUTES + 1) }), { message: /routes: must not have more than 2000 items/ })
+  t.throws(() => parseConfig({ routes: routes(MAX_ROUTES + 1) }), { message: new RegExp(`routes: must not have more than ${MAX_ROUTES} items`) })
   t.equal(parseConfig({ routes: routes(MAX_ROUTES) }).routes.length, MAX_ROUTES, `${MAX_ROUTES} are accepted`)
 })
