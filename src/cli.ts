@@ -108,13 +108,12 @@ export async function main (argv: string[]): Promise<void> {
     }
     case 'validate': {
       if (values.port !== undefined || values.host !== undefined || values.workers !== undefined) usageError('validate takes only the config file')
-      const { ConfigError, loadConfig } = await import('./config.js')
-      const { checkValidation, ValidateConfigError } = await import('../plugins/validation/validate.js')
+      // The check a reload makes: schemas named in routes[].validate are loaded and compiled too.
+      const { checkConfigFile, isConfigError } = await import('./reload.js')
       try {
-        // Schemas named in routes[].validate are loaded and compiled too, as at start.
-        await checkValidation(loadConfig(file))
+        await checkConfigFile(file)
       } catch (err) {
-        if (err instanceof ConfigError || err instanceof ValidateConfigError) { process.stderr.write(err.message + '\n'); process.exit(1) }
+        if (isConfigError(err)) { process.stderr.write(err.message + '\n'); process.exit(1) }
         throw err
       }
       process.stdout.write('ok\n')
@@ -168,7 +167,13 @@ export async function main (argv: string[]): Promise<void> {
         if (workers > 1 && config.server.metrics.enabled && config.server.metrics.port === undefined) {
           process.stderr.write('portcullis: warning: each worker serves its own /metrics; set server.metrics.port to scrape them all at once\n')
         }
-        const code = await runPrimary({ workers, graceMs: parseDuration(config.server.shutdownGrace), level: config.logging.level, pidFile: values['pid-file'], watchFile: values.watch === true ? file : undefined })
+        let code: number
+        try {
+          code = await runPrimary({ workers, graceMs: parseDuration(config.server.shutdownGrace), level: config.logging.level, pidFile: values['pid-file'], watchFile: values.watch === true ? file : undefined })
+        } catch (err) {
+          process.stderr.write(`portcullis: cannot start: ${(err as Error).message}\n`)
+          process.exit(1)
+        }
         process.exit(code)
       }
       if (isWorker()) superviseWorker()

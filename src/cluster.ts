@@ -12,12 +12,12 @@
  * the CLI refuses that combination (`perWorkerLimitProblem`) unless it is accepted explicitly.
  */
 import cluster, { type Worker } from 'node:cluster'
-import { readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { hostname, availableParallelism } from 'node:os'
 import closeWithGrace from 'close-with-grace'
 import type { GatewayConfig } from '../schemas/config.js'
 import { rateLimitScaleWarning } from '../plugins/rate-limit/rate-limit.js'
-import { watchConfigFile } from './reload.js'
+import { watchConfigFile, writePidFile } from './reload.js'
 
 export const MAX_WORKERS = 256
 
@@ -89,9 +89,12 @@ export function signalReload (pidFile: string): string | null {
 
 /**
  * Run the supervising primary. Resolves with the exit code once every worker has exited after a
- * drain (0 when all drained cleanly, 1 otherwise), or when the workers fail to start (1).
+ * drain (0 when all drained cleanly, 1 otherwise), or when the workers fail to start (1). Throws
+ * at once, before anything is started, when the pid file cannot be written.
  */
 export function runPrimary (options: PrimaryOptions): Promise<number> {
+  // First: a pid file that cannot be written stops the start with nothing forked or installed.
+  const removePidFile = options.pidFile === undefined ? () => {} : writePidFile(options.pidFile)
   const threshold = LEVELS[options.level]
   const host = hostname()
   // pino-shaped JSON lines, like the workers' logs, so one log pipeline reads both.
@@ -129,12 +132,6 @@ export function runPrimary (options: PrimaryOptions): Promise<number> {
       : watchConfigFile(options.watchFile, () => { reloadAll('config file changed') }, (err) => {
         log('warn', { err: err.message, file: options.watchFile }, 'cannot watch the config file any more')
       })
-    const removePidFile = (): void => { if (options.pidFile !== undefined) rmSync(options.pidFile, { force: true }) }
-    if (options.pidFile !== undefined) {
-      writeFileSync(options.pidFile, `${process.pid}\n`, { mode: 0o644 })
-      process.once('exit', removePidFile)
-    }
-
     const finish = (): void => {
       if (alive().length > 0) return
       if (killTimer !== undefined) clearTimeout(killTimer)

@@ -4,7 +4,7 @@
  * and keep the running values of the keys that only a restart can change. src/server.ts builds
  * the new generation and swaps it in; docs/operations.md "Live reload" is the user's side.
  */
-import { readFileSync, statSync, watch, type FSWatcher } from 'node:fs'
+import { readFileSync, rmSync, statSync, watch, writeFileSync, type FSWatcher } from 'node:fs'
 import { basename, dirname } from 'node:path'
 import { isDeepStrictEqual } from 'node:util'
 import type { GatewayConfig, RouteConfig } from '../schemas/config.js'
@@ -45,8 +45,23 @@ export class ReloadRefused extends Error {
 }
 
 /**
- * The config in `file`, checked completely (schema, semantic checks, validation schemas loaded
- * and compiled: what `portcullis validate` checks), or ReloadRefused with every problem.
+ * The config in `file`, checked completely: schema, semantic checks, and the validation schemas
+ * of routes[].validate loaded and compiled. `portcullis validate` and every reload check a file
+ * with this. Throws what `isConfigError` recognises (its message is every problem, for a person).
+ */
+export async function checkConfigFile (file: string): Promise<Readonly<GatewayConfig>> {
+  const config = loadConfig(file)
+  await checkValidation(config)
+  return config
+}
+
+/** A config file's problems (checkConfigFile), as opposed to a failure of the gateway's own. */
+export function isConfigError (err: unknown): err is ConfigError | ValidateConfigError {
+  return err instanceof ConfigError || err instanceof ValidateConfigError
+}
+
+/**
+ * The config in `file`, checked as `checkConfigFile` does, or ReloadRefused with every problem.
  */
 export async function readConfig (file: string): Promise<Readonly<GatewayConfig>> {
   let size: number
@@ -57,13 +72,30 @@ export async function readConfig (file: string): Promise<Readonly<GatewayConfig>
   }
   if (size > MAX_CONFIG_BYTES) throw new ReloadRefused([`${file}: the file has ${size} bytes, more than a reload reads (${MAX_CONFIG_BYTES})`])
   try {
-    const config = loadConfig(file)
-    await checkValidation(config)
-    return config
+    return await checkConfigFile(file)
   } catch (err) {
-    if (err instanceof ConfigError || err instanceof ValidateConfigError) throw new ReloadRefused(err.problems)
+    if (isConfigError(err)) throw new ReloadRefused(err.problems)
     throw err
   }
+}
+
+/**
+ * `--pid-file F` (a single process, or the primary of `--workers`): writes this process's id to
+ * `file` for `portcullis reload --pid-file F`, and removes it when the process exits. Returns
+ * what removes it sooner (at close). Throws an Error that says, in words, why it cannot write it.
+ */
+export function writePidFile (file: string): () => void {
+  try {
+    writeFileSync(file, `${process.pid}\n`, { mode: 0o644 })
+  } catch (err) {
+    throw new Error(`cannot write the pid file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  const remove = (): void => {
+    process.removeListener('exit', remove)
+    rmSync(file, { force: true })
+  }
+  process.once('exit', remove)
+  return remove
 }
 
 export interface ConfigChanges {

@@ -8,19 +8,20 @@
  * with one emit. A reload (SIGHUP, `reload()`, or the watched file) checks the new config
  * completely, builds the next generation beside the running one, then swaps at once: requests
  * already handed to the old generation finish there, and it is closed when they (and its
- * WebSocket tunnels) have, or after `server.shutdownGrace`. Pools, rate-limit counters and
- * metrics pass from one generation to the next by key (plugins/core/shared.ts).
+ * WebSocket tunnels) have, or after `server.shutdownGrace`: then the connections of its requests
+ * still open are destroyed (counted in a log line) and it is closed. Pools, rate-limit counters
+ * and metrics pass from one generation to the next by key (plugins/core/shared.ts).
  *
  * Why a front rather than one Fastify instance: Fastify cannot remove a route, and
  * a new instance per config is the only way to get everything a config shapes (routes, hooks,
  * plugins, the 404 handler) built from it alone.
  *
- * SIGTERM/SIGINT stop accepting new connections, let in-flight requests finish within
- * `server.shutdownGrace`, then exit 0 (1 if the grace ran out or closing failed).
+ * SIGTERM/SIGINT (and `close()`) stop accepting new connections, let in-flight requests finish
+ * within `server.shutdownGrace`, destroy the connections of those still open then, close every
+ * generation, and exit 0 (1 if requests were cut or closing failed).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
-import { writeFileSync, rmSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
 import { setFlagsFromString } from 'node:v8'
 import closeWithGrace from 'close-with-grace'
@@ -28,8 +29,9 @@ import type { FastifyInstance } from 'fastify'
 import type { GatewayConfig } from '../schemas/config.js'
 import { parseDuration } from '../schemas/common.js'
 import { SharedObjects } from '../plugins/core/shared.js'
+import { formatUrl } from '../plugins/observability/metrics.js'
 import { buildGateway, type BuildOptions } from './app.js'
-import { Coalescer, ReloadRefused, configChanges, keepRestartOnly, readConfig, watchConfigFile } from './reload.js'
+import { Coalescer, ReloadRefused, configChanges, keepRestartOnly, readConfig, watchConfigFile, writePidFile } from './reload.js'
 
 export interface StartOptions extends BuildOptions {
   host?: string
@@ -46,7 +48,10 @@ export interface StartOptions extends BuildOptions {
   configFile?: string
   /** Reload when the config file changes (fs.watch on its folder, debounced). Needs configFile. */
   watch?: boolean
-  /** Write the process id to this file once listening (for `portcullis reload --pid-file`); removed at close. */
+  /**
+   * Write the process id to this file once listening (for `portcullis reload --pid-file`); removed
+   * at close. When it cannot be written, startServer closes what it opened and rejects.
+   */
   pidFile?: string
 }
 
@@ -78,19 +83,41 @@ export interface RunningGateway {
 
 /** How often a retiring generation is checked for requests and tunnels still open. */
 const RETIRE_POLL_MS = 50
+/** How long the requests cut at a deadline get to run their 'close' listeners before the close. */
+const CUT_SETTLE_MS = 1_000
+/** With signals: how long after shutdownGrace close-with-grace exits anyway (close() is stuck). */
+const EXIT_BACKSTOP_MS = 2_000
+
+const pause = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms).unref())
 
 interface WebSocketCount { open: () => number, closeAll: (code?: number) => Promise<void> }
 
 /** One built gateway and the requests handed to it that have not closed. */
 class Generation {
-  inFlight = 0
+  /** The responses of the requests handed to this generation that have not closed. */
+  readonly open = new Set<ServerResponse>()
   /** res 'close' listener: made once per generation, so a request costs no closure. */
-  readonly done: () => void
+  readonly done: (this: ServerResponse) => void
   readonly server: Server
   private closing: Promise<void> | undefined
   constructor (readonly app: FastifyInstance, readonly number: number, readonly config: Readonly<GatewayConfig>) {
     this.server = app.server
-    this.done = () => { this.inFlight-- }
+    const open = this.open
+    this.done = function () { open.delete(this) }
+  }
+
+  get inFlight (): number { return this.open.size }
+
+  /**
+   * Destroys the connection of every request still open (the deadline has passed); resolves with
+   * how many, once their 'close' listeners have run (bounded), so nothing of theirs runs on a
+   * closed instance's pools or folders.
+   */
+  async cut (): Promise<number> {
+    const n = this.open.size
+    for (const res of this.open) res.destroy()
+    for (let waited = 0; this.open.size > 0 && waited < CUT_SETTLE_MS; waited += 10) await pause(10)
+    return n
   }
 
   /** Closes the instance, once (a retiring generation may meet a shutdown). */
@@ -125,11 +152,6 @@ function createFront (model: Server): Server {
   return front
 }
 
-function formatUrl (address: AddressInfo): string {
-  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
-  return `http://${host}:${address.port}`
-}
-
 export async function startServer (config: Readonly<GatewayConfig>, options: StartOptions = {}): Promise<RunningGateway> {
   // V8 decides per allocation site whether to allocate straight into the old generation. Under
   // load it decided so for request-scoped objects: each scavenge then kept alive everything they
@@ -159,13 +181,13 @@ export async function startServer (config: Readonly<GatewayConfig>, options: Sta
   // The front hands everything to the current generation: one emit (and the in-flight count).
   front.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const gen = generation
-    gen.inFlight++
+    gen.open.add(res)
     res.on('close', gen.done)
     gen.server.emit('request', req, res)
   })
   front.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
     const gen = generation
-    gen.inFlight++
+    gen.open.add(res)
     res.on('close', gen.done)
     // Node's own behaviour when nothing listens for it: 100 Continue, then the request.
     if (gen.server.listenerCount('checkContinue') > 0) gen.server.emit('checkContinue', req, res)
@@ -198,18 +220,41 @@ export async function startServer (config: Readonly<GatewayConfig>, options: Sta
     await generation.app.close()
     throw err
   }
+  // After listen: the pid file names a process that serves and takes SIGHUP (a reload signalled
+  // before the handler is installed would end it). One that cannot be written stops the start.
+  let removePidFile = (): void => {}
+  if (options.pidFile !== undefined) {
+    try {
+      removePidFile = writePidFile(options.pidFile)
+    } catch (err) {
+      front.closeAllConnections()
+      await new Promise<void>((resolve) => front.close(() => { resolve() }))
+      await generation.app.close()
+      throw err
+    }
+  }
   const url = formatUrl(front.address() as AddressInfo)
   const grace = parseDuration(config.server.shutdownGrace)
   const log = (): FastifyInstance['log'] => generation.app.log
 
   // --- retiring a generation ------------------------------------------------------------------
 
+  /** Destroys what is left of these generations' requests; logs and returns how many. */
+  async function cutLeft (gens: Generation[], why: string): Promise<number> {
+    const counts = await Promise.all(gens.map(async (g) => await g.cut()))
+    const cut = counts.reduce((sum, n) => sum + n, 0)
+    if (cut > 0) log().warn({ generations: gens.map((g) => g.number), cut, graceMs: grace }, `${why}: ${cut} request${cut === 1 ? '' : 's'} still in flight cut (connection closed)`)
+    return cut
+  }
+
   async function retire (gen: Generation): Promise<void> {
     const deadline = Date.now() + grace
-    while (gen.busy() > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, RETIRE_POLL_MS).unref())
+    while (gen.busy() > 0 && Date.now() < deadline) await pause(RETIRE_POLL_MS)
     const ws = (gen.app as unknown as { websockets?: WebSocketCount }).websockets
     if (ws !== undefined && ws.open() > 0) await ws.closeAll(1001).catch(() => {})
     const left = gen.inFlight
+    // Closing runs under nothing: a removed route's pool, the request-buffer folder go with it.
+    if (left > 0) await cutLeft([gen], 'server.shutdownGrace ran out for an old generation')
     await gen.close().catch((err: unknown) => { log().error({ err, generation: gen.number }, 'closing an old generation failed') })
     generations.delete(gen)
     log().info({ generation: gen.number, unfinished: left }, 'old generation closed')
@@ -298,18 +343,14 @@ export async function startServer (config: Readonly<GatewayConfig>, options: Sta
     reload().catch(() => {})
   }
 
-  const removePidFile = (): void => { if (options.pidFile !== undefined) rmSync(options.pidFile, { force: true }) }
-  if (options.pidFile !== undefined) {
-    writeFileSync(options.pidFile, `${process.pid}\n`, { mode: 0o644 })
-    process.once('exit', removePidFile)
-  }
-
   // --- stopping -----------------------------------------------------------------------------
 
   let uninstall = (): void => {}
-  let closing: Promise<void> | undefined
-  const close = (): Promise<void> => {
+  /** Resolves with the number of requests cut at the deadline. */
+  let closing: Promise<number> | undefined
+  const shutdown = (): Promise<number> => {
     closing ??= (async () => {
+      const deadline = Date.now() + grace
       stopping = true
       watcher?.close()
       await reloads.stop()
@@ -321,26 +362,31 @@ export async function startServer (config: Readonly<GatewayConfig>, options: Sta
       // past the grace. So while draining, idle connections are closed as they become idle.
       const closed = new Promise<void>((resolve) => front.close(() => { resolve() }))
       const reaper = setInterval(() => { front.closeIdleConnections() }, 50).unref()
-      while ([...generations].some((g) => g.inFlight > 0)) await new Promise((resolve) => setTimeout(resolve, RETIRE_POLL_MS).unref())
+      while ([...generations].some((g) => g.inFlight > 0) && Date.now() < deadline) await pause(RETIRE_POLL_MS)
+      const cut = await cutLeft([...generations], 'server.shutdownGrace ran out while stopping')
       await Promise.all([...generations].map(async (g) => { await g.close() }))
       generations.clear()
       await closed
       clearInterval(reaper)
       uninstall()
       removePidFile()
-      process.removeListener('exit', removePidFile)
+      return cut
     })()
     return closing
   }
+  const close = async (): Promise<void> => { await shutdown() }
 
   if (options.handleSignals !== false) {
     // The logger of whichever generation serves when it speaks (a closed one's is closed).
     const logger = { error: (message: unknown) => { log().error(message) } }
     // SIGHUP reloads (below), it does not stop the gateway.
-    const closeListeners = closeWithGrace({ delay: grace, logger, skip: ['SIGHUP'] }, async ({ signal, err }) => {
+    // close() keeps the grace itself (it cuts what is left, then closes); the delay here is only
+    // a backstop for a close that hangs. Requests cut: exit 1 (close-with-grace's code on a throw).
+    const closeListeners = closeWithGrace({ delay: grace + EXIT_BACKSTOP_MS, logger, skip: ['SIGHUP'] }, async ({ signal, err }) => {
       if (err !== undefined) log().error({ err }, 'shutting down after an error')
       else log().info({ signal, graceMs: grace }, 'draining')
-      await close()
+      const cut = await shutdown()
+      if (cut > 0) throw new Error(`stopped with ${cut} request${cut === 1 ? '' : 's'} cut at server.shutdownGrace`)
     })
     process.on('SIGHUP', onHangup)
     uninstall = () => {

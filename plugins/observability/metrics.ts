@@ -702,12 +702,14 @@ async function metricsPlugin (app: FastifyInstance, opts: MetricsPluginOptions):
       server.listen(config.port, config.host ?? opts.host, () => { server.off('error', reject); resolve() })
     })
     app.metricsServer = server
-    app.log.info({ url: `http://${formatHost(server.address() as AddressInfo)}${config.path}` }, 'metrics listening')
+    app.log.info({ url: `${formatUrl(server.address() as AddressInfo)}${config.path}` }, 'metrics listening')
   })
 }
 
-function formatHost (address: AddressInfo): string {
-  return address.family === 'IPv6' ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`
+/** `http://127.0.0.1:8080`, `http://[::1]:8080`: a listening server's address (this one's, the gateway's). */
+export function formatUrl (address: AddressInfo): string {
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
+  return `http://${host}:${address.port}`
 }
 
 /** What a listener serves: one gateway's metrics, or a cluster's. */
