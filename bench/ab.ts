@@ -19,7 +19,7 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
-  benchRequest, Proc, ROOT, cpuSeconds, detectTool, freePort, installCleanup, median, pinningPossible, removeDir, round, runLoad,
+  benchRequest, Proc, ROOT, cpuSeconds, detectTool, freePort, installCleanup, pinningPossible, removeDir, round, runLoad, spread,
   scratchDir, startBenchUpstream, stopAll, transpileTree, waitForHttp, type LoadResult, type LoadSpec
 } from './lib.js'
 import type { Plan, PlanInput, Variant } from './portcullis-config.js'
@@ -48,13 +48,6 @@ const SCENARIOS: Record<string, Variant> = {
 
 interface Side { name: 'base' | 'head', build: string, proc: Proc, spec: Omit<LoadSpec, 'seconds'>, protections: string[] }
 interface Measured { round: number, side: 'base' | 'head', position: number, requests: number, rps: number, p99Ms: number, cpuUsPerRequest: number, errors: number, non2xx: number }
-
-/** Median and quartiles of a list (the middle value, and the values a quarter in from each end). */
-export function spread (values: readonly number[]): { median: number, q1: number, q3: number } {
-  const sorted = [...values].sort((a, b) => a - b)
-  const at = (f: number): number => sorted[Math.min(sorted.length - 1, Math.floor(f * sorted.length))]
-  return { median: median(sorted), q1: at(0.25), q3: at(0.75) }
-}
 
 /** REV's sources, transpiled into `out` (node_modules linked to this checkout's). */
 async function buildRevision (repo: string, rev: string, scratch: string): Promise<{ build: string, commit: string }> {

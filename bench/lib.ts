@@ -430,6 +430,13 @@ export function median (values: readonly number[]): number {
   return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2
 }
 
+/** Median and quartiles of a list (the middle value, and the values a quarter in from each end). */
+export function spread (values: readonly number[]): { median: number, q1: number, q3: number } {
+  const sorted = [...values].sort((a, b) => a - b)
+  const at = (f: number): number => sorted[Math.min(sorted.length - 1, Math.floor(f * sorted.length))]
+  return { median: median(sorted), q1: at(0.25), q3: at(0.75) }
+}
+
 /** Least-squares slope of y over x. */
 export function slope (points: ReadonlyArray<readonly [number, number]>): number {
   const n = points.length

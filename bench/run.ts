@@ -16,6 +16,7 @@ import {
   pinningPossible, removeDir, round, runLoad, scratchDir, sleep, stopAll, waitForHttp, type LoadResult, type ToolName, startBenchUpstream
 } from './lib.js'
 import { portcullisConfig, type Variant } from './portcullis-config.js'
+import { evaluateTargets, formatTargets } from './targets.js'
 import { FLUSH_INTERVAL_MS } from '../src/logging.js'
 
 const USAGE = `Usage: npm run bench -- [options]
@@ -532,6 +533,7 @@ async function main (): Promise<number> {
   }
 
   const summary = summarize(runs, scenarioList, options.methods)
+  const targets = evaluateTargets(runs, options.methods)
   const report = {
     kind: options.workers === null ? 'pinned-comparison' : 'workers',
     ok: problems.length === 0,
@@ -560,6 +562,7 @@ async function main (): Promise<number> {
       missing: s.missing ?? []
     })),
     summary,
+    targets,
     runs,
     notes,
     problems
@@ -569,6 +572,7 @@ async function main (): Promise<number> {
   writeFileSync(out, JSON.stringify(report, null, 2) + '\n')
 
   process.stdout.write('\n' + formatTable(summary) + '\n\n')
+  if (targets.length > 0) process.stdout.write(formatTargets(targets) + '\n\n')
   process.stdout.write(`req/s, p50 and p99 are medians over ${options.rounds} round(s); ratios are taken per round (shown in brackets) ` +
     'against the upstream alone and bare @fastify/http-proxy measured in the same round; CPU is the serving process(es) only.\n')
   const busy = report.machine.loadavgAtStart[0] > availableParallelism() * 0.5

@@ -67,6 +67,7 @@ interface Report {
   scenarios: Array<{ id: string, label: string, status: string, reason?: string, protections: string[] }>
   summary: Array<{ scenario: string, method: string, rps: number, p50Ms: number, p99Ms: number, errors: number, non2xx: number, vsUpstream: { median: number, rounds: number[] }, vsBare: { median: number, rounds: number[] } }>
   runs: Array<{ scenario: string, method: string, round: number, requests: number, errors: number, non2xx: number }>
+  targets: Array<{ id: string, method: string, rounds: number[], median: number }>
   problems: string[]
 }
 
@@ -120,7 +121,15 @@ t.test('--quick runs every scenario, with zero errors, and writes a well-formed 
       t.equal(row.vsUpstream.rounds.length, 1)
     }
   }
+  // Issue 19's targets: a ratio per round for each whose scenarios ran (the redis and metrics
+  // scenarios run here; workers only with --workers).
+  const wanted = ['1-cpu', '1-rps', '1-p99', '2-redis', '3-metrics'].filter((id) => id !== '2-redis' || measured.some((s) => s.id === 'portcullis-full-redis'))
+  for (const method of ['GET', 'POST']) {
+    t.same(report.targets.filter((x) => x.method === method).map((x) => x.id), wanted, `${method}: the targets whose scenarios ran`)
+    for (const x of report.targets.filter((y) => y.method === method)) t.ok(x.rounds.length === 1 && Number.isFinite(x.median) && x.median > 0, `${x.id} ${method}: a ratio`)
+  }
   t.match(stdout, /\| scenario +\| method \| req\/s/, 'the table is printed')
+  t.match(stdout, /Targets \(issue 19[^\n]*\n +everything on: CPU per request ÷ node-floor +GET/, 'the targets are printed')
   t.match(stdout, /fast-gateway cannot be installed here/, 'the fast-gateway skip is said in the output')
 })
 
