@@ -9,7 +9,8 @@
  *
  * - the request's host is the Host header, lower-cased, without its port and one trailing dot;
  *   a value that is not a host name (userinfo `a@b`, spaces, an IPv6 literal, over 253
- *   characters, an empty or non-numeric port) is no host: only routes without `hosts` take it;
+ *   characters, a port that is not 0–5 digits) is no host: only routes without `hosts` take it;
+ *   an empty port (`example.com:`) is a valid Host (RFC 9110: port = *DIGIT) and names example.com;
  * - an exact name wins, then the longest matching `*.suffix` (one or more labels before the
  *   suffix, any depth, as nginx's `*.example.com`; never `example.com` itself), then the routes
  *   without `hosts`.
@@ -31,6 +32,7 @@ export const HOSTS_CONSTRAINT = 'hosts'
 
 /** A label of a request's host: letters, digits, `-` and `_` (internal names have them). */
 const REQUEST_HOST = /^[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*$/
+/** RFC 9110 §7.2: `port = *DIGIT`, so empty too; more than 5 digits is no port. */
 const PORT = /^[0-9]{0,5}$/
 
 /**
