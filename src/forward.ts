@@ -150,17 +150,15 @@ const TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT', 'GW_TRY_TIMEOUT'])
 const NO_EXTRAS: ForwardExtras = Object.freeze({})
 
 /**
- * One upstream URL: its pool, and the gateway's own bound on what waits for it. The forwarder
- * never lets undici queue: at most `connections` requests are dispatched to a pool at once, the
- * rest wait here in order (at most `maxPending`, each at most `queueTimeout`), so a client that
- * gives up while waiting leaves the queue at once and never reaches the upstream.
+ * One upstream URL's pool, and the gateway's own bound on what waits for it. The forwarder never
+ * lets undici queue: at most `connections` requests are dispatched to a pool at once, the rest
+ * wait here in order (at most `maxPending`, each at most `queueTimeout`), so a client that gives
+ * up while waiting leaves the queue at once and never reaches the upstream. Shared, with the
+ * pool, by every gateway generation that uses the pool (a live reload's old and new one): one
+ * cap and one queue per pool, whichever generation asks.
  */
-interface Target {
-  /** Its index in the route's UpstreamSet. */
-  index: number
+interface Slots {
   pool: Pool
-  host: string
-  origin: string
   /** Requests dispatched to the pool and not finished. */
   active: number
   /** Requests waiting for one of them to finish, oldest first (a cancelled place holds null). */
@@ -168,16 +166,59 @@ interface Target {
   waitingCount: number
 }
 
-/** A place in a target's queue; the request leaves it by emptying it (no search, no re-numbering). */
-interface QueuePlace { request: ForwardedRequest | null }
+/** One upstream URL as one generation's route sees it: its place in the route's set, and the shared slots. */
+interface Target {
+  /** Its index in the route's UpstreamSet. */
+  index: number
+  /** The pool (the same as `slots.pool`: one load less on the dispatch). */
+  pool: Pool
+  host: string
+  origin: string
+  slots: Slots
+}
+
+/**
+ * What waits in a queue: a forwarded request, of any generation. `wake` gives it the slot just
+ * freed; `refuse` answers it without the upstream (shutdown).
+ */
+interface Waiter {
+  readonly route: RouteState
+  wake: () => void
+  refuse: (err: GatewayError) => void
+}
+
+/** A place in a pool's queue; the request leaves it by emptying it (no search, no re-numbering). */
+interface QueuePlace { request: Waiter | null }
+
+/**
+ * Gives a connection slot back and hands it to the oldest waiting request (of whichever
+ * generation queued it).
+ */
+function releaseSlot (slots: Slots): void {
+  const waiting = slots.waiting
+  while (waiting.length > 0) {
+    const next = (waiting.shift() as QueuePlace).request
+    if (next === null) continue
+    slots.waitingCount--
+    next.wake()
+    return
+  }
+  slots.active--
+}
+
+/** 503 with Retry-After: no connection slot free and the queue full, or none freed in time. */
+function busy (): GatewayError {
+  return new GatewayError('GW_ERR_UNAVAILABLE', 'The upstream is busy; retry shortly.', { headers: { 'retry-after': '1' } })
+}
 
 /** How upstream `Location` values map back onto the gateway. */
 interface Rewrite { prefix: string, basePath: string, origins: string[] }
 
 export function createForwarder (options: ForwarderOptions): Forwarder {
   const ca = options.tls?.ca === undefined ? undefined : readFileSync(options.tls.ca)
+  const routeName = options.routeName ?? options.prefix
   const set = options.targets ?? new UpstreamSet({
-    route: options.routeName ?? options.prefix,
+    route: routeName,
     targets: options.upstreams.map((url) => ({ url, weight: 1 })),
     balance: 'round-robin'
   })
@@ -193,20 +234,20 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
         ? { rejectUnauthorized: options.tls?.insecureSkipVerify !== true, ca, timeout: Math.min(options.timeoutMs, 10_000) }
         : { timeout: Math.min(options.timeoutMs, 10_000) }
     }
+    const make = (): Slots => ({ pool: new Pool(url.origin, poolOptions), active: 0, waiting: [], waitingCount: 0 })
     // The key names the route (its pools are its own: `connections` is per route) and everything
     // that shapes the pool (the CA by its file name: a changed file needs a restart or a new name).
-    const key = `pool ${JSON.stringify(routeNameFor(options))} ${url.origin} ${JSON.stringify({ ...poolOptions, connect: { ...poolOptions.connect, ca: options.tls?.ca } })}`
-    const pool = options.shared === undefined
-      ? new Pool(url.origin, poolOptions)
-      : options.shared.acquire(key, () => new Pool(url.origin, poolOptions), async (p) => { await p.close() })
-    return { index, pool, host: url.host, origin: url.origin, active: 0, waiting: [], waitingCount: 0 }
+    const key = `pool ${JSON.stringify(routeName)} ${url.origin} ${JSON.stringify({ ...poolOptions, connect: { ...poolOptions.connect, ca: options.tls?.ca } })}`
+    const slots = options.shared === undefined
+      ? make()
+      : options.shared.acquire(key, make, async (s) => { await s.pool.close() })
+    return { index, pool: slots.pool, host: url.host, origin: url.origin, slots }
   })
   // The config check guarantees every URL of a balanced upstream has the same path.
   const basePath = new URL(set.targets[0].url).pathname.replace(/\/+$/, '')
   const prefix = options.prefix === '/' ? '' : options.prefix
   const rewrite: Rewrite = { prefix, basePath, origins: targets.map((t) => t.origin) }
   const retryOn = new Set<string>(options.retryOn ?? ['connect-failure', 'reset'])
-  const routeName = options.routeName ?? options.prefix
   const given = mergePolicy([options.policy ?? {}])
   const skip = new Set([...REQUEST_SKIP, ...given.stripHeaders.map((h) => h.toLowerCase())])
   const trustBearing = new Set((given.trustBearing?.names ?? []).map((h) => h.toLowerCase()))
@@ -287,17 +328,17 @@ export function createForwarder (options: ForwarderOptions): Forwarder {
       return upgrade.giveUp
     },
     async close () {
+      // This generation's waiting requests only: the queue is shared with the other generations.
       for (const target of targets) {
-        for (const place of target.waiting) place.request?.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The gateway is shutting down.'))
-        target.waiting.length = 0
+        for (const place of target.slots.waiting) {
+          if (place.request !== null && place.request.route === route) place.request.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The gateway is shutting down.'))
+        }
       }
       // Shared pools are closed by the gateway's lease, when no other generation uses them.
       if (options.shared === undefined) await Promise.all(targets.map(async (t) => { await t.pool.close() }))
     }
   }
 }
-
-function routeNameFor (options: ForwarderOptions): string { return options.routeName ?? options.prefix }
 
 /**
  * A streamed chunked body passes through a counter that fails the upload once it exceeds the
@@ -511,7 +552,7 @@ interface RouteState {
  * the header arrays and one closure (the client-close listener), five more for a small body it
  * reads first (readBody) — no promise (bench/PROFILE.md).
  */
-class ForwardedRequest implements Dispatcher.DispatchHandler {
+class ForwardedRequest implements Dispatcher.DispatchHandler, Waiter {
   private started = false
   private done = false
   private abort: ((err?: Error) => void) | null = null
@@ -538,7 +579,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
   private key: string | null = null
   /** Holds one of target's `connections` slots. */
   private holding = false
-  /** Its place in target.waiting while queued, else null. */
+  /** Its place in the target's queue (target.slots.waiting) while queued, else null. */
   private place: QueuePlace | null = null
   private queueTimer: NodeJS.Timeout | null = null
   /** A body buffered by bufferBody (memory or a file), given back when the request is over. */
@@ -552,7 +593,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
   private readonly onClose: () => void
 
   constructor (
-    private readonly route: RouteState,
+    readonly route: RouteState,
     private readonly request: FastifyRequest,
     private readonly reply: FastifyReply,
     private readonly extras: ForwardExtras,
@@ -607,42 +648,48 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
     }
     const target = this.route.targets[index]
     this.target = target
-    if (target.active < this.route.connections) {
-      target.active++
+    const slots = target.slots
+    if (slots.active < this.route.connections) {
+      slots.active++
       this.holding = true
       this.dispatchFromEvent(target)
       return
     }
-    if (target.waitingCount >= this.route.maxPending) {
+    if (slots.waitingCount >= this.route.maxPending) {
       this.finish()
-      this.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The upstream is busy; retry shortly.', { headers: { 'retry-after': '1' } }))
+      this.refuse(busy())
       return
     }
     this.place = { request: this }
-    target.waiting.push(this.place)
-    target.waitingCount++
+    slots.waiting.push(this.place)
+    slots.waitingCount++
     this.queueTimer = setTimeout(() => {
       this.queueTimer = null
       if (this.place === null || this.done) return
       this.leaveQueue()
       this.finish()
       this.request.log.warn({ upstream: target.origin, waited: this.route.queueTimeoutMs }, 'no upstream connection became free in time')
-      this.refuse(new GatewayError('GW_ERR_UNAVAILABLE', 'The upstream is busy; retry shortly.', { headers: { 'retry-after': '1' } }))
+      this.refuse(busy())
     }, this.route.queueTimeoutMs)
   }
 
-  /** Called by `release` when a slot is free: this request takes it. */
-  private wake (): void {
+  /**
+   * @internal (releaseSlot) A slot is free: this request takes it. The release may come from
+   * another generation's request: the slots are shared, the target is this request's own.
+   */
+  wake (): void {
     this.place = null
     if (this.queueTimer !== null) { clearTimeout(this.queueTimer); this.queueTimer = null }
     this.holding = true
+    // The client is gone and its 'close' has not run yet (a generation's requests cut at once,
+    // say): the slot goes on to the next one.
+    if (this.res.destroyed) { this.finish(); this.clientGone('while waiting for an upstream connection'); return }
     this.dispatchFromEvent(this.target as Target)
   }
 
   private leaveQueue (): void {
-    const target = this.target as Target
     ;(this.place as QueuePlace).request = null
-    target.waitingCount--
+    ;(this.target as Target).slots.waitingCount--
     this.place = null
     if (this.queueTimer !== null) { clearTimeout(this.queueTimer); this.queueTimer = null }
   }
@@ -651,16 +698,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler {
   private release (): void {
     if (!this.holding) return
     this.holding = false
-    const target = this.target as Target
-    const waiting = target.waiting
-    while (waiting.length > 0) {
-      const next = (waiting.shift() as QueuePlace).request
-      if (next === null) continue
-      target.waitingCount--
-      next.wake()
-      return
-    }
-    target.active--
+    releaseSlot((this.target as Target).slots)
   }
 
   /** An answer from the gateway (503, shutdown) to a request that never reached the upstream. */
