@@ -208,10 +208,12 @@ async function build (config: Readonly<GatewayConfig>, options: BuildOptions, sh
   for (const { stage, state } of stages) if (state !== null) await registerStage(app, stage, state)
 
   const forwarders: Forwarder[] = []
-  const buffers = new BodyBuffers(parseSize(server.requestBufferTotal), server.requestBufferDir)
+  // One budget and folder for buffered bodies across a live reload's generations (a reload does
+  // not double the budget), the folder removed when the last one closes.
+  const bufferTotal = parseSize(server.requestBufferTotal)
+  const buffers = shared.acquire(`body buffers ${JSON.stringify([bufferTotal, server.requestBufferDir ?? null])}`, () => new BodyBuffers(bufferTotal, server.requestBufferDir), (b) => { b.close() })
   app.addHook('onClose', async () => {
     await Promise.all(forwarders.map((f) => f.close()))
-    buffers.close()
     await shared.release()
   })
   const keepAliveTimeoutMs = Math.min(4_000, parseDuration(server.timeouts.keepAlive))

@@ -4,9 +4,11 @@
  * one byte a second holds a gateway socket and nothing else — never an upstream connection.
  *
  * A body up to `server.requestBuffer` bytes stays in memory; a larger one is written to a
- * temporary file (mode 0600, in a folder of its own made at start and removed at close) and
+ * temporary file (mode 0600, in a folder of its own made on first use and removed at close) and
  * sent from there. Every byte held, in memory or on disk, is counted against one budget per
- * gateway (`server.requestBufferTotal`): a body that would pass it is refused with 503.
+ * gateway (`server.requestBufferTotal`): a body that would pass it is refused with 503. The
+ * generations of a live reload share one BodyBuffers (src/app.ts takes it from the shared
+ * objects, plugins/core/shared.ts): one budget, and the folder removed when the last one closes.
  *
  * Written here rather than taken from a library: the spooling libraries on npm (multer's disk
  * storage, busboy, raw-body) either parse multipart or keep the whole body in memory; what a
@@ -20,7 +22,7 @@ import type { IncomingMessage } from 'node:http'
 import type { Readable } from 'node:stream'
 import { BodyError, BodyTooLarge } from '../plugins/validation/json-body.js'
 
-/** The gateway's byte budget for buffered bodies, and the folder their files go to. */
+/** The gateway's byte budget for buffered bodies, and the folder their files go to (shared across a reload). */
 export class BodyBuffers {
   used = 0
   private next = 0

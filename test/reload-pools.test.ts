@@ -1,15 +1,19 @@
 /**
  * What a live reload's generations share besides the pools themselves: a route's connection
- * slots and queue (routes[].connections, maxPending). During the overlap of two generations the
- * upstream sees no more than `connections` requests at once, and the queue bound is one bound.
- * Upstreams are real servers on port 0 that hold each request until the test answers it and
- * count what they have at once.
+ * slots and queue (routes[].connections, maxPending), and the request-buffering budget and
+ * folder (server.requestBufferTotal, requestBufferDir). During the overlap of two generations the
+ * upstream sees no more than `connections` requests at once, the queue bound is one bound, and
+ * an upload received across the reload reaches the upstream intact. Upstreams are real servers
+ * on port 0 that hold each request until the test answers it and count what they have at once.
  */
 import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
 import { parseConfig } from '../src/config.js'
 import { startServer, type RunningGateway } from '../src/server.js'
@@ -175,4 +179,60 @@ t.test('generation 1 retiring with a request still queued takes only its own out
   t.equal(await c, 200)
   t.notOk(up.seen.includes('/u/b'), 'b never reached the upstream')
   t.ok(await waitFor(() => slots.active === 0 && slots.waitingCount === 0, 10_000), 'every slot given back')
+})
+
+t.test('request buffering across a reload: one budget for both generations, and an upload received across it arrives whole', async (t) => {
+  const up = await holdingUpstream(t)
+  const dir = mkdtempSync(join(tmpdir(), 'portcullis-reload-buffers-'))
+  t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
+  const files = (): string[] => readdirSync(dir).flatMap((d) => readdirSync(join(dir, d)).map((f) => join(dir, d, f)))
+  const spooled = (): number => files().reduce((sum, f) => sum + statSync(f).size, 0)
+  const server = { ...BASE.server, requestBuffer: '1kb', requestBufferTotal: '64kb', requestBufferDir: dir }
+  const api = { name: 'api', prefix: '/api', upstream: `${up.url}/u`, timeout: '60s' }
+  const lines: Array<{ msg: string, generation?: number }> = []
+  const stream = { write: (line: string) => { lines.push(JSON.parse(line) as typeof lines[number]) } }
+  const gw = await startServer(parseConfig({ ...BASE, server, routes: [api] }, { env: {} }), { handleSignals: false, logger: { level: 'info', stream } })
+  t.teardown(() => gw.close())
+  const put = (path: string, body: Buffer | PassThrough, size: number): Promise<CallResult> =>
+    call(`${gw.url}/api${path}`, { method: 'PUT', headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) }, body })
+
+  // Generation 1 receives 40 KB of a 48 KB upload: past requestBuffer, so into a file.
+  const size = 48 * 1024
+  const sent = 40 * 1024
+  const upload = Buffer.alloc(size)
+  for (let i = 0; i < size; i++) upload[i] = (i * 7) % 251
+  const body = new PassThrough()
+  const big = put('/big', body, size)
+  body.write(upload.subarray(0, sent))
+  t.ok(await waitFor(() => spooled() === sent, 10_000), '40 KB spooled to a file')
+
+  t.same(await gw.reload(parseConfig({ ...BASE, server, routes: [api, { name: 'other', prefix: '/other', upstream: `${up.url}/o` }] }, { env: {} })), { ok: true, generation: 2 })
+  // Generation 2 has the same 64 KB budget, 40 KB of it held by generation 1's upload.
+  problem(t, await put('/second', Buffer.alloc(sent, 1), sent), 503)
+  t.notOk(up.seen.includes('/u/second'), 'the refused upload never reached the upstream')
+
+  // Generation 1's upload goes on after the reload and reaches the upstream whole.
+  body.end(upload.subarray(sent))
+  t.ok(await waitFor(() => up.seen.includes('/u/big'), 10_000), 'the upload reached the upstream')
+  up.answer('/u/big')
+  const res = await big
+  t.equal(res.status, 200)
+  t.match(res.json, { bytes: size, sha256: createHash('sha256').update(upload).digest('hex') }, 'every byte, in order')
+  t.ok(await waitFor(() => files().length === 0, 10_000), 'its file is removed after the request')
+
+  // Generation 1 closes (nothing left in it): the folder is generation 2's too, and stays.
+  t.ok(await waitFor(() => lines.some((l) => l.msg === 'old generation closed' && l.generation === 1), 10_000), 'generation 1 closed')
+  t.equal(readdirSync(dir).length, 1, 'the spool folder is still there')
+  const again = new PassThrough()
+  const second = put('/again', again, sent)
+  again.write(Buffer.alloc(sent - 1, 2))
+  t.ok(await waitFor(() => spooled() === sent - 1, 10_000), 'generation 2 spools into it')
+  // The budget is one and whole again: 40 KB held leaves no room for another 40 KB.
+  problem(t, await put('/third', Buffer.alloc(sent, 3), sent), 503)
+  again.end(Buffer.alloc(1, 2))
+  t.ok(await waitFor(() => up.seen.includes('/u/again'), 10_000), 'the second upload reached the upstream')
+  up.answer('/u/again')
+  t.match((await second).json, { bytes: sent })
+  await gw.close()
+  t.same(readdirSync(dir), [], 'the folder is removed when the last generation closes')
 })
