@@ -151,11 +151,11 @@ const NO_EXTRAS: ForwardExtras = Object.freeze({})
 
 /**
  * One upstream URL's pool, and the gateway's own bound on what waits for it. The forwarder never
- * lets undici queue: at most `connections` requests are dispatched to a pool at once, the rest
- * wait here in order (at most `maxPending`, each at most `queueTimeout`), so a client that gives
- * up while waiting leaves the queue at once and never reaches the upstream. Shared, with the
- * pool, by every gateway generation that uses the pool (a live reload's old and new one): one
- * cap and one queue per pool, whichever generation asks.
+ * lets undici queue: at most `connections` requests (WebSocket handshakes included) are
+ * dispatched to a pool at once, the rest wait here in order (at most `maxPending`, each at most
+ * `queueTimeout`), so a client that gives up while waiting leaves the queue at once and never
+ * reaches the upstream. Shared, with the pool, by every gateway generation that uses the pool
+ * (a live reload's old and new one): one cap and one queue per pool, whichever generation asks.
  */
 interface Slots {
   pool: Pool
@@ -178,8 +178,8 @@ interface Target {
 }
 
 /**
- * What waits in a queue: a forwarded request, of any generation. `wake` gives it the slot just
- * freed; `refuse` answers it without the upstream (shutdown).
+ * What waits in a queue: a forwarded request or a WebSocket handshake, of any generation. `wake`
+ * gives it the slot just freed; `refuse` answers it without the upstream (shutdown).
  */
 interface Waiter {
   readonly route: RouteState
@@ -983,6 +983,7 @@ function responseHeaders (raw: Buffer[], requestId: string, route: RouteState, o
 }
 
 function onUpgradeTimeout (upgrade: UpgradeRequest): void { upgrade.timedOut() }
+function onUpgradeQueueTimeout (upgrade: UpgradeRequest): void { upgrade.queueTimedOut() }
 
 /** Where `Forwarder.upgrade` reports. */
 export interface UpgradeHandlers {
@@ -1005,24 +1006,44 @@ class UpgradeRefusedError extends Error {
 
 /**
  * One upgrade handshake on the target the route's set picks (no retry: the client can ask again).
+ * It counts against the route's connections as a forwarded request does: it takes a slot, or
+ * waits for one in the same queue (maxPending, queueTimeout: 503 with Retry-After), and holds it
+ * until undici is done with it — the 101 (undici then detaches the socket from the pool) or the
+ * refusal. The whole handshake, queued or not, is bounded by routes[].timeout.
  * undici's dispatch interface: a 101 arrives in onUpgrade with the socket, any other final status
  * in onHeaders (reported to the set as a response, then the request aborted).
  */
-class UpgradeRequest implements Dispatcher.DispatchHandler {
+class UpgradeRequest implements Dispatcher.DispatchHandler, Waiter {
   private target = -1
   private abort: ((err?: Error) => void) | null = null
   private gone = false
+  /** The client has its answer, or left: no handler is called any more. */
   private over = false
+  /** Sent to the pool (counted by the set as dispatched). */
+  private dispatched = false
+  /** Holds one of the target's connection slots, until undici's last callback. */
+  private holding = false
+  /** Its place in the target's queue while waiting for a slot, else null. */
+  private place: QueuePlace | null = null
+  private queueTimer: NodeJS.Timeout | null = null
+  private headers: string[] = []
   private readonly startedAt = performance.now()
   private timer: NodeJS.Timeout | null = null
   readonly giveUp = (): void => {
     if (this.over) return
+    if (this.place !== null) {
+      // Still waiting for a slot: it leaves the queue, and the upstream never sees it.
+      this.leaveQueue()
+      this.finish()
+      this.request.log.info({ route: this.route.routeName, status: null }, 'client closed the connection while waiting for an upstream connection; the upstream was not contacted')
+      return
+    }
     this.gone = true
     if (this.abort !== null) this.abort(new Error('client closed the connection'))
   }
 
   constructor (
-    private readonly route: RouteState,
+    readonly route: RouteState,
     private readonly request: FastifyRequest,
     private readonly reply: FastifyReply,
     private readonly path: string,
@@ -1030,7 +1051,8 @@ class UpgradeRequest implements Dispatcher.DispatchHandler {
   ) {}
 
   send (): void {
-    const set = this.route.set
+    const route = this.route
+    const set = route.set
     set.requested()
     const index = set.pick(set.keyOf(this.request))
     if (index === -1) {
@@ -1038,31 +1060,89 @@ class UpgradeRequest implements Dispatcher.DispatchHandler {
       this.handlers.refused(new GatewayError('GW_ERR_UNAVAILABLE', 'No upstream target is available; retry shortly.', { headers: { 'retry-after': String(set.retryAfterSeconds()) } }))
       return
     }
-    const target = this.route.targets[index]
-    const headers = upstreamHeaders(this.request, target.host, this.request.upstream ?? NO_EXTRAS, this.route.policy, -1)
+    const target = route.targets[index]
+    this.headers = upstreamHeaders(this.request, target.host, this.request.upstream ?? NO_EXTRAS, route.policy, -1)
     this.target = index
-    set.dispatched(index)
-    // The pool's headersTimeout starts when the handshake is written; one that waits in undici's
-    // queue behind busy connections is bounded by this timer instead (routes[].timeout in all).
-    this.timer = setTimeout(onUpgradeTimeout, this.route.timeoutMs, this)
-    target.pool.dispatch({ origin: target.origin, path: this.path, method: 'GET', headers, upgrade: 'websocket', body: null }, this)
+    // The pool's headersTimeout starts when the handshake is written; this timer bounds all of it,
+    // the wait for a slot included (routes[].timeout in all).
+    this.timer = setTimeout(onUpgradeTimeout, route.timeoutMs, this)
+    const slots = target.slots
+    if (slots.active < route.connections) {
+      slots.active++
+      this.dispatch()
+      return
+    }
+    if (slots.waitingCount >= route.maxPending) {
+      this.refuse(busy())
+      return
+    }
+    this.place = { request: this }
+    slots.waiting.push(this.place)
+    slots.waitingCount++
+    this.queueTimer = setTimeout(onUpgradeQueueTimeout, route.queueTimeoutMs, this)
+  }
+
+  /** @internal (releaseSlot) A slot is free: the handshake takes it. */
+  wake (): void {
+    this.place = null
+    if (this.queueTimer !== null) { clearTimeout(this.queueTimer); this.queueTimer = null }
+    this.dispatch()
+  }
+
+  private dispatch (): void {
+    const target = this.route.targets[this.target]
+    this.holding = true
+    this.dispatched = true
+    this.route.set.dispatched(this.target)
+    target.pool.dispatch({ origin: target.origin, path: this.path, method: 'GET', headers: this.headers, upgrade: 'websocket', body: null }, this)
+  }
+
+  private leaveQueue (): void {
+    ;(this.place as QueuePlace).request = null
+    this.route.targets[this.target].slots.waitingCount--
+    this.place = null
+    if (this.queueTimer !== null) { clearTimeout(this.queueTimer); this.queueTimer = null }
+  }
+
+  /** undici is done with the handshake: its slot goes to the next waiting request. */
+  private release (): void {
+    if (!this.holding) return
+    this.holding = false
+    releaseSlot(this.route.targets[this.target].slots)
+  }
+
+  /** An answer from the gateway to a handshake that never reached the upstream (503: busy, shutting down). */
+  refuse (err: GatewayError): void {
+    if (this.place !== null) this.leaveQueue()
+    if (this.finish()) this.handlers.refused(err)
+  }
+
+  /** @internal (onUpgradeQueueTimeout) No slot became free within queueTimeout: 503. */
+  queueTimedOut (): void {
+    this.queueTimer = null
+    if (this.place === null || this.over) return
+    this.request.log.warn({ upstream: this.route.targets[this.target].origin, waited: this.route.queueTimeoutMs }, 'no upstream connection became free in time')
+    this.refuse(busy())
   }
 
   /** @internal (onUpgradeTimeout) The handshake took longer than the route's timeout: 504, and it is given up. */
   timedOut (): void {
+    this.timer = null
+    const queued = this.place !== null
+    if (queued) this.leaveQueue()
     if (!this.finish()) return
     this.gone = true // a later onConnect aborts, a later 101's socket is destroyed
-    this.route.set.result(this.target, 0)
+    if (!queued) this.route.set.result(this.target, 0)
     if (this.abort !== null) this.abort(new Error('upgrade timed out'))
-    this.request.log.warn({ upstream: this.route.targets[this.target].origin }, 'upstream did not answer the upgrade in time')
+    this.request.log.warn({ upstream: this.route.targets[this.target].origin, queued }, 'upstream did not answer the upgrade in time')
     this.handlers.refused(new GatewayError('GW_ERR_GATEWAY_TIMEOUT', 'The upstream did not answer in time.'))
   }
 
   private finish (): boolean {
     if (this.over) return false
     this.over = true
-    if (this.timer !== null) clearTimeout(this.timer)
-    this.route.set.done(this.target)
+    if (this.timer !== null) { clearTimeout(this.timer); this.timer = null }
+    if (this.dispatched) this.route.set.done(this.target)
     return true
   }
 
@@ -1080,6 +1160,7 @@ class UpgradeRequest implements Dispatcher.DispatchHandler {
   }
 
   onUpgrade (statusCode: number, rawHeaders: Buffer[] | string[] | null, socket: Duplex): void {
+    this.release()
     if (!this.finish()) { socket.destroy(); return }
     this.route.set.result(this.target, statusCode)
     if (this.gone) { socket.destroy(); return }
@@ -1089,9 +1170,10 @@ class UpgradeRequest implements Dispatcher.DispatchHandler {
   }
 
   onData (): boolean { return true }
-  onComplete (): void {}
+  onComplete (): void { this.release() }
 
   onError (err: Error): void {
+    this.release()
     if (!this.finish()) return
     const code = (err as { code?: string }).code ?? ''
     const origin = this.route.targets[this.target].origin
