@@ -25,23 +25,38 @@ export class FrameTracker {
 
   feed (chunk: Buffer): void {
     let i = 0
-    const n = chunk.length
-    while (i < n) {
-      if (this.left > 0) {
-        const skip = Math.min(this.left, n - i)
-        this.left -= skip
-        i += skip
-        continue
-      }
-      this.header[this.have++] = chunk[i++]
-      if (this.have < 2) continue
-      const len7 = this.header[1] & 0x7f
-      const size = 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + ((this.header[1] & 0x80) !== 0 ? 4 : 0)
-      if (this.have < size) continue
-      this.left = len7 === 126 ? this.header.readUInt16BE(2) : len7 === 127 ? Number(this.header.readBigUInt64BE(2)) : len7
-      if ((this.header[0] & 0x0f) === OPCODE_CLOSE) this.closeSeen = true
-      this.have = 0
+    while (i < chunk.length) i = this.step(chunk, i)
+  }
+
+  /**
+   * Feeds `chunk` up to the end of the frame under way: the number of its bytes that end that
+   * frame (0 when already between frames), or -1 when the whole chunk was fed and the frame goes on.
+   */
+  feedToBoundary (chunk: Buffer): number {
+    let i = 0
+    while (!this.atBoundary()) {
+      if (i === chunk.length) return -1
+      i = this.step(chunk, i)
     }
+    return i
+  }
+
+  /** Consumes, from `chunk[i]`, the current frame's payload bytes there, or one header byte: the next index. */
+  private step (chunk: Buffer, i: number): number {
+    if (this.left > 0) {
+      const skip = Math.min(this.left, chunk.length - i)
+      this.left -= skip
+      return i + skip
+    }
+    this.header[this.have++] = chunk[i]
+    if (this.have < 2) return i + 1
+    const len7 = this.header[1] & 0x7f
+    const size = 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + ((this.header[1] & 0x80) !== 0 ? 4 : 0)
+    if (this.have < size) return i + 1
+    this.left = len7 === 126 ? this.header.readUInt16BE(2) : len7 === 127 ? Number(this.header.readBigUInt64BE(2)) : len7
+    if ((this.header[0] & 0x0f) === OPCODE_CLOSE) this.closeSeen = true
+    this.have = 0
+    return i + 1
   }
 }
 

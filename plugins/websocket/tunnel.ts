@@ -4,10 +4,13 @@
  * extensions both ends agreed on (permessage-deflate…) work because nothing in between reads them.
  *
  * The gateway closes a tunnel itself only when it must: no byte either way for idleTimeout, the
- * gateway shutting down, or one side gone without a close frame. Then each side still open gets a
- * close frame of the gateway's (1001 going away; 1014 bad gateway to the client when the upstream
- * dropped) if the stream toward it stands between two frames, else its socket is destroyed; a
- * side that does not finish its close within closeWaitMs is destroyed.
+ * gateway shutting down, or one side gone without a close frame. A close frame of the gateway's
+ * (1001 going away; 1014 bad gateway to the client when the upstream dropped) only ever goes
+ * between two frames, never inside one: when the gateway closes (idle, shutdown) while a frame
+ * toward a side is under way, the rest of that frame still passes, then the close frame; a frame
+ * that has not ended within boundaryWaitMs, or whose sender is gone, cannot end, and that side's
+ * socket is destroyed instead. A side that does not finish its close within closeWaitMs is
+ * destroyed.
  */
 import type { Duplex } from 'node:stream'
 import type { FastifyBaseLogger } from 'fastify'
@@ -30,6 +33,8 @@ export interface TunnelOptions {
   idleTimeoutMs: number
   /** How long the sides get to finish a close the gateway started, before their sockets are destroyed. */
   closeWaitMs: number
+  /** How long a close the gateway started waits for the frame under way toward a side to end (at most closeWaitMs). */
+  boundaryWaitMs: number
   counters: TunnelCounters
   log: FastifyBaseLogger
   onClosed: (tunnel: Tunnel) => void
@@ -40,8 +45,10 @@ class Direction {
   readonly tracker = new FrameTracker()
   /** `src` sent its last byte (FIN) or its socket closed. */
   ended = false
-  /** The gateway sent `dst` a close frame of its own: nothing more from `src` is passed. */
+  /** The gateway sent `dst` a close frame of its own (or gave it up): nothing more from `src` is passed. */
   stopped = false
+  /** The gateway is closing `dst` with this code once the frame under way ends (0: not closing). */
+  closing = 0
   constructor (readonly src: Duplex, readonly dst: Duplex, readonly toUpstream: boolean) {}
 }
 
@@ -53,6 +60,7 @@ export class Tunnel {
   private lastActive = performance.now()
   private idleTimer: NodeJS.Timeout | null = null
   private closeTimer: NodeJS.Timeout | null = null
+  private boundaryTimer: NodeJS.Timeout | null = null
   private socketsClosed = 0
   private readonly startedAt = performance.now()
   /** Why the tunnel ended, for its log line. */
@@ -84,10 +92,19 @@ export class Tunnel {
 
   private wire (d: Direction, counter: 'bytesUp' | 'bytesDown'): void {
     const { src, dst } = d
+    // `dst` may already be full of the early bytes: `src` waits for its 'drain' (a 'data'
+    // listener would otherwise start the flow).
+    if (dst.writableNeedDrain) src.pause()
     src.on('data', (chunk: Buffer) => {
       if (d.stopped) return
       this.lastActive = performance.now()
-      this.pass(d, chunk, counter)
+      if (d.closing === 0) { this.pass(d, chunk, counter); return }
+      // Closing: the rest of the frame under way passes, then the close frame; nothing after it.
+      const end = d.tracker.feedToBoundary(chunk)
+      const part = end === -1 ? chunk : chunk.subarray(0, end)
+      this.options.counters[counter] += part.length
+      if (!dst.write(part)) src.pause()
+      if (end !== -1) this.stop(d, d.closing)
     })
     dst.on('drain', () => { src.resume() })
     src.once('end', () => { this.ended(d, d.toUpstream ? 'client closed' : 'upstream closed') })
@@ -96,7 +113,7 @@ export class Tunnel {
       if (++this.socketsClosed === 2) this.finish()
       else this.closeSoon()
     })
-    src.resume()
+    if (!dst.writableNeedDrain) src.resume()
   }
 
   /**
@@ -108,6 +125,13 @@ export class Tunnel {
     if (d.ended) return
     d.ended = true
     if (this.reason === '') this.reason = reason
+    if (d.closing !== 0) {
+      // The gateway was waiting for the frame under way toward `d.dst` to end: it never will.
+      d.closing = 0
+      d.stopped = true
+      d.dst.destroy()
+      return
+    }
     if (!d.tracker.closeSeen && !d.stopped && !d.dst.destroyed) {
       if (d.tracker.atBoundary()) d.dst.write(closeFrame(d.toUpstream ? GOING_AWAY : BAD_GATEWAY, d.toUpstream))
       else { d.dst.destroy(); return }
@@ -116,19 +140,44 @@ export class Tunnel {
     this.closeSoon()
   }
 
-  /** The gateway closes the tunnel (idle, shutdown): a close frame to each side that is between frames, then FIN. */
+  /**
+   * The gateway closes the tunnel (idle, shutdown): a close frame to each side, then FIN — at once
+   * where the bytes toward it stand between frames, else once the frame under way has passed
+   * (within boundaryWaitMs, else its socket is destroyed).
+   */
   close (code: number, reason: string): void {
     if (this.over) return
     if (this.reason === '') this.reason = reason
     for (const d of [this.up, this.down]) {
-      if (d.stopped || d.dst.destroyed || d.dst.writableEnded) continue
-      d.stopped = true
-      d.src.resume() // read on to the peer's FIN, dropping what it still sends
-      if (d.tracker.closeSeen) { d.dst.end(); continue } // a close of its own is already under way
-      if (!d.tracker.atBoundary()) { d.dst.destroy(); continue }
-      d.dst.end(closeFrame(code, d.toUpstream))
+      if (d.stopped || d.closing !== 0 || d.dst.destroyed || d.dst.writableEnded) continue
+      if (d.tracker.atBoundary()) { this.stop(d, code); continue }
+      d.closing = code // the data listener passes the rest of the frame, then stop()
+      if (this.boundaryTimer === null) {
+        this.boundaryTimer = setTimeout(() => { this.giveUpFrames() }, this.options.boundaryWaitMs)
+        this.boundaryTimer.unref()
+      }
     }
     this.closeSoon()
+  }
+
+  /** Between frames toward `d.dst`: the gateway's close frame (unless its sender already sent one), FIN, and nothing more from `d.src`. */
+  private stop (d: Direction, code: number): void {
+    d.stopped = true
+    d.closing = 0
+    d.src.resume() // read on to the peer's FIN, dropping what it still sends
+    if (d.dst.destroyed || d.dst.writableEnded) return
+    if (d.tracker.closeSeen) d.dst.end() // a close of its own is already under way
+    else d.dst.end(closeFrame(code, d.toUpstream))
+  }
+
+  /** The frames still under way when boundaryWaitMs ran out: no close frame can follow them, their sockets are destroyed. */
+  private giveUpFrames (): void {
+    for (const d of [this.up, this.down]) {
+      if (d.closing === 0) continue
+      d.stopped = true
+      d.closing = 0
+      d.dst.destroy()
+    }
   }
 
   /** Whatever is still open when the sides had closeWaitMs to close is destroyed. */
@@ -155,6 +204,7 @@ export class Tunnel {
     this.over = true
     if (this.idleTimer !== null) clearTimeout(this.idleTimer)
     if (this.closeTimer !== null) clearTimeout(this.closeTimer)
+    if (this.boundaryTimer !== null) clearTimeout(this.boundaryTimer)
     this.options.log.info({
       ms: Math.round(performance.now() - this.startedAt),
       reason: this.reason

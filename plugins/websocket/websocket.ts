@@ -59,8 +59,9 @@ export interface WebSocketGateway {
   /** Tunnels open now (handshakes with the upstream included). */
   open: () => number
   /**
-   * Closes every tunnel: a close frame with `code` (default 1001) to each side between frames, then
-   * FIN; what has not closed within the wait (server.shutdownGrace, at most 5 s) is destroyed.
+   * Closes every tunnel: a close frame with `code` (default 1001) to each side between frames (a
+   * frame under way passes first, for at most 1 s, else that side is destroyed), then FIN; what has
+   * not closed within the wait (half of server.shutdownGrace, at most 5 s) is destroyed.
    * Resolves when every tunnel is gone. New upgrades are refused (503) from the call on.
    */
   closeAll: (code?: number) => Promise<void>
@@ -77,6 +78,9 @@ declare module 'fastify' {
 
 /** Status labels an upgrade can be counted under; anything else counts as `other`. */
 const STATUS_LABELS = new Set(['101', '400', '401', '403', '404', '405', '408', '413', '429', '431', '500', '502', '503', '504'])
+
+/** The longest a close the gateway starts waits for a frame under way to end (TunnelOptions.boundaryWaitMs). */
+export const BOUNDARY_WAIT_MS = 1_000
 
 export class WebSockets implements WebSocketGateway {
   private readonly tunnels = new Set<Tunnel>()
@@ -201,6 +205,7 @@ export class WebSockets implements WebSocketGateway {
         const tunnel = new Tunnel(socket, upstream, {
           idleTimeoutMs: settings.idleTimeoutMs,
           closeWaitMs: this.closeWaitMs,
+          boundaryWaitMs: Math.min(BOUNDARY_WAIT_MS, this.closeWaitMs / 2),
           counters,
           log: request.log,
           onClosed: (t) => {
