@@ -16,10 +16,12 @@
  * never all fire at the same instant; after that each target fires every interval ± 10 %,
  * counted from its previous firing, whatever the check took.
  *
- * Overload: a CheckLimiter (one per gateway) bounds the checks in flight across every route. A
- * round is skipped — neither a pass nor a failure, the target keeps its state — when (1) the
- * target's previous check is still waiting or running at its next firing, (2) the limiter's queue
- * is full, or (3) the check waited in the queue longer than its interval before getting a slot.
+ * Overload: a CheckLimiter (one per process: plugins/upstream/index.ts keeps it with the shared
+ * objects, so every generation of a live reload uses the same one) bounds the checks in flight
+ * across every route. A round is skipped — neither a pass nor a failure, the target keeps its
+ * state — when (1) the target's previous check is still waiting or running at its next firing,
+ * (2) the limiter's queue is full, or (3) the check waited in the queue longer than its interval
+ * before getting a slot.
  * So a target has at most one check pending, the queue holds at most one check per target, and a
  * check that waited more than an interval is dropped, not run late. Skipped rounds are counted
  * (`ActiveHealthChecker.skippedRounds`, `CheckLimiter.skipped`); a gateway that keeps skipping
@@ -68,7 +70,7 @@ interface Waiter {
 }
 
 /**
- * At most `concurrency` checks at once across all the checkers that share it (one per gateway),
+ * At most `concurrency` checks at once across all the checkers that share it (one per process),
  * the others wait in a FIFO queue of at most `maxQueued`. acquire() resolves false — skip this
  * round — when the queue is full, when the waiter's signal aborts, or when a slot frees up after
  * the waiter has waited more than its `maxWaitMs`. No timers: waits are measured on `now`.

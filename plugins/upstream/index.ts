@@ -26,8 +26,37 @@ declare module 'fastify' {
   }
 }
 
-/** Health checks in flight at once, across every route of one gateway. */
+/**
+ * Health checks in flight at once, across every route: one limiter per process registry
+ * (plugins/core/shared.ts), so the generations of a live reload share the one bound.
+ */
 const CHECK_CONCURRENCY = 16
+const LIMITER_KEY = 'upstream health-check limiter'
+
+/** The log lines of a set (its targets' changes of state). */
+interface SetLog {
+  info: (obj: object, msg: string) => void
+  warn: (obj: object, msg: string) => void
+}
+
+/**
+ * A set's log: the logger of the newest gateway generation holding the set. A set kept across a
+ * live reload outlives the generation that made it; its lines follow the one serving (its level,
+ * its stream), and go back to an older one only if the newer closes first (a reload that failed).
+ */
+class FollowingLog implements SetLog {
+  private readonly logs: SetLog[] = []
+  add (log: SetLog): void { this.logs.push(log) }
+  remove (log: SetLog): void {
+    const at = this.logs.lastIndexOf(log)
+    if (at !== -1) this.logs.splice(at, 1)
+  }
+
+  info (obj: object, msg: string): void { this.logs.at(-1)?.info(obj, msg) }
+  warn (obj: object, msg: string): void { this.logs.at(-1)?.warn(obj, msg) }
+}
+
+interface KeptSet { set: UpstreamSet, log: FollowingLog }
 
 export interface UpstreamsOptions {
   routes: readonly RouteConfig[]
@@ -85,12 +114,20 @@ export function upstreamSetOptions (route: RouteConfig): Omit<UpstreamSetOptions
 }
 
 async function upstreamsPlugin (app: FastifyInstance, opts: UpstreamsOptions): Promise<void> {
-  const limiter = new CheckLimiter(CHECK_CONCURRENCY)
+  const limiter = opts.shared.acquire(LIMITER_KEY, () => new CheckLimiter(CHECK_CONCURRENCY))
   const sets = new Map<string, UpstreamSet>()
+  const logs: FollowingLog[] = []
   for (const route of opts.routes) {
     // Stopped when the last gateway generation using it closes (a live reload keeps it).
-    sets.set(route.name, opts.shared.acquire(setKey(route), () => new UpstreamSet({ ...upstreamSetOptions(route), limiter, log: app.log }), async (set) => { await set.stop() }))
+    const kept = opts.shared.acquire<KeptSet>(setKey(route), () => {
+      const log = new FollowingLog()
+      return { set: new UpstreamSet({ ...upstreamSetOptions(route), limiter, log }), log }
+    }, async ({ set }) => { await set.stop() })
+    kept.log.add(app.log)
+    logs.push(kept.log)
+    sets.set(route.name, kept.set)
   }
+  app.addHook('onClose', async () => { for (const log of logs) log.remove(app.log) })
   app.decorate('upstreams', sets)
   for (const name of opts.readiness) {
     const set = sets.get(name) as UpstreamSet
