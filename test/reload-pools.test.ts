@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { connect, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
@@ -179,6 +179,33 @@ t.test('generation 1 retiring with a request still queued takes only its own out
   t.equal(await c, 200)
   t.notOk(up.seen.includes('/u/b'), 'b never reached the upstream')
   t.ok(await waitFor(() => slots.active === 0 && slots.waitingCount === 0, 10_000), 'every slot given back')
+})
+
+t.test('hostile: a client that leaves while queued in generation 1 frees its place for generation 2 and never reaches the upstream', async (t) => {
+  const up = await holdingUpstream(t)
+  const api = { name: 'api', prefix: '/api', upstream: `${up.url}/u`, connections: 1, maxPending: 1, queueTimeout: '60s', timeout: '60s', retries: 0 }
+  const shared = new SharedObjects()
+  const gw = await started(t, { ...BASE, routes: [api] }, shared)
+  const slots = slotsOf(shared, 'api')
+  const a = call(`${gw.url}/api/a`)
+  t.ok(await waitFor(() => up.holding() === 1, 10_000), 'a is at the upstream')
+  const leaver = connect(Number(new URL(gw.url).port), '127.0.0.1')
+  leaver.on('error', () => {})
+  await once(leaver, 'connect')
+  leaver.write('GET /api/b HTTP/1.1\r\nhost: gateway\r\n\r\n')
+  t.ok(await waitFor(() => slots.waitingCount === 1, 10_000), 'b waits in generation 1')
+  await gw.reload(parseConfig({ ...BASE, routes: [api, { name: 'other', prefix: '/other', upstream: `${up.url}/o` }] }, { env: {} }))
+  problem(t, await call(`${gw.url}/api/c`), 503)
+  leaver.destroy()
+  t.ok(await waitFor(() => slots.waitingCount === 0, 10_000), 'b has left the queue')
+  const d = call(`${gw.url}/api/d`)
+  t.ok(await waitFor(() => slots.waitingCount === 1, 10_000), 'd, generation 2\'s, takes the freed place')
+  up.answer('/u/a')
+  t.equal((await a).status, 200)
+  t.ok(await waitFor(() => up.holding() === 1, 10_000), 'd is at the upstream')
+  up.answer('/u/d')
+  t.equal((await d).status, 200)
+  t.same(up.seen, ['/u/a', '/u/d'], 'b and c never reached the upstream')
 })
 
 t.test('request buffering across a reload: one budget for both generations, and an upload received across it arrives whole', async (t) => {
