@@ -34,7 +34,7 @@ import { parseLimitBy, type RateLimitStoreConfig, type RouteRateLimit } from '..
 import { GatewayError } from '../../schemas/errors.js'
 import { channels, publish } from '../../schemas/events.js'
 import { MemoryCounterStore, type CounterCallback } from './memory-store.js'
-import { RedisCounterStore, type CounterStore } from './redis-store.js'
+import { RedisConnection, RedisCounterStore, type CounterStore } from './redis-store.js'
 import type { Lease } from '../core/shared.js'
 
 export interface RateLimitPluginOptions {
@@ -70,7 +70,11 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitPluginOptio
   const timeoutMs = parseDuration(config.timeout)
   let redis: RedisCounterStore | null = null
   if (config.store === 'redis' && config.redis !== undefined) {
-    const store = new RedisCounterStore(config.redis, config.keyPrefix, timeoutMs, app.log, config.onStoreError)
+    // The client is kept across live reloads while its connection settings stay the same.
+    const target = config.redis
+    const connection = opts.shared.acquire(`rate-limit redis ${JSON.stringify(target)} ${timeoutMs}`,
+      () => new RedisConnection(target, timeoutMs), async (c) => { await c.close() })
+    const store = new RedisCounterStore(connection, config.keyPrefix, timeoutMs, app.log, config.onStoreError)
     redis = store
     app.readiness.add('rateLimitStore', () => store.check())
     app.addHook('onReady', async () => {
@@ -78,7 +82,7 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitPluginOptio
         store.down(new Error('no connection at start'))
       }
     })
-    app.addHook('onClose', async () => { await store.close() })
+    app.addHook('onClose', async () => { store.close() })
   }
   app.decorate('rateLimitBackend', {
     onStoreError: config.onStoreError,

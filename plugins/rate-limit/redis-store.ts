@@ -11,7 +11,6 @@
  * several keys of one limit and client (a sliding window's two buckets) on one slot. A client
  * part holding a `}` (a consumer subject may) ends the tag early: still one slot per key.
  */
-import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
 import type { ConnectionOptions } from 'node:tls'
 import type { FastifyBaseLogger } from 'fastify'
@@ -155,8 +154,50 @@ function tlsOptions (target: RedisTopology): ConnectionOptions | undefined {
 }
 
 /**
- * One ioredis client per gateway (a Cluster client holds one connection per node). See
- * `redisClient` for how a dead or failing-over store is kept from stalling requests.
+ * The ioredis client of a target with the counter scripts defined (a Cluster client holds one
+ * connection per node). One per process and connection settings: the rate-limit plugin leases it
+ * from the shared objects under a key naming the target and the timeout, so a live reload that
+ * keeps `rateLimit.redis` and `rateLimit.timeout` keeps the client and its connections; `close()`
+ * runs when the last generation using it has closed.
+ */
+export class RedisConnection {
+  readonly client: CounterClient
+  readonly mode: RedisMode
+  /** `rateLimit.redis.name` with Sentinel (for the words of a Sentinel problem). */
+  readonly name: string
+  /** Set when close() starts: what the client says after that is no news. */
+  closing = false
+
+  constructor (target: RedisTarget, timeoutMs: number) {
+    const { client, mode } = redisClient(target, timeoutMs)
+    this.client = client as CounterClient
+    this.mode = mode
+    this.name = typeof target === 'string' ? '' : target.name ?? ''
+    this.client.defineCommand('portcullisIncr', { numberOfKeys: 1, lua: INCR_LUA })
+    this.client.defineCommand('portcullisRead', { numberOfKeys: 1, lua: READ_LUA })
+    // An 'error' event without a listener would crash the process (between two generations' stores too).
+    this.client.on('error', noop)
+    if (mode === 'cluster') this.client.on('node error', noop)
+  }
+
+  async close (): Promise<void> {
+    this.closing = true
+    try {
+      if (this.client.status === 'ready') await this.client.quit()
+      else this.client.disconnect()
+    } catch {
+      this.client.disconnect()
+    }
+  }
+}
+
+function noop (): void {}
+
+/**
+ * One gateway generation's view of a RedisConnection: its health as this generation's log and
+ * /readyz say it, and the counter calls. See `redisClient` for how a dead or failing-over store is
+ * kept from stalling requests. `close()` takes its listeners off the client, which it leaves open
+ * for the generation after it (the lease closes it).
  */
 export class RedisCounterStore implements CounterStore {
   readonly client: CounterClient
@@ -167,34 +208,34 @@ export class RedisCounterStore implements CounterStore {
   /** The last thing the Sentinels said that was not an address (wrong name, refused, down). */
   private sentinelProblem: string | null = null
   private recheckAt = 0
+  private readonly listeners: Array<[string, (...args: any[]) => void]>
 
-  constructor (target: RedisTarget, private readonly prefix: string, private readonly timeoutMs: number, private readonly log: FastifyBaseLogger, private readonly onStoreError: string) {
-    const { client, mode } = redisClient(target, timeoutMs)
-    this.client = client as CounterClient
-    this.mode = mode
-    this.client.defineCommand('portcullisIncr', { numberOfKeys: 1, lua: INCR_LUA })
-    this.client.defineCommand('portcullisRead', { numberOfKeys: 1, lua: READ_LUA })
-    // An 'error' event without a listener would crash the process.
-    this.client.on('error', (err: Error) => { this.down(err) })
-    this.client.on('close', () => { this.down(new Error('connection closed')) })
-    this.client.on('ready', () => { this.up() })
-    if (mode === 'sentinel') {
-      const name = typeof target === 'string' ? '' : target.name ?? ''
-      this.client.on('sentinelError', (err: Error) => {
+  constructor (private readonly connection: RedisConnection, private readonly prefix: string, private readonly timeoutMs: number, private readonly log: FastifyBaseLogger, private readonly onStoreError: string) {
+    this.client = connection.client
+    this.mode = connection.mode
+    const name = connection.name
+    this.listeners = [
+      ['error', (err: Error) => { this.down(err) }],
+      ['close', () => { this.down(new Error('connection closed')) }],
+      ['ready', () => { this.up() }]
+    ]
+    if (this.mode === 'sentinel') {
+      this.listeners.push(['sentinelError', (err: Error) => {
         // Redis 7's Sentinel answers an unknown name with an error, older ones with null.
         this.sentinelProblem = /No such master with that name|invalid reply: null$/.test(err.message)
           ? `no Sentinel knows a primary named ${JSON.stringify(name)} (rateLimit.redis.name)`
           : err.message
-      })
+      }])
     }
-    if (mode === 'cluster') {
+    if (this.mode === 'cluster') {
       // One node's failure: its slots' calls fail (onStoreError), the others' keep counting.
-      this.client.on('node error', (err: Error, node: string) => { this.down(new Error(`node ${node}: ${err.message}`)) })
+      this.listeners.push(['node error', (err: Error, node: string) => { this.down(new Error(`node ${node}: ${err.message}`)) }])
     }
+    for (const [event, listener] of this.listeners) this.client.on(event, listener)
   }
 
   down (err: unknown): void {
-    if (!this.healthy || this.closing) return
+    if (!this.healthy || this.closing || this.connection.closing) return
     this.healthy = false
     const detail = this.sentinelProblem === null ? {} : { sentinels: this.sentinelProblem }
     this.log.warn({ err: (err as Error).message, ...detail, topology: this.mode, onStoreError: this.onStoreError },
@@ -295,29 +336,30 @@ export class RedisCounterStore implements CounterStore {
     await Promise.all([...owners].map(async (key) => await connected.get(key)?.ping()))
   }
 
-  async close (): Promise<void> {
+  /** This generation stops listening; the client stays open for the next (RedisConnection.close ends it). */
+  close (): void {
     this.closing = true
-    try {
-      if (this.client.status === 'ready') await this.client.quit()
-      else this.client.disconnect()
-    } catch {
-      this.client.disconnect()
-    }
+    for (const [event, listener] of this.listeners) this.client.off(event, listener)
   }
 
-  /** Wait (bounded) for the first connection, so that a normal start serves with Redis ready. */
+  /**
+   * Wait (bounded) for the connection to be ready, so that a normal start serves with Redis ready.
+   * Errors meanwhile do not end the wait: ioredis keeps retrying, and a Redis that comes up a
+   * moment after a refused connection is still in time.
+   */
   async connected (withinMs: number): Promise<boolean> {
     if (this.client.status === 'ready') return true
-    const ac = new AbortController()
-    const timer = setTimeout(() => { ac.abort() }, withinMs)
-    try {
-      await once(this.client, 'ready', { signal: ac.signal })
-      return true
-    } catch {
-      return false
-    } finally {
-      clearTimeout(timer)
-    }
+    const client = this.client
+    return await new Promise<boolean>((resolve) => {
+      const done = (ready: boolean): void => {
+        clearTimeout(timer)
+        client.off('ready', onReady)
+        resolve(ready)
+      }
+      const onReady = (): void => { done(true) }
+      const timer = setTimeout(done, withinMs, false)
+      client.on('ready', onReady)
+    })
   }
 }
 
