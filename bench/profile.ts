@@ -5,13 +5,15 @@
  * the measured load (V8's sampling profiler, started and stopped by SIGUSR2), then prints the
  * top functions by self time in µs per request, and the same grouped by package. Writes the .cpuprofile and a JSON summary to
  * bench/results/ (open the .cpuprofile in Chrome DevTools or speedscope for the flame graph).
+ * `--scenario portcullis-full-redis` also starts a redis-server on the gateway's core, as the
+ * benchmark does, and prints its CPU per request (not in the profile, but on the same core).
  */
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import {
-  benchRequest, Proc, ROOT, builtFile, detectTool, freePort, installCleanup, pinningPossible, removeDir, round, runLoad, scratchDir,
+  benchRequest, Proc, ROOT, builtFile, cpuSeconds, detectTool, freePort, installCleanup, pinningPossible, removeDir, round, runLoad, scratchDir,
   sleep, stopAll, waitForHttp, type LoadResult, startBenchUpstream
 } from './lib.js'
 import { portcullisConfig, type Variant } from './portcullis-config.js'
@@ -23,7 +25,8 @@ const SCENARIOS: Record<string, Variant | { script: string }> = {
   'fastify-floor': { script: 'bench/fastify-floor.js' },
   portcullis: { protections: false, store: 'memory' },
   'portcullis-full': { protections: true, store: 'memory' },
-  'portcullis-full-metrics': { protections: true, store: 'memory', metrics: true }
+  'portcullis-full-metrics': { protections: true, store: 'memory', metrics: true },
+  'portcullis-full-redis': { protections: true, store: 'redis' }
 }
 
 interface CpuProfile {
@@ -135,6 +138,8 @@ async function main (): Promise<number> {
     const profiler = ['--import', pathToFileURL(builtFile('bench/cpu-profiler.js')).href]
     const env = { ...process.env, BENCH_CPU_PROFILE: profFile }
     let headers: Record<string, string> = {}
+    let redisUrl: string | undefined
+    let redisPid: number | null = null
     let gateway: Proc
     if ('script' in variant) {
       gateway = new Proc(values.scenario, process.execPath, [...profiler, builtFile(variant.script), `http://127.0.0.1:${upstreamPort}`, String(port)], {
@@ -142,7 +147,16 @@ async function main (): Promise<number> {
       })
       await gateway.waitForLine(/listening (\d+)/)
     } else {
-      const plan = portcullisConfig({ ...variant, upstreamOrigin: `http://127.0.0.1:${upstreamPort}`, port })
+      if (variant.store === 'redis') {
+        // On the gateway's core, as in the benchmark: its CPU is part of the cost (not profiled here).
+        const redisPort = await freePort()
+        const redis = new Proc('redis-server', 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+          { cpu: pin ? 0 : null, stderrFile: join(scratch, 'redis.stderr.log') })
+        await redis.waitForLine(/Ready to accept connections/)
+        redisUrl = `redis://127.0.0.1:${redisPort}`
+        redisPid = redis.pid
+      }
+      const plan = portcullisConfig({ ...variant, upstreamOrigin: `http://127.0.0.1:${upstreamPort}`, port, redisUrl })
       protections = plan.protections
       headers = plan.headers
       const configFile = join(scratch, 'gateway.json')
@@ -162,7 +176,9 @@ async function main (): Promise<number> {
     await runLoad(tool, { ...spec, seconds: Math.min(5, seconds) }) // warm-up, not profiled
     gateway.child.stdin?.write('start\n')
     await waitForFile(profFile + '.started', gateway)
+    const redisBefore = redisPid === null ? null : cpuSeconds([redisPid])
     load = await runLoad(tool, { ...spec, seconds })
+    const redisAfter = redisPid === null ? null : cpuSeconds([redisPid])
     gateway.child.stdin?.write('stop\n')
     await waitForFile(profFile + '.done', gateway)
     const profile = JSON.parse(readFileSync(profFile, 'utf8')) as CpuProfile
@@ -178,6 +194,9 @@ async function main (): Promise<number> {
     const top = Number(values.top)
     process.stdout.write(`\n${values.scenario} ${method} [${protections.join(', ') || 'no protection'}]: ${load.requests} requests in ${seconds} s ` +
       `(${round(load.rps, 0)} req/s), ${summary.totalMs} ms of profiled CPU = ${round(summary.totalMs * 1000 / load.requests, 1)} µs per request\n\n`)
+    if (redisBefore !== null && redisAfter !== null) {
+      process.stdout.write(`redis-server (same core, not in the profile): ${round((redisAfter - redisBefore) * 1e6 / load.requests, 1)} µs of CPU per request\n\n`)
+    }
     process.stdout.write('self µs/req  share  function (file:line)\n')
     for (const r of summary.rows.slice(0, top)) {
       process.stdout.write(`${r.usPerRequest.toFixed(2).padStart(11)}  ${(r.share * 100).toFixed(1).padStart(4)}%  ${r.name} ${r.where}\n`)

@@ -48,7 +48,13 @@ export const RateLimitStoreSchema = Type.Object({
   }),
   timeout: Duration({ default: '250ms', description: 'longest wait for the store on a request; after it, onStoreError decides' }),
   keyPrefix: Type.String({ pattern: '^[A-Za-z0-9:_.-]{0,64}$', default: 'portcullis:rl:', description: 'prefix of every Redis key (to share one Redis between gateways with different limits)' }),
-  maxKeys: Type.Integer({ minimum: 100, default: 10000, description: 'memory store: clients remembered per route (least recently seen are forgotten first)' })
+  maxKeys: Type.Integer({ minimum: 100, default: 10000, description: 'memory store: clients remembered per route (least recently seen are forgotten first); redis store: leases remembered per route' }),
+  leaseMax: Type.Integer({
+    minimum: 1,
+    maximum: 1024,
+    default: 64,
+    description: 'redis store: the most counts an instance reserves at once per client and admits locally (at most max / 100; 1 = ask Redis on every request, exact); may under-admit, never over-admit (docs/rate-limiting.md)'
+  })
 }, { additionalProperties: false, default: {}, description: 'the store of the rate-limit counters, for every route' })
 
 export const RATE_LIMIT_BY_PATTERN = `^(ip|consumer|header:${TOKEN})$`

@@ -230,7 +230,7 @@ t.test('config: checks and defaults', async (t) => {
     return []
   }
   const config = parseConfig({ routes: [{ ...route, rateLimit: { max: 5 } }] }, { env: {} })
-  t.same(config.rateLimit, { store: 'memory', onStoreError: 'allow', timeout: '250ms', keyPrefix: 'portcullis:rl:', maxKeys: 10000 })
+  t.same(config.rateLimit, { store: 'memory', onStoreError: 'allow', timeout: '250ms', keyPrefix: 'portcullis:rl:', maxKeys: 10000, leaseMax: 64 })
   t.same(config.routes[0].rateLimit, { max: 5, window: '1m', by: 'ip' })
   t.same(problems({ rateLimit: { store: 'redis' }, routes: [route] }), ['rateLimit.redis: required with store: redis'])
   t.same(problems({ rateLimit: { store: 'redis', redis: 'http://x' }, routes: [route] }), ['rateLimit.redis: must be a redis:// or rediss:// URL'])

@@ -109,7 +109,9 @@ for (const mode of ['allow', 'deny'] as const) {
     const up = await startUpstream(t)
     t.equal(redis.primaryPort(), redis.primary.port, 'the Sentinels report the primary')
     const raw = {
-      rateLimit: { store: 'redis', redis: { sentinels: redis.endpoints, name: redis.name }, onStoreError: mode, timeout: `${TIMEOUT_MS}ms` },
+      // leaseMax 1: one increment a request, so that the passes can be checked against what the new
+      // primary holds (a lease reserves ahead: test/rate-limit-lease.test.ts).
+      rateLimit: { store: 'redis', redis: { sentinels: redis.endpoints, name: redis.name }, onStoreError: mode, timeout: `${TIMEOUT_MS}ms`, leaseMax: 1 },
       routes: [route(up.origin, SENTINEL_MAX), route(up.origin, LOAD_MAX, 'load')]
     }
     const gateways = await Promise.all([0, 1, 2].map(async () => await startGatewayProcess(t, build, raw)))

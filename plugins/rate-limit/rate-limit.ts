@@ -33,6 +33,7 @@ import { parseDuration } from '../../schemas/common.js'
 import { parseLimitBy, type RateLimitStoreConfig, type RouteRateLimit } from '../../schemas/edge.js'
 import { GatewayError } from '../../schemas/errors.js'
 import { channels, publish } from '../../schemas/events.js'
+import { LeaseStore } from './lease-store.js'
 import { MemoryCounterStore, type CounterCallback } from './memory-store.js'
 import { RedisConnection, RedisCounterStore, type CounterStore } from './redis-store.js'
 import type { Lease } from '../core/shared.js'
@@ -84,12 +85,23 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitPluginOptio
     })
     app.addHook('onClose', async () => { store.close() })
   }
+  // Redis with leases: one lease table per route and limit (its edge and consumer limiters share it).
+  const leaseStores = new Map<string, LeaseStore>()
+  const leasesOf = (backend: RedisCounterStore, route: string, limit: RouteRateLimit): LeaseStore => {
+    const key = `${JSON.stringify(route)} ${JSON.stringify(limit)}`
+    let leases = leaseStores.get(key)
+    if (leases === undefined) {
+      leases = new LeaseStore(backend, { leaseMax: config.leaseMax, maxKeys: config.maxKeys })
+      leaseStores.set(key, leases)
+    }
+    return leases
+  }
   app.decorate('rateLimitBackend', {
     onStoreError: config.onStoreError,
     // Every limiter shares the one Redis client (its counters live in Redis, so a reload keeps
     // them anyway); in memory each route has its own LRU, kept by route name and limit.
     store (route: string, limit: RouteRateLimit) {
-      if (redis !== null) return redis
+      if (redis !== null) return config.leaseMax > 1 ? leasesOf(redis, route, limit) : redis
       const key = `rate-limit ${config.maxKeys} ${JSON.stringify(route)} ${JSON.stringify(limit)}`
       return opts.shared.acquire(key, () => new MemoryCounterStore({ maxKeys: config.maxKeys }))
     },

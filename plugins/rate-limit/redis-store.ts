@@ -18,9 +18,12 @@ import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import type { RedisTopology } from '../../schemas/edge.js'
 import type { CounterCallback } from './memory-store.js'
 
-/** INCR, and start the window on the first hit (or if the key somehow lost its expiry). */
+/**
+ * INCRBY (1 a request, k for a lease's block: lease-store.ts), and start the window on the first
+ * hit (or if the key somehow lost its expiry).
+ */
 const INCR_LUA = `
-local current = redis.call('INCR', KEYS[1])
+local current = redis.call('INCRBY', KEYS[1], ARGV[2])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -40,7 +43,7 @@ type ScriptCallback = (err: Error | null | undefined, result?: [number, number])
 
 /** The two scripts, defined on a server/Sentinel client or on a Cluster (which routes them by key). */
 interface CounterCommands {
-  portcullisIncr: (key: string, windowMs: number, cb: ScriptCallback) => void
+  portcullisIncr: (key: string, windowMs: number, by: number, cb: ScriptCallback) => void
   portcullisRead: (key: string, cb: ScriptCallback) => void
 }
 
@@ -253,8 +256,13 @@ export class RedisCounterStore implements CounterStore {
 
   /** The @fastify/rate-limit store contract (`CounterStore`): incr and read. */
   incr (key: string, cb: CounterCallback, timeWindow: number): void {
+    this.incrBy(key, 1, cb, timeWindow)
+  }
+
+  /** Counts `by` at once (a lease's block): the result is the count after it. */
+  incrBy (key: string, by: number, cb: CounterCallback, timeWindow: number): void {
     const settle = this.deadline(cb)
-    this.client.portcullisIncr(this.prefix + '{' + key + '}', timeWindow, settle)
+    this.client.portcullisIncr(this.prefix + '{' + key + '}', timeWindow, by, settle)
   }
 
   read (key: string, cb: CounterCallback): void {
