@@ -10,7 +10,7 @@ import type { RouteContext } from '../plugins/core/stage.js'
 import { registerStage } from '../plugins/core/stage.js'
 import { corsRouteMethods } from '../plugins/edge/cors.js'
 import { hostsRouteConstraint } from '../plugins/edge/host-match.js'
-import { websocketHandler } from '../plugins/websocket/index.js'
+import { websocketHandler, websocketRouteHook } from '../plugins/websocket/index.js'
 import { websocketSettings } from '../schemas/websocket.js'
 import type { Forwarder } from './forward.js'
 import { ROUTE_STAGES } from './pipeline.js'
@@ -31,6 +31,9 @@ declare module 'fastify' {
 
 async function routeScopePlugin (scope: FastifyInstance, opts: RouteScopeOptions): Promise<void> {
   const { ctx: { route }, states, forwarder } = opts
+  const websocket = websocketSettings(route.websocket, route.cors?.origins)
+  // First in a websocket route's scope (only there): its upgrade requests are labelled with the route.
+  if (websocket !== null) scope.addHook('onRequest', websocketRouteHook)
   for (let i = 0; i < ROUTE_STAGES.length; i++) {
     if (states[i] !== null) await registerStage(scope, ROUTE_STAGES[i], states[i])
   }
@@ -49,7 +52,6 @@ async function routeScopePlugin (scope: FastifyInstance, opts: RouteScopeOptions
   // The forwarder answers through the reply (hijacked for the upstream's response, or an error).
   const forward = (request: FastifyRequest, reply: FastifyReply): void => { forwarder.forward(request, reply) }
   // A websocket route: an upgrade request that passed the stages gets a tunnel (plugins/websocket).
-  const websocket = websocketSettings(route.websocket, route.cors?.origins)
   const handler = websocket === null ? forward : websocketHandler(route.name, websocket, forwarder.upgrade, forward)
   const constraints = hostsRouteConstraint(route.hosts)
   const base = route.prefix === '/' ? '' : route.prefix

@@ -1,8 +1,10 @@
 /**
  * WebSocket tunnels under a hostile or unlucky peer, on raw sockets both sides (the test reads
- * every byte the gateway passes): a close the gateway starts while a frame is under way (the
- * close frame only ever between frames); a side that drops or resets mid-frame; an upstream that
- * does not read (the gateway's buffers stay bounded).
+ * every byte the gateway passes): shutdown, reload and closeAll while a handshake waits for the
+ * upstream; a close the gateway starts while a frame is under way (the close frame only ever
+ * between frames); a side that drops or resets mid-frame; an upstream that does not read (the
+ * gateway's buffers stay bounded); another listener on the upgrade socket; an upgrade with a body
+ * on an ordinary route; no hook of the websocket plugin on the other routes.
  */
 import t, { type Test } from 'tap'
 import { once } from 'node:events'
@@ -11,8 +13,11 @@ import { createServer, type IncomingMessage } from 'node:http'
 import { connect, type AddressInfo, type Socket } from 'node:net'
 import { Duplex } from 'node:stream'
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
-import { startTestGateway, type RawConfig } from './helper.js'
+import { parseConfig } from '../src/config.js'
+import { startServer } from '../src/server.js'
+import { startTestGateway, startUpstream, type RawConfig } from './helper.js'
 import { waitFor } from './fault-helpers.js'
+import { sendRaw } from './raw-http.js'
 import { EARLY_BYTES_LIMIT } from '../plugins/websocket/websocket.js'
 import { Tunnel } from '../plugins/websocket/tunnel.js'
 import { FrameTracker } from '../plugins/websocket/frames.js'
@@ -164,6 +169,72 @@ async function gateway (t: Test, origin: string, websocket: RawConfig | true = t
   const { app, url } = await startTestGateway(t, { ...extra, routes: [{ name: 'chat', prefix: '/ws', upstream: `${origin}/socket`, websocket, ...routeExtra }, ...((extra.routes as unknown[] | undefined) ?? [])] })
   return { app, port: Number(new URL(url).port) }
 }
+
+function answer (client: RawClient): { status: number, contentType: string, body: string } {
+  const text = client.bytes().toString('latin1')
+  const at = text.indexOf('\r\n\r\n')
+  return { status: Number(/^HTTP\/1\.1 ([0-9]{3}) /.exec(text)?.[1] ?? 0), contentType: /content-type: ([^\r]*)/i.exec(text)?.[1] ?? '', body: at === -1 ? '' : text.slice(at + 4) }
+}
+
+async function assertShuttingDown (t: Test, client: RawClient): Promise<void> {
+  t.ok(await waitFor(() => client.closed(), WAIT), 'the client\'s connection closed')
+  const res = answer(client)
+  if (res.status === 0) { t.pass('its socket was closed'); return }
+  t.equal(res.status, 503, '503')
+  t.match(res.contentType, /^application\/problem\+json/)
+  t.match(JSON.parse(res.body), { status: 503, detail: /shutting down/ })
+}
+
+// --- handshakes in progress when the gateway closes ----------------------------------------------
+
+t.test('closeAll gives up a handshake still waiting for the upstream: the client gets 503 at once, no tunnel opens later, new upgrades get 503', async (t) => {
+  const up = await rawUpstream(t, { hold: true })
+  const { app, port } = await gateway(t, up.origin, true, {}, { timeout: '60s' })
+  const client = await rawClient(t, port)
+  t.ok(await waitFor(() => up.upgrades === 1, WAIT), 'the handshake reached the upstream, which holds it')
+  t.equal(app.websockets?.open(), 1)
+  let done = false
+  const closing = app.websockets?.closeAll().then(() => { done = true })
+  t.ok(await waitFor(() => done, WAIT), 'closeAll resolved while the upstream still held the handshake (not after routes[].timeout)')
+  await closing
+  await assertShuttingDown(t, client)
+  up.release()
+  t.ok(await waitFor(() => app.websockets?.open() === 0, WAIT), 'nothing open')
+  t.ok(await waitFor(() => up.sides.every((s) => s.closed), WAIT), 'an upstream that answers late has its connection closed')
+  t.ok(await noConnections(up), 'no upstream connection left (the pool\'s idle one goes after its keep-alive)')
+  const late = await sendRaw(port, `GET /ws/y HTTP/1.1\r\nHost: g\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\n\r\n`)
+  t.equal(late.status, 503, 'an upgrade after closeAll: 503')
+  t.equal(up.upgrades, 1, 'and never at the upstream')
+})
+
+t.test('app.close() with a handshake waiting for the upstream finishes without waiting for it', async (t) => {
+  const up = await rawUpstream(t, { hold: true })
+  const { app, port } = await gateway(t, up.origin, true, {}, { timeout: '60s' })
+  const client = await rawClient(t, port)
+  t.ok(await waitFor(() => up.upgrades === 1, WAIT))
+  let done = false
+  const closing = app.close().then(() => { done = true })
+  t.ok(await waitFor(() => done, WAIT), 'closed while the upstream still held the handshake')
+  await closing
+  await assertShuttingDown(t, client)
+  up.release()
+  t.ok(await waitFor(() => up.sides.every((s) => s.closed), WAIT))
+})
+
+t.test('reload: the retiring generation gives up its waiting handshake after the grace, and no tunnel opens on it', async (t) => {
+  const up = await rawUpstream(t, { hold: true })
+  const config = parseConfig({ logging: { level: 'silent' }, server: { shutdownGrace: '1s' }, routes: [{ name: 'chat', prefix: '/ws', upstream: `${up.origin}/s`, websocket: true, timeout: '60s' }] }, { env: {} })
+  const gw = await startServer(config, { handleSignals: false, logger: false })
+  t.teardown(() => gw.close())
+  const old = gw.app
+  const client = await rawClient(t, Number(new URL(gw.url).port))
+  t.ok(await waitFor(() => up.upgrades === 1, WAIT))
+  t.same(await gw.reload(config), { ok: true, generation: 2 })
+  await assertShuttingDown(t, client)
+  up.release()
+  t.ok(await waitFor(() => old.websockets?.open() === 0, WAIT), 'nothing open on the old generation')
+  t.ok(await waitFor(() => up.sides.every((s) => s.closed), WAIT), 'the late 101\'s connection is closed')
+})
 
 // --- a close the gateway starts while a frame is under way --------------------------------------
 
@@ -335,4 +406,61 @@ t.test('an upstream that does not read: a client that floods fills the kernel\'s
   }
   client.socket.destroy()
   t.ok(await waitFor(() => app.websockets?.open() === 0, 2 * WAIT), 'closed, nothing left')
+})
+
+// --- the upgrade socket, the listener, the hooks --------------------------------------------------
+
+t.test('another listener\'s data and end handlers on the upgrade socket survive the 101 (only the gateway\'s own are removed)', async (t) => {
+  const up = await rawUpstream(t)
+  const { app, port } = await gateway(t, up.origin)
+  const seen: Buffer[] = []
+  let ended = false
+  app.server.on('upgrade', (_req: IncomingMessage, socket: Socket) => {
+    socket.on('data', (d: Buffer) => seen.push(d))
+    socket.on('end', () => { ended = true })
+  })
+  const client = await opened(t, port)
+  t.ok(await waitFor(() => up.sides.length === 1, WAIT))
+  const message = frame(Buffer.from('after the 101'), true)
+  client.socket.write(message)
+  t.ok(await waitFor(() => up.sides[0].bytes().equals(message), WAIT), 'the frame reached the upstream')
+  t.ok(Buffer.concat(seen).includes(message), 'the other listener saw it too')
+  client.socket.end()
+  t.ok(await waitFor(() => ended, WAIT), 'and the client\'s FIN')
+})
+
+t.test('an upgrade with a body is 400 problem+json on any route, before routing: an ordinary route would have sent it without its body', async (t) => {
+  const up = await rawUpstream(t)
+  const plain = await startUpstream(t)
+  const { port } = await gateway(t, up.origin, true, { routes: [{ name: 'plain', prefix: '/plain', upstream: `${plain.origin}/p`, methods: ['GET', 'POST'] }] })
+  for (const [method, path] of [['POST', '/plain/x'], ['GET', '/plain/x'], ['GET', '/ws/x'], ['GET', '/nowhere']]) {
+    const res = await sendRaw(port, `${method} ${path} HTTP/1.1\r\nHost: g\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Request-Id: mine-1\r\nContent-Length: 5\r\n\r\nhello`)
+    t.equal(res.status, 400, `${method} ${path}: 400`)
+    t.match(res.headers['content-type'], /^application\/problem\+json/)
+    t.match(JSON.parse(res.body), { status: 400, type: 'urn:portcullis:problem:bad-request', detail: /must not have a body/, instance: path, requestId: 'mine-1' })
+    t.equal(res.headers['x-request-id'], 'mine-1')
+    t.equal(res.headers['x-content-type-options'], 'nosniff', 'with the security headers')
+    t.equal(res.headers.connection, 'close')
+  }
+  t.equal(plain.requests.length, 0, 'the ordinary route\'s upstream saw none')
+  t.equal(up.upgrades, 0)
+})
+
+t.test('only websocket routes have a hook of the websocket plugin; the other requests meet none', async (t) => {
+  const up = await rawUpstream(t)
+  const plain = await startUpstream(t)
+  const { app } = await gateway(t, up.origin, true, { routes: [{ name: 'plain', prefix: '/plain', upstream: `${plain.origin}/p` }] })
+  const print = app.printRoutes({ includeHooks: true, commonPrefix: false })
+  /** The onRequest hooks printed under a route's first line. */
+  const onRequest = (path: string): string[] => {
+    const found = new RegExp(`${path} \\([^)]*\\)\\n[^\\n]*\\(onRequest\\) (\\[[^\\]]*\\])`).exec(print)
+    return found === null ? [] : JSON.parse(found[1]) as string[]
+  }
+  const ws = onRequest('/ws')
+  const other = onRequest('/plain')
+  const health = onRequest('/healthz')
+  t.ok(ws.includes('websocketRouteHook()'), `the websocket route: ${ws.join(', ')}`)
+  t.ok(other.length > 0 && health.length > 0, 'the other routes\' hooks were found')
+  t.same(other.filter((h) => !ws.includes(h) || /websocket|upgrade/i.test(h)), [], `an ordinary route: ${other.join(', ')} — none of the websocket plugin's`)
+  t.same(health.filter((h) => /websocket|upgrade/i.test(h)), [], 'nor the gateway\'s own endpoints')
 })

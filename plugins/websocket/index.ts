@@ -6,9 +6,10 @@
 import { gatewayStage } from '../core/stage.js'
 import { parseDuration, parseSize } from '../../schemas/common.js'
 import { websocketSettings } from '../../schemas/websocket.js'
+import { securityHeaderValues } from '../edge/security-headers.js'
 import websocketPlugin from './websocket.js'
 
-export { websocketHandler, type WebSocketGateway, type WebSocketRouteStats } from './websocket.js'
+export { websocketHandler, websocketRouteHook, type WebSocketGateway, type WebSocketRouteStats } from './websocket.js'
 
 export const websockets = gatewayStage({
   name: 'websocket upgrades',
@@ -19,7 +20,8 @@ export const websockets = gatewayStage({
     return {
       // A closing tunnel's sides get half the shutdown grace (at most 5 s) to answer the close frame.
       closeWaitMs: Math.min(5_000, parseDuration(config.server.shutdownGrace) / 2),
-      lingering: { timeMs: parseDuration(config.server.lingeringClose.time), bytes: parseSize(config.server.lingeringClose.size) }
+      lingering: { timeMs: parseDuration(config.server.lingeringClose.time), bytes: parseSize(config.server.lingeringClose.size) },
+      securityHeaders: Object.entries(securityHeaderValues(config.securityHeaders))
     }
   },
   plugin: websocketPlugin

@@ -21,9 +21,11 @@ import { ServerResponse, type IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { GatewayError } from '../../schemas/errors.js'
+import { ERRORS, GatewayError, problemType } from '../../schemas/errors.js'
+import { PROBLEM_CONTENT_TYPE, type Problem } from '../../schemas/problem.js'
 import { originAllowed, type WebSocketSettings } from '../../schemas/websocket.js'
 import { closeAfterResponse, routeNameOf } from '../core/fastify-internals.js'
+import { requestId } from '../core/request-id.js'
 import { hasBody } from '../validation/json-body.js'
 import { lingerAfterClientError } from '../edge/lingering-close.js'
 import { GOING_AWAY, Tunnel, type TunnelCounters } from './tunnel.js'
@@ -39,9 +41,12 @@ export interface UpgradeState {
   earlySize: number
   /** The client sent FIN before an answer. */
   ended: boolean
-  /** The Fastify request (the hook sets it): its route names the metrics label. */
+  /** The Fastify request (set on a websocket route, by `websocketRouteHook`): its route names the metrics label. */
   request: FastifyRequest | null
   tunnel: boolean
+  /** The listener's own 'data' and 'end' listeners on the socket, removed (and only they) when the tunnel takes it. */
+  onData: (chunk: Buffer) => void
+  onEnd: () => void
 }
 
 const kUpgrade = Symbol('portcullis.upgrade')
@@ -61,8 +66,9 @@ export interface WebSocketGateway {
   /**
    * Closes every tunnel: a close frame with `code` (default 1001) to each side between frames (a
    * frame under way passes first, for at most 1 s, else that side is destroyed), then FIN; what has
-   * not closed within the wait (half of server.shutdownGrace, at most 5 s) is destroyed.
-   * Resolves when every tunnel is gone. New upgrades are refused (503) from the call on.
+   * not closed within the wait (half of server.shutdownGrace, at most 5 s) is destroyed. Handshakes
+   * still waiting for the upstream are given up (their clients get 503). Resolves when every
+   * tunnel is gone. New upgrades are refused (503) from the call on.
    */
   closeAll: (code?: number) => Promise<void>
   /** Per route: open tunnels, upgrades by status, bytes each way. */
@@ -82,22 +88,26 @@ const STATUS_LABELS = new Set(['101', '400', '401', '403', '404', '405', '408', 
 /** The longest a close the gateway starts waits for a frame under way to end (TunnelOptions.boundaryWaitMs). */
 export const BOUNDARY_WAIT_MS = 1_000
 
+const SHUTTING_DOWN = 'The gateway is shutting down; retry on a new connection.'
+
 export class WebSockets implements WebSocketGateway {
   private readonly tunnels = new Set<Tunnel>()
   private readonly routes = new Map<string, WebSocketRouteStats>()
-  private handshakes = 0
+  /** Handshakes waiting for the upstream, each with what gives it up (closeAll calls them). */
+  private readonly handshakes = new Set<() => void>()
   private closing = false
   private waiters: Array<() => void> = []
 
   /** @param closeWaitMs how long the sides of a tunnel get to finish a close the gateway started. */
   constructor (private readonly closeWaitMs: number) {}
 
-  open (): number { return this.tunnels.size + this.handshakes }
+  open (): number { return this.tunnels.size + this.handshakes.size }
 
   stats (): Iterable<WebSocketRouteStats> { return this.routes.values() }
 
   async closeAll (code = GOING_AWAY): Promise<void> {
     this.closing = true
+    for (const cancel of [...this.handshakes]) cancel()
     for (const tunnel of this.tunnels) tunnel.close(code, 'gateway closing')
     if (this.open() === 0) return
     await new Promise<void>((resolve) => { this.waiters.push(resolve) })
@@ -132,6 +142,10 @@ export class WebSockets implements WebSocketGateway {
    * or answers problem+json.
    */
   tunnel (request: FastifyRequest, reply: FastifyReply, state: UpgradeState, route: string, settings: WebSocketSettings, upgrade: UpgradeFn): void {
+    if (this.closing) {
+      reply.send(new GatewayError('GW_ERR_UNAVAILABLE', SHUTTING_DOWN))
+      return
+    }
     const version = request.headers['sec-websocket-version']
     if (version !== '13') {
       reply.send(new GatewayError('GW_ERR_BAD_REQUEST', 'Sec-WebSocket-Version must be 13.', { headers: { 'sec-websocket-version': '13' } }))
@@ -147,42 +161,47 @@ export class WebSockets implements WebSocketGateway {
       return
     }
     const counters = this.route(route)
-    if (this.closing) {
-      reply.send(new GatewayError('GW_ERR_UNAVAILABLE', 'The gateway is shutting down; retry on a new connection.'))
-      return
-    }
     if (counters.open >= settings.maxConnections) {
       request.log.warn({ route, maxConnections: settings.maxConnections }, 'websocket tunnels of this route at their cap')
       reply.send(new GatewayError('GW_ERR_UNAVAILABLE', 'Too many WebSocket connections on this route; retry shortly.', { headers: { 'retry-after': '1' } }))
       return
     }
     counters.open++
-    this.handshakes++
+    const res = reply.raw
+    // Until the upstream answers, the handshake is held (against the cap, and in open()). It ends
+    // once: the upstream's answer, the client leaving, or closeAll giving it up.
     let held = true
-    const release = (): void => {
-      if (!held) return
+    let giveUp = (): void => {}
+    const release = (): boolean => {
+      if (!held) return false
       held = false
       counters.open--
-      this.handshakes--
-      this.settle()
-    }
-    const res = reply.raw
-    // The client left (or sent FIN) during the handshake: it is given up, nothing is held.
-    const onClientGone = (): void => {
+      this.handshakes.delete(cancel)
       res.removeListener('close', onClientGone)
       state.socket.removeListener('end', onClientGone)
+      this.settle()
+      return true
+    }
+    // The client left (or sent FIN) during the handshake: it is given up, nothing is held.
+    function onClientGone (): void {
+      if (!release()) return
       giveUp()
-      release()
       state.socket.destroy()
     }
-    const giveUp = upgrade(request, reply, {
+    // closeAll: the handshake is given up and the client told so (or its socket closed).
+    const cancel = (): void => {
+      if (!release()) return
+      giveUp()
+      if (!res.headersSent && !res.destroyed) reply.send(new GatewayError('GW_ERR_UNAVAILABLE', SHUTTING_DOWN))
+      else state.socket.destroy()
+    }
+    this.handshakes.add(cancel)
+    giveUp = upgrade(request, reply, {
       accepted: (status, headers, upstream) => {
-        res.removeListener('close', onClientGone)
-        state.socket.removeListener('end', onClientGone)
+        if (!release()) { upstream.destroy(); return }
         if (state.ended || res.destroyed || this.closing) {
           upstream.destroy()
-          release()
-          if (!res.destroyed) reply.send(new GatewayError('GW_ERR_UNAVAILABLE', 'The gateway is shutting down; retry on a new connection.'))
+          if (!res.destroyed) reply.send(new GatewayError('GW_ERR_UNAVAILABLE', SHUTTING_DOWN))
           return
         }
         headers.push('connection', 'Upgrade', 'upgrade', 'websocket')
@@ -191,17 +210,17 @@ export class WebSockets implements WebSocketGateway {
         } catch (err) {
           // A header value Node refuses to send: nothing of the upstream's answer is passed on.
           upstream.destroy()
-          release()
           reply.send(new GatewayError('GW_ERR_BAD_GATEWAY', 'The upstream answered with an invalid header.', { cause: err }))
           return
         }
         reply.hijack()
         state.tunnel = true
         res.end()
-        // The socket is the tunnel's from here: nothing of the client's is read before the 101 is out.
+        // The socket is the tunnel's from here: nothing of the client's is read before the 101 is
+        // out. Only the listener's own listeners go; others' (another plugin's) stay.
         const socket = state.socket
-        socket.removeAllListeners('data')
-        socket.removeAllListeners('end')
+        socket.removeListener('data', state.onData)
+        socket.removeListener('end', state.onEnd)
         const tunnel = new Tunnel(socket, upstream, {
           idleTimeoutMs: settings.idleTimeoutMs,
           closeWaitMs: this.closeWaitMs,
@@ -214,17 +233,14 @@ export class WebSockets implements WebSocketGateway {
             this.settle()
           }
         })
-        held = false
-        this.handshakes--
+        counters.open++ // the tunnel's place, in place of the handshake's
         this.tunnels.add(tunnel)
         tunnel.start(state.early)
         state.early = []
       },
       refused: (err) => {
-        res.removeListener('close', onClientGone)
-        state.socket.removeListener('end', onClientGone)
-        release()
-        if (!res.destroyed) reply.send(err)
+        // After closeAll or the client's leaving (a timeout that fires later) there is nobody to tell.
+        if (release() && !res.destroyed) reply.send(err)
       }
     })
     if (held) {
@@ -265,11 +281,40 @@ export function websocketHandler (route: string, settings: WebSocketSettings, up
   }
 }
 
+/**
+ * onRequest, first in each websocket route's scope (src/route.ts), and only there: an upgrade
+ * request's route names its metrics label. A request on any other route meets no hook of this plugin.
+ */
+export function websocketRouteHook (request: FastifyRequest, _reply: FastifyReply, done: () => void): void {
+  const state = upgradeOf(request)
+  if (state !== undefined) state.request = request
+  done()
+}
+
 export interface WebSocketPluginOptions {
   /** How long the sides of a closing tunnel get (from server.shutdownGrace). */
   closeWaitMs: number
   /** After a refusal, how long and how much of what the client still sends is read and dropped. */
   lingering: { timeMs: number, bytes: number }
+  /** The security headers (securityHeaders), for the answer the listener writes itself. */
+  securityHeaders: ReadonlyArray<readonly [string, string]>
+}
+
+const BODY_REFUSED = 'An upgrade request must not have a body.'
+
+/**
+ * The 400 for an upgrade request with a body, written by the listener before routing: Node does
+ * not read the body of an upgrade request, so no route could pass it on (an ordinary route would
+ * forward the request without it) — as a request Node's parser refuses, it is answered on the
+ * socket, problem+json with its X-Request-Id and the security headers.
+ */
+function bodyRefusal (req: IncomingMessage, id: string, headers: WebSocketPluginOptions['securityHeaders']): string {
+  const url = req.url ?? '/'
+  const q = url.indexOf('?')
+  const { title, status } = ERRORS.GW_ERR_BAD_REQUEST
+  const problem: Problem = { type: problemType('GW_ERR_BAD_REQUEST'), title, status, detail: BODY_REFUSED, instance: q === -1 ? url : url.slice(0, q), requestId: id }
+  const body = JSON.stringify(problem)
+  return `HTTP/1.1 ${status} ${title}\r\nContent-Type: ${PROBLEM_CONTENT_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${id}\r\n${headers.map(([name, value]) => `${name}: ${value}\r\n`).join('')}Connection: close\r\n\r\n${body}`
 }
 
 /**
@@ -277,18 +322,35 @@ export interface WebSocketPluginOptions {
  * its own (live reload forwards the listening server's events to the current app), so nothing here
  * assumes `socket.server` is `app.server`.
  */
-export function upgradeListener (app: FastifyInstance, lingering: WebSocketPluginOptions['lingering']): (req: IncomingMessage, socket: Duplex, head: Buffer) => void {
+export function upgradeListener (app: FastifyInstance, options: Pick<WebSocketPluginOptions, 'lingering' | 'securityHeaders'>): (req: IncomingMessage, socket: Duplex, head: Buffer) => void {
+  const { lingering } = options
   return function onUpgrade (req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => { socket.destroy() })
-    const state: UpgradeState = { socket, early: head.length > 0 ? [head] : [], earlySize: head.length, ended: false, request: null, tunnel: false }
+    if (hasBody(req.headers)) {
+      const id = requestId(req)
+      app.log.info({ reqId: id }, 'upgrade request with a body refused')
+      app.websockets?.counted('unmatched', '400')
+      lingerAfterClientError(socket, bodyRefusal(req, id, options.securityHeaders), lingering)
+      return
+    }
+    const state: UpgradeState = {
+      socket,
+      early: head.length > 0 ? [head] : [],
+      earlySize: head.length,
+      ended: false,
+      request: null,
+      tunnel: false,
+      // Read on (bounded) while the pipeline and the upstream decide, so a client that leaves is seen.
+      onData: (chunk: Buffer) => {
+        state.earlySize += chunk.length
+        if (state.earlySize > EARLY_BYTES_LIMIT) { socket.destroy(); return }
+        state.early.push(chunk)
+      },
+      onEnd: () => { state.ended = true }
+    }
     ;(req as UpgradeRequest)[kUpgrade] = state
-    // Read on (bounded) while the pipeline and the upstream decide, so a client that leaves is seen.
-    socket.on('data', (chunk: Buffer) => {
-      state.earlySize += chunk.length
-      if (state.earlySize > EARLY_BYTES_LIMIT) { socket.destroy(); return }
-      state.early.push(chunk)
-    })
-    socket.on('end', () => { state.ended = true })
+    socket.on('data', state.onData)
+    socket.on('end', state.onEnd)
     const res = new ServerResponse(req)
     closeAfterResponse(res) // the answer (other than a 101) is the last thing on this connection
     res.assignSocket(socket as never)
@@ -325,18 +387,9 @@ function labelOf (state: UpgradeState): string {
 async function websocketPlugin (app: FastifyInstance, opts: WebSocketPluginOptions): Promise<void> {
   const websockets = new WebSockets(opts.closeWaitMs)
   app.decorate('websockets', websockets)
-  // Every request meets this check; only those the listener marked are looked at.
-  app.addHook('onRequest', function upgradeRequest (request, _reply, done) {
-    const state = upgradeOf(request)
-    if (state === undefined) { done(); return }
-    state.request = request
-    if (hasBody(request.raw.headers)) {
-      done(new GatewayError('GW_ERR_BAD_REQUEST', 'An upgrade request must not have a body.'))
-      return
-    }
-    done()
-  })
-  const listener = upgradeListener(app, opts.lingering)
+  // No hook on the app: the listener decides what it can before routing (a body), and only the
+  // websocket routes' scopes have websocketRouteHook, so other requests pay nothing for this plugin.
+  const listener = upgradeListener(app, opts)
   app.server.on('upgrade', listener)
   // Open tunnels get their 1001 as the gateway starts to close, before the server waits for its sockets.
   app.addHook('preClose', async () => { await websockets.closeAll(GOING_AWAY) })
