@@ -8,7 +8,7 @@ import { Duration, parseDuration } from './common.js'
 export const WEBSOCKET_DEFAULTS = { idleTimeout: '60s', maxConnections: 1000 } as const
 
 export const WebSocketSchema = Type.Object({
-  idleTimeout: Duration({ default: WEBSOCKET_DEFAULTS.idleTimeout, description: 'a tunnel with no byte either way for this long is closed (a 1001 close frame to each side when it is between frames)' }),
+  idleTimeout: Duration({ default: WEBSOCKET_DEFAULTS.idleTimeout, description: 'a tunnel with no byte either way for this long is closed (a 1001 close frame to each side at the next frame boundary; a frame that does not end within 1 s: the connection of that side is closed)' }),
   maxConnections: Type.Integer({ minimum: 1, maximum: 1_000_000, default: WEBSOCKET_DEFAULTS.maxConnections, description: 'most tunnels of this route open at once (handshakes included); one more upgrade → 503 with Retry-After, before the upstream' }),
   origins: Type.Optional(Type.Array(Type.String({ pattern: '^(\\*|https?://[^/\\s]+)$' }), {
     uniqueItems: true,
