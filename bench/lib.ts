@@ -168,6 +168,61 @@ export function pinningPossible (): { ok: boolean, reason: string } {
   return { ok: true, reason: `${cores} cores, taskset` }
 }
 
+// --- nginx -------------------------------------------------------------------------------
+
+/**
+ * Why nginx cannot be a contender here, or null when it can. Under CI=true a missing nginx is an
+ * error (the CI machine installs nginx-light), never a silent skip.
+ */
+export function nginxMissing (): string | null {
+  if (commandExists('nginx')) return null
+  const reason = 'nginx is not installed (Debian: apt-get install nginx-light)'
+  if (process.env.CI === 'true') throw new Error(`${reason}, and CI=true needs it: .ci/run installs nginx-light`)
+  return reason + ': skipped'
+}
+
+/**
+ * nginx as a reverse proxy in front of `upstreamOrigin`: one worker, keep-alive to the upstream,
+ * access log off, its files in `dir`. `maxBody`: client_max_body_size (nginx's default is 1m).
+ */
+export async function startNginx (options: { dir: string, upstreamOrigin: string, cpu: number | null, maxBody?: string, name?: string }): Promise<{ proc: Proc, url: string }> {
+  const { dir } = options
+  const port = await freePort()
+  mkdirSync(dir, { recursive: true })
+  const upstream = new URL(options.upstreamOrigin)
+  const conf = join(dir, 'nginx.conf')
+  writeFileSync(conf, `${process.getuid?.() === 0 ? 'user root;\n' : ''}worker_processes 1;
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+${options.maxBody === undefined ? '' : `  client_max_body_size ${options.maxBody};\n`}  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  upstream bench_upstream {
+    server ${upstream.host};
+    keepalive 128;
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://bench_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+`)
+  const proc = new Proc(options.name ?? 'nginx', 'nginx', ['-p', dir, '-c', conf], { cpu: options.cpu, stderrFile: join(dir, 'stderr.log') })
+  const url = `http://127.0.0.1:${port}`
+  await waitForHttp(url + '/', proc)
+  return { proc, url }
+}
+
 // --- HTTP --------------------------------------------------------------------------------
 
 export interface HttpResult { status: number, headers: Record<string, string | string[] | undefined>, body: string }
@@ -244,6 +299,31 @@ export function rssKiB (pid: number): number | null {
   if (res.status !== 0) return null
   const values = res.stdout.trim().split(/\s+/).map(Number).filter((n) => Number.isFinite(n))
   return values.length === 0 ? null : values.reduce((a, b) => a + b, 0)
+}
+
+/**
+ * Resets the peak RSS (VmHWM) of `pid` and its descendants to their current RSS (Linux:
+ * `echo 5 > /proc/PID/clear_refs`); false where that is not possible.
+ */
+export function resetPeakRss (pid: number): boolean {
+  let ok = true
+  for (const p of descendants(pid)) {
+    try { writeFileSync(`/proc/${p}/clear_refs`, '5') } catch { ok = false }
+  }
+  return ok
+}
+
+/** The peak RSS in KiB (VmHWM, summed over `pid` and its descendants) since start or resetPeakRss. */
+export function peakRssKiB (pid: number): number | null {
+  let total = 0
+  let seen = false
+  for (const p of descendants(pid)) {
+    try {
+      const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${p}/status`, 'utf8'))
+      if (m !== null) { total += Number(m[1]); seen = true }
+    } catch { /* exited meanwhile */ }
+  }
+  return seen ? total : null
 }
 
 // --- load generators ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util'
 import { isDeepStrictEqual } from 'node:util'
 import {
   BENCH_GET_PATH, BENCH_POST_BODY, BENCH_POST_PATH, benchRequest, Proc, ROOT, builtFile, commandExists, cpuSeconds, detectTool, freePort, httpCall, installCleanup, median,
-  pinningPossible, removeDir, round, runLoad, scratchDir, sleep, stopAll, waitForHttp, type LoadResult, type ToolName, startBenchUpstream
+  pinningPossible, removeDir, round, runLoad, scratchDir, sleep, startNginx, stopAll, waitForHttp, type LoadResult, type ToolName, startBenchUpstream
 } from './lib.js'
 import { portcullisConfig, type Variant } from './portcullis-config.js'
 import { evaluateTargets, formatTargets } from './targets.js'
@@ -175,40 +175,7 @@ function nginxScenario (ctx: Context): Scenario {
   return {
     ...base,
     start: async () => {
-      const port = await freePort()
-      const dir = join(ctx.scratch, 'nginx')
-      mkdirSync(dir, { recursive: true })
-      const upstream = new URL(ctx.upstreamOrigin)
-      const conf = join(dir, 'nginx.conf')
-      writeFileSync(conf, `${process.getuid?.() === 0 ? 'user root;\n' : ''}worker_processes 1;
-daemon off;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  upstream bench_upstream {
-    server ${upstream.host};
-    keepalive 128;
-  }
-  server {
-    listen 127.0.0.1:${port};
-    location / {
-      proxy_pass http://bench_upstream;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-`)
-      const proc = new Proc('nginx', 'nginx', ['-p', dir, '-c', conf], { cpu: ctx.proxyCpu, stderrFile: join(dir, 'stderr.log') })
-      const url = `http://127.0.0.1:${port}`
-      await waitForHttp(url + '/', proc)
+      const { proc, url } = await startNginx({ dir: join(ctx.scratch, 'nginx'), upstreamOrigin: ctx.upstreamOrigin, cpu: ctx.proxyCpu })
       return { url, headers: {}, cpuPids: [proc.pid], protections: [], check: () => expectProxying('nginx', url, {}) }
     }
   }
