@@ -73,7 +73,7 @@ export function evaluateTargets (runs: readonly TargetRun[], methods: ReadonlyAr
         method,
         goal: spec.max !== undefined ? `≤ ${spec.max}` : `≥ ${spec.min ?? 0}`,
         rounds,
-        median: s.median,
+        median: round(s.median, 3),
         q1: s.q1,
         q3: s.q3,
         met: spec.max !== undefined ? s.median <= spec.max : s.median >= (spec.min ?? 0)
