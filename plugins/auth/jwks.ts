@@ -8,6 +8,8 @@
  * them 100 fetches (jwks-rsa with rateLimit: 9, then "Too many requests" for the rest) and this
  * client at most one, and both accept an 8 MiB key set that this client refuses past 512 KiB
  * (`node --import=@swc-node/register/esm-register jwks-flood.mts`, script in the issue 14 report).
+ * Each key's PEM is parsed once per user of the set (an issuer's verifier, see `verifierFor`), not
+ * once per token: a never-seen token costs about what it costs with the same key as `publicKey`.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto'
 import { request } from 'undici'
@@ -42,13 +44,49 @@ export class JwksClient {
   private fetchedAt = 0
   private lastAttempt = -Infinity
   private inflight: Promise<void> | null = null
+  /** What `verifierFor` made from the keys served now: by key PEM, then by its user. */
+  private readonly prepared = new Map<string, Map<object, unknown>>()
   /** How many fetches were started (for tests and metrics). */
   fetches = 0
+  /** How many verifiers `verifierFor` made, each parsing its key once (for tests and metrics). */
+  preparations = 0
 
   constructor (readonly url: string, private readonly options: JwksOptions, private readonly onError: (err: Error) => void = () => {}) {}
 
-  /** The PEM of the key for this token header, refetching once (rate-limited) if its kid is unknown. */
-  async pemFor (kid: unknown, alg: string): Promise<string> {
+  /** The verifiers held for the keys served now (those of keys no longer served are dropped). */
+  get preparedKeys (): number {
+    let n = 0
+    for (const byUser of this.prepared.values()) n += byUser.size
+    return n
+  }
+
+  /**
+   * What `make` built from the key for this token header, made once per key and `user` (an
+   * issuer's options: several issuers may share one set) and kept while the set serves that key.
+   * Synchronous when the set is fresh and knows the kid; otherwise it fetches as `keyFor` does.
+   * Throws (or rejects with) a JwksError when no key fits.
+   */
+  verifierFor<V> (kid: unknown, alg: string, user: object, make: (key: JwksKey) => V): V | Promise<V> {
+    const found = this.loaded && Date.now() - this.fetchedAt <= this.options.cacheTtlMs ? this.fitting(kid, alg) : undefined
+    if (found !== undefined) return this.prepare(found, user, make)
+    return this.keyFor(kid, alg).then((key) => this.prepare(key, user, make))
+  }
+
+  private prepare<V> (key: JwksKey, user: object, make: (key: JwksKey) => V): V {
+    const byUser = this.prepared.get(key.pem)
+    if (byUser?.has(user) === true) return byUser.get(user) as V
+    const made = make(key)
+    this.preparations++
+    // Kept only while the set serves the key (a refetch may have replaced the set meanwhile).
+    if (this.keys.includes(key)) {
+      if (byUser === undefined) this.prepared.set(key.pem, new Map([[user, made]]))
+      else byUser.set(user, made)
+    }
+    return made
+  }
+
+  /** The key for this token header, refetching once (rate-limited) if its kid is unknown. */
+  async keyFor (kid: unknown, alg: string): Promise<JwksKey> {
     if (kid !== undefined && typeof kid !== 'string') throw new JwksError('unknown-kid', 'kid must be a string')
     const now = Date.now()
     if (!this.loaded || now - this.fetchedAt > this.options.cacheTtlMs) await this.refresh()
@@ -59,10 +97,16 @@ export class JwksClient {
     }
     if (!this.loaded) throw new JwksError('unavailable', 'the key set could not be fetched')
     if (found === undefined) throw new JwksError('unknown-kid', 'no key for this kid')
-    if ((found.alg !== undefined && found.alg !== alg) || !algorithmsForKey(found.key).includes(alg as never)) {
-      throw new JwksError('algorithm', 'the key does not fit the algorithm')
-    }
-    return found.pem
+    checkAlgorithm(found, alg)
+    return found
+  }
+
+  /** The known key for this header without fetching, or undefined; throws when its algorithm does not fit. */
+  private fitting (kid: unknown, alg: string): JwksKey | undefined {
+    if (kid !== undefined && typeof kid !== 'string') throw new JwksError('unknown-kid', 'kid must be a string')
+    const found = this.find(kid, alg)
+    if (found !== undefined) checkAlgorithm(found, alg)
+    return found
   }
 
   private find (kid: string | undefined, alg: string): JwksKey | undefined {
@@ -79,6 +123,8 @@ export class JwksClient {
     this.lastAttempt = Date.now()
     this.inflight = this.fetch().then((keys) => {
       this.keys = keys
+      const served = new Set(keys.map((k) => k.pem))
+      for (const pem of this.prepared.keys()) if (!served.has(pem)) this.prepared.delete(pem)
       this.loaded = true
       this.fetchedAt = Date.now()
     }, (err: Error) => {
@@ -113,6 +159,12 @@ export class JwksClient {
     const doc = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { keys?: unknown }
     if (!Array.isArray(doc.keys)) throw new Error(`JWKS ${this.url} has no "keys" array`)
     return doc.keys.flatMap((jwk) => toKey(jwk))
+  }
+}
+
+function checkAlgorithm (key: JwksKey, alg: string): void {
+  if ((key.alg !== undefined && key.alg !== alg) || !algorithmsForKey(key.key).includes(alg as never)) {
+    throw new JwksError('algorithm', 'the key does not fit the algorithm')
   }
 }
 

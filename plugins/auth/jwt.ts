@@ -21,7 +21,7 @@ import { createDecoder, createVerifier, TokenError } from 'fast-jwt'
 import { ownTokenIssuer, type ClaimMatcher, type Identity, type JwtConfig } from '../../schemas/auth.js'
 import { parseDuration } from '../../schemas/common.js'
 import { AuthFailure, hasBearerScheme, quote, type AuthResult, type Authenticator } from './auth-common.js'
-import { JwksClient, JwksError } from './jwks.js'
+import { JwksClient, JwksError, type JwksKey } from './jwks.js'
 
 /** Token header parameters that select or carry keys, or demand extensions: always refused. */
 const FORBIDDEN_HEADERS = ['jku', 'x5u', 'jwk', 'x5c', 'crit'] as const
@@ -33,7 +33,10 @@ const TOKEN68 = /^[A-Za-z0-9._~+/-]+=*$/
 const CACHE_MAX = 1000
 const CACHE_TTL_MS = 60_000
 
-type VerifyFn = (token: string) => Record<string, unknown> | Promise<Record<string, unknown>>
+type Claims = Record<string, unknown>
+type SyncVerify = (token: string) => Claims
+/** Verifies a token whose header is already decoded (the JWKS verifier picks its key by it). */
+type VerifyFn = (token: string, header: Record<string, unknown>) => Claims | Promise<Claims>
 
 interface IssuerVerifier {
   algorithms: readonly string[]
@@ -61,13 +64,12 @@ const F = {
 }
 
 function fromTokenError (err: unknown): AuthFailure {
-  if (!(err instanceof TokenError)) return F.invalid
-  const original = (err as TokenError & { originalError?: unknown }).originalError
-  if (original instanceof JwksError) {
-    if (original.reason === 'unavailable') return F.unavailable
-    if (original.reason === 'algorithm') return F.algorithm
+  if (err instanceof JwksError) {
+    if (err.reason === 'unavailable') return F.unavailable
+    if (err.reason === 'algorithm') return F.algorithm
     return F.unknownKey
   }
+  if (!(err instanceof TokenError)) return F.invalid
   switch (err.code) {
     case TokenError.codes.expired: return F.expired
     case TokenError.codes.inactive: return F.notYet
@@ -141,14 +143,19 @@ export function createJwtAuthenticator (config: Readonly<JwtConfig>, realm: stri
         jwksClients.set(entry.jwksUrl, client)
       }
       const jwks = client
-      const verify = createVerifier({
-        ...common,
-        key: async (decoded: { header: Record<string, unknown> }) => jwks.pemFor(decoded.header.kid, decoded.header.alg as string)
-      })
-      return { algorithms: entry.algorithms, verify: verify as VerifyFn, jwks }
+      // One verifier per JWKS key, made with the key as a static key (parsed once, as a
+      // publicKey is) the first time a token names it, dropped when the set stops serving it.
+      // fast-jwt's async `key` callback would parse the PEM again for every token.
+      const make = (key: JwksKey): SyncVerify => createVerifier({ ...common, key: key.pem }) as SyncVerify
+      const verify: VerifyFn = (token, header) => {
+        const keyed = jwks.verifierFor(header.kid, header.alg as string, common, make)
+        return keyed instanceof Promise ? keyed.then((v) => v(token)) : keyed(token)
+      }
+      return { algorithms: entry.algorithms, verify, jwks }
     }
-    const verify = createVerifier({ ...common, key: (entry.secret ?? entry.publicKey) as string })
-    return { algorithms: entry.algorithms, verify: verify as VerifyFn }
+    const verifyStatic = createVerifier({ ...common, key: (entry.secret ?? entry.publicKey) as string }) as SyncVerify
+    // Only the token: fast-jwt's verifiers take a callback as their second argument.
+    return { algorithms: entry.algorithms, verify: (token) => verifyStatic(token) }
   }
 
   const fallback = config.secret !== undefined || config.publicKey !== undefined || config.jwksUrl !== undefined ? build(config) : null
@@ -209,9 +216,9 @@ export function createJwtAuthenticator (config: Readonly<JwtConfig>, realm: stri
       if (name in header) return name === 'crit' ? F.crit : F.keySelection
     }
     if (!('exp' in payload)) return F.noExp
-    let result: Record<string, unknown> | Promise<Record<string, unknown>>
+    let result: Claims | Promise<Claims>
     try {
-      result = verifier.verify(token)
+      result = verifier.verify(token, header)
     } catch (err) {
       return fromTokenError(err)
     }
