@@ -179,11 +179,12 @@ interface Target {
 
 /**
  * What waits in a queue: a forwarded request or a WebSocket handshake, of any generation. `wake`
- * gives it the slot just freed; `refuse` answers it without the upstream (shutdown).
+ * gives it the slot just freed (false: its client is gone, the slot goes on); `refuse` answers it
+ * without the upstream (shutdown).
  */
 interface Waiter {
   readonly route: RouteState
-  wake: () => void
+  wake: () => boolean
   refuse: (err: GatewayError) => void
 }
 
@@ -200,8 +201,9 @@ function releaseSlot (slots: Slots): void {
     const next = (waiting.shift() as QueuePlace).request
     if (next === null) continue
     slots.waitingCount--
-    next.wake()
-    return
+    // A loop, not a recursion through the gone waiter's release: a queue of clients that all
+    // left is walked flat.
+    if (next.wake()) return
   }
   slots.active--
 }
@@ -677,14 +679,15 @@ class ForwardedRequest implements Dispatcher.DispatchHandler, Waiter {
    * @internal (releaseSlot) A slot is free: this request takes it. The release may come from
    * another generation's request: the slots are shared, the target is this request's own.
    */
-  wake (): void {
+  wake (): boolean {
     this.place = null
     if (this.queueTimer !== null) { clearTimeout(this.queueTimer); this.queueTimer = null }
-    this.holding = true
     // The client is gone and its 'close' has not run yet (a generation's requests cut at once,
-    // say): the slot goes on to the next one.
-    if (this.res.destroyed) { this.finish(); this.clientGone('while waiting for an upstream connection'); return }
+    // say): it does not take the slot, which releaseSlot hands to the next one.
+    if (this.res.destroyed) { this.finish(); this.clientGone('while waiting for an upstream connection'); return false }
+    this.holding = true
     this.dispatchFromEvent(this.target as Target)
+    return true
   }
 
   private leaveQueue (): void {
@@ -1083,10 +1086,11 @@ class UpgradeRequest implements Dispatcher.DispatchHandler, Waiter {
   }
 
   /** @internal (releaseSlot) A slot is free: the handshake takes it. */
-  wake (): void {
+  wake (): boolean {
     this.place = null
     if (this.queueTimer !== null) { clearTimeout(this.queueTimer); this.queueTimer = null }
     this.dispatch()
+    return true
   }
 
   private dispatch (): void {
