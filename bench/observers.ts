@@ -23,6 +23,7 @@ const tracer = new Tracer(config.tracing)
 const routeOptions = { config: { routeName: 'people' } }
 const TRACEPARENT = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'
 const socket = new Socket()
+const noop = (): void => {}
 
 /** One request's worth of objects, the observers' start, then the response's close. */
 function one (observers: readonly Observer[], withParent: boolean): void {
@@ -31,7 +32,8 @@ function one (observers: readonly Observer[], withParent: boolean): void {
   req.url = '/api/people/1'
   req.headers = withParent ? { host: 'gw', traceparent: TRACEPARENT } : { host: 'gw' }
   const res = new ServerResponse(req)
-  const request = { raw: req, headers: req.headers, method: 'GET', upstream: undefined, trace: undefined, upstreamMs: 0.4 }
+  res.on('close', noop) // the gateway's own close listener (src/server.ts), there whatever the observers
+  const request = { raw: req, headers: req.headers, method: 'GET', upstream: undefined, trace: undefined, upstreamMs: 0.4, routeOptions }
   const reply = { raw: res, request, routeOptions }
   for (const o of observers) o.start(request as unknown as FastifyRequest, reply as unknown as FastifyReply)
   res.statusCode = 200
@@ -48,18 +50,23 @@ function round (observers: readonly Observer[], withParent: boolean, n: number):
 
 const n = Number(process.argv[2] ?? 200_000)
 const sets: Record<string, readonly Observer[]> = { none: [], metrics: [metrics], tracing: [tracer], both: [tracer, metrics] }
-const results: Record<string, number[]> = { none: [], metrics: [], tracing: [], both: [] }
+/** Per set, per traceparent (none: a new trace; given: the caller's continued), the rounds' ns per request. */
+const results: Record<string, { none: number[], given: number[] }> = {}
+for (const name of Object.keys(sets)) results[name] = { none: [], given: [] }
 for (const observers of Object.values(sets)) { round(observers, false, n); round(observers, true, n) } // warm up
 for (let r = 0; r < 7; r++) {
   for (const withParent of [false, true]) {
-    for (const [name, observers] of Object.entries(sets)) results[name].push(round(observers, withParent, n))
+    for (const [name, observers] of Object.entries(sets)) results[name][withParent ? 'given' : 'none'].push(round(observers, withParent, n))
   }
 }
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
-const base = median(results.none)
-for (const [name, values] of Object.entries(results)) {
-  const extra = name === 'none' ? '' : `  (+${Math.round(median(values) - base)} ns for ${name})`
-  process.stdout.write(`${name.padEnd(8)} ${Math.round(median(values))} ns/request${extra}\n`)
+for (const parent of ['none', 'given'] as const) {
+  const base = median(results.none[parent])
+  process.stdout.write(`traceparent ${parent === 'none' ? 'absent (a new trace)' : 'given (continued)'}:\n`)
+  for (const [name, both] of Object.entries(results)) {
+    const extra = name === 'none' ? '' : `  (+${Math.round(median(both[parent]) - base)} ns for ${name})`
+    process.stdout.write(`  ${name.padEnd(8)} ${Math.round(median(both[parent]))} ns/request${extra}\n`)
+  }
 }
 metrics.unsubscribe()
 await tracer.close()

@@ -11,7 +11,8 @@ import { Writable } from 'node:stream'
 import { request } from 'undici'
 import { buildGateway } from '../src/app.js'
 import { ConfigError, parseConfig } from '../src/config.js'
-import { parseTraceparent, parseTracestate, type OtlpSpan } from '../plugins/observability/tracing.js'
+import { IdPool, Tracer, parseTraceparent, parseTracestate, type OtlpSpan } from '../plugins/observability/tracing.js'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import { freePort, startTestGateway, startUpstream, type RawConfig, type T } from './helper.js'
 import { basic, cheapHash } from './auth-helper.js'
 
@@ -96,6 +97,8 @@ t.test('a malformed traceparent starts a new trace (and its tracestate is droppe
     'short trace id': `00-${TRACE.slice(2)}-${PARENT}-01`,
     'not hex': `00-${TRACE.slice(0, 31)}g-${PARENT}-01`,
     'missing flags': `00-${TRACE}-${PARENT}`,
+    'oversized version 00': `${VALID}-${'x'.repeat(6000)}`,
+    'oversized garbage': '0'.repeat(8000),
     garbage: 'hello',
     'two headers': [VALID, `00-${'1'.repeat(32)}-${PARENT}-01`]
   }
@@ -133,6 +136,91 @@ t.test('traceparent and tracestate parsing rules', async (t) => {
   const big = `${long.join(',')},huge=${'x'.repeat(200)}`
   const cut = parseTracestate(big) ?? ''
   t.ok(cut.length <= 512 && !cut.includes('huge=') && cut.startsWith('k0='), 'past 512 characters: long members first, then from the end')
+})
+
+const RECORD = /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/
+const ZERO_ID = /^0+$/
+
+t.test('pooled ids: every record a valid sampled traceparent, unique across refills', async (t) => {
+  const pool = new IdPool(4)
+  const seen = new Set<string>()
+  for (let i = 0; i < 4 * 3 + 1; i++) {
+    const at = pool.take()
+    const record = pool.records.slice(at, at + 55)
+    const m = RECORD.exec(record)
+    t.ok(m, record)
+    t.ok(m !== null && !ZERO_ID.test(m[1]) && !ZERO_ID.test(m[2]))
+    seen.add(m?.[1] ?? '').add(m?.[2] ?? '')
+  }
+  t.equal(seen.size, 2 * 13, 'no id repeats, within a refill or across three')
+})
+
+t.test('pooled ids: all-zero trace or span bytes from the generator are drawn again', async (t) => {
+  let calls = 0
+  // The first fill gives zeros for record 0's trace id and record 2's span id; the first redraw of each gives zeros again.
+  const fill = (buffer: Buffer, offset = 0, size = buffer.length - offset): void => {
+    calls++
+    for (let i = offset; i < offset + size; i++) buffer[i] = (i * 7 + calls) % 251 + 1
+    if (calls === 1) { buffer.fill(0, 0, 16); buffer.fill(0, 2 * 24 + 16, 3 * 24) }
+    if (calls === 2 || calls === 4) buffer.fill(0, offset, offset + size)
+  }
+  const pool = new IdPool(3, fill)
+  const records: string[] = []
+  for (let i = 0; i < 3; i++) {
+    const at = pool.take()
+    records.push(pool.records.slice(at, at + 55))
+  }
+  t.equal(calls, 5, 'one fill, two redraws of record 0\'s trace id, two of record 2\'s span id')
+  for (const record of records) {
+    const m = RECORD.exec(record)
+    t.ok(m, record)
+    t.ok(m !== null && !ZERO_ID.test(m[1]) && !ZERO_ID.test(m[2]), `no all-zero id in ${record}`)
+  }
+})
+
+/** What Tracer.start sets on one bare request: its trace and the traceparent for the upstream. */
+function startTrace (tracer: Tracer, headers: Record<string, string> = {}): { trace: NonNullable<FastifyRequest['trace']>, sent: string } {
+  const request = { raw: { headers }, upstream: undefined, trace: undefined } as unknown as FastifyRequest
+  tracer.start(request, { raw: {} } as unknown as FastifyReply)
+  const sent = request.upstream?.headers?.find(([name]) => name === 'traceparent')?.[1] ?? ''
+  return { trace: request.trace as NonNullable<FastifyRequest['trace']>, sent }
+}
+
+t.test('Tracer.start across the pool\'s refills: new traces, unsampled traces and continued ones', async (t) => {
+  const sampled = new Tracer(parseConfig({ routes: [{ name: 'a', prefix: '/a', upstream: 'http://127.0.0.1:9' }] }).tracing)
+  const unsampled = new Tracer(parseConfig({ tracing: { sampleRatio: 0 }, routes: [{ name: 'a', prefix: '/a', upstream: 'http://127.0.0.1:9' }] }).tracing)
+  const ids = new Set<string>()
+  let bad = 0
+  const n = 3 * 128 + 7 // the process's pool holds 128 records
+  for (let i = 0; i < n; i++) {
+    const fresh = startTrace(sampled)
+    if (fresh.sent !== `00-${fresh.trace.traceId}-${fresh.trace.spanId}-01` || !fresh.trace.sampled || fresh.trace.parentId !== undefined) bad++
+    const off = startTrace(unsampled)
+    if (off.sent !== `00-${off.trace.traceId}-${off.trace.spanId}-00` || off.trace.sampled) bad++
+    const continued = startTrace(sampled, { traceparent: VALID })
+    if (continued.sent !== `00-${TRACE}-${continued.trace.spanId}-01` || continued.trace.parentId !== PARENT) bad++
+    for (const { trace } of [fresh, off, continued]) {
+      if (!/^[0-9a-f]{32}$/.test(trace.traceId) || !/^[0-9a-f]{16}$/.test(trace.spanId) || ZERO_ID.test(trace.spanId)) bad++
+      ids.add(trace.spanId)
+    }
+    ids.add(fresh.trace.traceId).add(off.trace.traceId)
+  }
+  t.equal(bad, 0, 'every header is 00-<trace id>-<span id>-<flags> of the request\'s own trace')
+  t.equal(ids.size, 5 * n, 'every trace id and span id is new')
+})
+
+t.test('through the gateway: trace ids stay unique and well-formed past the pool\'s refill', async (t) => {
+  const up = await startUpstream(t)
+  const { url } = await startTestGateway(t, { routes: [{ name: 'people', prefix: '/api/people', upstream: `${up.origin}/people` }] })
+  const seen = new Set<string>()
+  for (let i = 0; i < 140; i++) {
+    t.equal(await get(`${url}/api/people/1`, i % 2 === 0 ? {} : { traceparent: VALID }), 200)
+    const m = TRACEPARENT.exec(lastTrace(up).traceparent)
+    if (m === null) { t.fail(lastTrace(up).traceparent); break }
+    if (i % 2 === 0) seen.add(m[1])
+    seen.add(m[2])
+  }
+  t.equal(seen.size, 70 + 140, 'a fresh trace id per new trace, a fresh span id per request')
 })
 
 /** Build a gateway whose log lines are collected. */

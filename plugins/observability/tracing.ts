@@ -107,21 +107,86 @@ export function parseTracestate (value: unknown): string | undefined {
 
 // --- ids -----------------------------------------------------------------------------------------
 
-const pool = Buffer.allocUnsafe(4096)
-let offset = pool.length
+const RECORD = 55
+const RECORD_BYTES = 24
+const HEX_DIGITS = Buffer.from('0123456789abcdef', 'latin1')
 
-/** Random lower-case hex from a pooled CSPRNG buffer; never all zeros. */
-function randomHex (bytes: number): string {
-  for (;;) {
-    if (offset + bytes > pool.length) { randomFillSync(pool); offset = 0 }
-    const start = offset
-    offset += bytes
-    for (let i = start; i < offset; i++) if (pool[i] !== 0) return pool.toString('hex', start, offset)
+/**
+ * New ids, ready-made: a refill draws `size` × 24 bytes from the CSPRNG and writes them as `size`
+ * whole traceparents, `00-<32 hex>-<16 hex>-01`, into one string (`records`). A new trace then
+ * takes three slices of one record (the header, the trace id, the span id): no hex conversion, no
+ * string building and no system call per request. Neither id of a record is ever all zeros
+ * (§3.2.2.3, invalid): such bytes are drawn again.
+ */
+export class IdPool {
+  /** `size` records; read it after `take()`, which may refill it. */
+  records = ''
+  private next: number
+  private readonly random: Buffer
+  private readonly text: Buffer
+
+  constructor (readonly size = 128, private readonly fill: (buffer: Buffer, offset?: number, size?: number) => unknown = randomFillSync) {
+    this.random = Buffer.allocUnsafe(size * RECORD_BYTES)
+    this.text = Buffer.allocUnsafe(size * RECORD)
+    this.next = size
+  }
+
+  /** The offset in `records` of an unused record. */
+  take (): number {
+    if (this.next === this.size) this.refill()
+    return (this.next++) * RECORD
+  }
+
+  private refill (): void {
+    const random = this.random
+    const text = this.text
+    this.fill(random)
+    for (let r = 0; r < this.size; r++) {
+      const from = r * RECORD_BYTES
+      // Bounded by chance alone: 2^-128 and 2^-64 per draw.
+      while (allZero(random, from, from + 16)) this.fill(random, from, 16)
+      while (allZero(random, from + 16, from + RECORD_BYTES)) this.fill(random, from + 16, 8)
+      let at = r * RECORD
+      text[at++] = 0x30 // 0
+      text[at++] = 0x30 // 0
+      text[at++] = 0x2d // -
+      at = writeHex(random, from, from + 16, text, at)
+      text[at++] = 0x2d
+      at = writeHex(random, from + 16, from + RECORD_BYTES, text, at)
+      text[at++] = 0x2d
+      text[at++] = 0x30
+      text[at++] = 0x31 // sampled
+    }
+    this.records = text.toString('latin1')
+    this.next = 0
   }
 }
 
-export const newTraceId = (): string => randomHex(16)
-export const newSpanId = (): string => randomHex(8)
+function allZero (bytes: Buffer, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) if (bytes[i] !== 0) return false
+  return true
+}
+
+function writeHex (bytes: Buffer, from: number, to: number, text: Buffer, at: number): number {
+  for (let i = from; i < to; i++) {
+    const b = bytes[i]
+    text[at++] = HEX_DIGITS[b >> 4]
+    text[at++] = HEX_DIGITS[b & 15]
+  }
+  return at
+}
+
+const ids = new IdPool()
+
+export function newTraceId (): string {
+  const at = ids.take()
+  return ids.records.slice(at + 3, at + 35)
+}
+
+export function newSpanId (): string {
+  const at = ids.take()
+  return ids.records.slice(at + 36, at + 52)
+}
 
 // --- the tracer ----------------------------------------------------------------------------------
 
@@ -148,16 +213,24 @@ export class Tracer {
   /** Called for every request before any hook: sets `request.trace` and the headers for the upstream. */
   start (request: FastifyRequest, reply: FastifyReply): void {
     const headers = request.raw.headers
-    const parent = parseTraceparent(headers.traceparent)
+    const incoming = headers.traceparent
+    const parent = incoming === undefined ? null : parseTraceparent(incoming)
     let trace: TraceContext
+    let traceparent: string
     if (parent === null) {
+      // A new trace: the header and both ids are slices of one pooled record.
+      const at = ids.take()
+      const records = ids.records
       const ratio = this.config.sampleRatio
-      trace = { traceId: newTraceId(), spanId: newSpanId(), parentId: undefined, sampled: ratio >= 1 || Math.random() < ratio, tracestate: undefined }
+      const sampled = ratio >= 1 || Math.random() < ratio
+      trace = { traceId: records.slice(at + 3, at + 35), spanId: records.slice(at + 36, at + 52), parentId: undefined, sampled, tracestate: undefined }
+      traceparent = sampled ? records.slice(at, at + RECORD) : records.slice(at, at + RECORD - 2) + '00'
     } else {
       trace = { traceId: parent.traceId, spanId: newSpanId(), parentId: parent.parentId, sampled: parent.sampled, tracestate: parseTracestate(headers.tracestate) }
+      traceparent = '00-' + trace.traceId + '-' + trace.spanId + (trace.sampled ? '-01' : '-00')
     }
     request.trace = trace
-    const out: Array<[string, string]> = [['traceparent', `00-${trace.traceId}-${trace.spanId}-${trace.sampled ? '01' : '00'}`]]
+    const out: Array<[string, string]> = [['traceparent', traceparent]]
     if (trace.tracestate !== undefined) out.push(['tracestate', trace.tracestate])
     const upstream = request.upstream
     request.upstream = upstream === undefined ? { headers: out } : { ...upstream, headers: [...(upstream.headers ?? []), ...out] }
