@@ -301,6 +301,20 @@ t.test('requests no rule matches keep streaming untouched', async (t) => {
   t.equal(up.requests[1].body.toString(), '{ "age" : "5" }', 'no rule, no re-serialization')
 })
 
+t.test('a method no rule names skips the lookup, but a broken percent-encoding is still refused', async (t) => {
+  const up = await startUpstream(t)
+  const gw = await gateway(t, up, [...PERSON_RULES, { method: 'GET', path: '/:id/', params: { type: 'object', properties: { id: { type: 'integer' } } } }])
+  t.equal((await call(`${gw}/api/people/`, { method: 'DELETE' })).status, 200, 'DELETE: no rule, forwarded')
+  t.equal((await call(`${gw}/api/people/%41/`, { method: 'DELETE' })).status, 200, 'a valid encoding on a method with no rule')
+  // Refused by the path guard or by validation's own check (whichever comes first), never forwarded.
+  problem(t, await call(`${gw}/api/people/%E0%A4%A/`, { method: 'DELETE' }), 400)
+  problem(t, await call(`${gw}/api/people/%zz?x=%41`, { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'x' }), 400)
+  // HEAD is validated with GET's rule.
+  t.equal((await call(`${gw}/api/people/abc/`, { method: 'HEAD' })).status, 400)
+  t.equal((await call(`${gw}/api/people/7/`, { method: 'HEAD' })).status, 200)
+  t.equal(up.requests.length, 3, 'only the valid requests reached the upstream')
+})
+
 t.test('report mode lets invalid requests through, logs them and counts them', async (t) => {
   const up = await startUpstream(t)
   const events = recordEvents(t)

@@ -66,6 +66,13 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
   const prefixLength = opts.prefix === '/' ? 0 : opts.prefix.length
   const upstreamSegments = pathSegments(opts.upstreamPath) ?? []
   const route = opts.routeName
+  // The methods a rule or operation is for (HEAD too when GET is: lookup falls back to GET's). A
+  // request of any other method matches nothing, so it needs no segments: a GET on a route that
+  // validates only POST bodies costs a lookup, not a split path (≈ 0.7 KB of garbage per request).
+  const ruled = new Set<string>()
+  for (const rule of [...rules, ...operations]) for (const method of rule.methods) ruled.add(method)
+  if (ruled.has('GET')) ruled.add('HEAD')
+  const everyMethodChecked = options.unmatched === 'reject'
 
   /** Refuses (enforce) or records (report) one failure; true when the request must stop here. */
   function fail (request: FastifyRequest, reply: FastifyReply, part: FailPart, code: ErrorCode, detail: string, errors?: ProblemViolation[]): boolean {
@@ -138,11 +145,13 @@ async function validatePlugin (scope: FastifyInstance, opts: ValidatePluginOptio
    */
   function checkHead (request: FastifyRequest, reply: FastifyReply): NonNullable<Rule['body']> | null | undefined {
     const url = request.raw.url ?? '/'
+    const method = request.method
+    // No rule for the method: what is left to check is the path's encoding (only a `%` can break it).
+    if (!everyMethodChecked && !ruled.has(method) && !url.includes('%')) return undefined
     const q = url.indexOf('?')
     const path = (q === -1 ? url : url.slice(0, q)).slice(prefixLength)
     const segments = pathSegments(path)
     if (segments === null) throw new GatewayError('GW_ERR_BAD_REQUEST', 'The path is not validly percent-encoded.')
-    const method = request.method
     let found = lookup(method, segments)
     if (found === null) {
       // No rule for this exact spelling: the spelling a lenient upstream would resolve it to.
