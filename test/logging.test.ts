@@ -67,6 +67,15 @@ t.test('formatAccessLine writes exactly what pino writes, hostile paths included
   t.equal((JSON.parse(lone) as { path: string }).path, '/api/\ud800', 'and reads back as the same string')
   const nulls = { ...base, route: null, upstreamMs: null, traceId: null, status: 404 }
   t.equal(formatAccessLine(nulls, 5), pinoLine(nulls, 5), 'null route, upstream time and trace id')
+  // Every field that can need escaping, one at a time (the plain line is built another way).
+  const odd: Array<Partial<AccessFields>> = [
+    { traceId: null }, { upstreamMs: null }, { ip: null as unknown as string }, { ip: '::ffff:127.0.0.1' }, { reqId: 'a"b' },
+    { method: 'G\\ET' }, { route: 'caf\u00e9' }, { route: 'a"b' }, { traceId: 'x\u0000' }, { path: '' }, { path: '/~!*()' }
+  ]
+  for (const [i, change] of odd.entries()) {
+    const fields = { ...base, ...change }
+    t.equal(formatAccessLine(fields, 7), pinoLine(fields, 7), `same line for odd[${i}]`)
+  }
 })
 
 t.test('LineBuffer: batches of at most PIPE_BUF bytes, in order, a long line alone, pass-through after close', async (t) => {
