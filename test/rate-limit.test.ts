@@ -11,6 +11,7 @@ import { basic, cheapHash, hsToken, SECRET } from './auth-helper.js'
 import { channels, type RateLimitedEvent } from '../schemas/events.js'
 import { ConfigError, parseConfig } from '../src/config.js'
 import { IpKeys, rateLimitScaleWarning, routeLimiter } from '../plugins/rate-limit/rate-limit.js'
+import { MemoryCounterStore } from '../plugins/rate-limit/memory-store.js'
 
 async function gateway (t: Test, rateLimit: Record<string, unknown>, extra: RawConfig = {}, route: Record<string, unknown> = {}): Promise<{ url: string, requests: unknown[] }> {
   const up = await startUpstream(t)
@@ -245,6 +246,39 @@ t.test('scale-out warning for several processes on the memory store', async (t) 
   t.equal(rateLimitScaleWarning({ rateLimit: { store: 'redis' }, routes }, 4), null, 'redis: shared')
   t.equal(rateLimitScaleWarning({ rateLimit: { store: 'memory' }, routes: [{ name: 'open' }] }, 4), null, 'nothing limited')
   t.match(rateLimitScaleWarning({ rateLimit: { store: 'memory' }, routes }, 4), /4 processes.*4 × max.*people.*rateLimit\.store: redis/)
+})
+
+t.test('the memory store, asked without a callback: the same headers and 429, a throw from done goes up, a store throw is a failure', async (t) => {
+  const store = new MemoryCounterStore({ maxKeys: 10 })
+  const failures: unknown[] = []
+  const scope = { rateLimitBackend: { onStoreError: 'allow', store: () => store, failed: (err: unknown) => { failures.push(err) }, ipKeys: new IpKeys() } }
+  const limiter = routeLimiter(scope as never, { route: 'people', limit: { max: 2, window: '1m', by: 'ip' } as never })
+  const request = { ip: '203.0.113.9', headers: {}, log: { warn () {} } }
+  const headers: Record<string, string> = {}
+  const reply = { header (name: string, value: string) { headers[name] = value; return reply } }
+  const answers: Array<Error | undefined> = []
+  for (let i = 0; i < 3; i++) limiter.count.call(scope as never, request as never, reply as never, (err?: Error) => { answers.push(err) })
+  t.same(answers.slice(0, 2), [undefined, undefined], 'two counted')
+  t.match(answers[2], { statusCode: 429 }, 'the third refused')
+  t.equal(headers['ratelimit-policy'], '"people";q=2;w=60')
+  t.match(headers.ratelimit, /^"people";r=0;t=(59|60)$/)
+  limiter.peek.call(scope as never, request as never, reply as never, (err?: Error) => { answers.push(err) })
+  t.match(answers[3], { statusCode: 429 }, 'a peek at the spent bucket refuses without counting')
+  t.equal(store.peek('people|ip:203.0.113.9').current, 3)
+
+  let calls = 0
+  t.throws(() => { limiter.count.call(scope as never, { ...request, ip: '203.0.113.10' } as never, reply as never, () => { calls++; throw new Error('boom in done') }) }, /boom in done/)
+  t.equal(calls, 1, 'done ran once')
+  t.same(failures, [], 'and no store failure was recorded')
+
+  const broken = (): never => { throw new Error('store broke') }
+  store.count = broken
+  store.peek = broken
+  calls = 0
+  limiter.count.call(scope as never, request as never, reply as never, () => { calls++ })
+  limiter.peek.call(scope as never, request as never, reply as never, () => { calls++ })
+  t.equal(calls, 2, 'onStoreError allow: let through, once each')
+  t.match(failures, [/store broke/, /store broke/], 'recorded as store failures')
 })
 
 t.test('a throw from what the store callback ran is not a store failure: done runs once, the throw goes up', async (t) => {

@@ -62,6 +62,19 @@ export class MemoryCounterStore {
   }
 
   incr (key: string, cb: CounterCallback, timeWindow: number, max: number): void {
+    cb(null, this.count(key, timeWindow, max))
+  }
+
+  /** `read`, answered at once. */
+  read (key: string, cb: CounterCallback, _timeWindow?: number, _max?: number): void {
+    cb(null, this.peek(key))
+  }
+
+  /**
+   * `incr`'s answer, returned: the store's one result object, to read before the next call. (The
+   * route limiters call this: no callback, so no closure per request.)
+   */
+  count (key: string, timeWindow: number, max: number): CounterResult {
     const now = Date.now()
     const result = this.result
     let slot = this.slots.get(key)
@@ -86,11 +99,11 @@ export class MemoryCounterStore {
       }
     }
     result.current = slot.current
-    cb(null, result)
+    return result
   }
 
   /** The count and ms left without counting (a missing or ended window: 0 and 0); marks the key used. */
-  read (key: string, cb: CounterCallback, _timeWindow?: number, _max?: number): void {
+  peek (key: string): CounterResult {
     const now = Date.now()
     const result = this.result
     const slot = this.slots.get(key)
@@ -103,7 +116,7 @@ export class MemoryCounterStore {
       result.current = alive ? slot.current : 0
       result.ttl = alive ? slot.end - now : 0
     }
-    cb(null, result)
+    return result
   }
 
   /** A store of its own for one route, with that route's options (@fastify/rate-limit calls it per route). */
