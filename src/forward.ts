@@ -455,10 +455,15 @@ function upstreamHeaders (request: FastifyRequest, host: string, extras: Forward
   } else if (buffered !== -1) {
     out.push('content-length', String(buffered))
   }
-  if (extras.headers !== undefined) for (const [k, v] of extras.headers) out.push(k, v)
+  if (extras.headers !== undefined) pushPairs(out, extras.headers)
   const identity = policy.identity === null ? undefined : policy.identity(request)
-  if (identity !== undefined) for (const [k, v] of identity) out.push(k, v)
+  if (identity !== undefined) pushPairs(out, identity)
   return out
+}
+
+/** Appends name/value pairs to a flat header list (indexed: no iterator per request). */
+function pushPairs (out: string[], pairs: ReadonlyArray<readonly [string, string]>): void {
+  for (let i = 0; i < pairs.length; i++) out.push(pairs[i][0], pairs[i][1])
 }
 
 function connectionTokens (value: string | undefined): Set<string> | null {
@@ -618,7 +623,8 @@ class ForwardedRequest implements Dispatcher.DispatchHandler, Waiter {
         this.abort(new Error('client closed the connection'))
       }
     }
-    this.res.once('close', this.onClose)
+    // `on`: 'close' comes once, and finish() takes the listener off (`once` wraps it in two more objects).
+    this.res.on('close', this.onClose)
     // A streamed body that fails (over the limit, the client gone) before undici reads it.
     if (body !== null && typeof body !== 'string' && !Buffer.isBuffer(body) && body !== request.raw) {
       body.on('error', (err) => {
@@ -921,7 +927,7 @@ class ForwardedRequest implements Dispatcher.DispatchHandler, Waiter {
   private retry (code: string): void {
     this.request.log.debug({ attempt: this.attempt, code, upstream: (this.target as Target).origin, next: this.route.targets[this.retryTo].origin }, 'retrying upstream request')
     this.done = false
-    this.res.once('close', this.onClose)
+    this.res.on('close', this.onClose)
     this.sendFromEvent()
   }
 
@@ -980,7 +986,8 @@ function responseHeaders (raw: Buffer[], requestId: string, route: RouteState, o
     if (Array.isArray(value)) for (const v of value) out.push(name, v)
     else out.push(name, String(value))
   }
-  for (const [name, value] of route.fixed) if (own[name] === undefined) out.push(name, value)
+  const fixed = route.fixed
+  for (let i = 0; i < fixed.length; i++) if (own[fixed[i][0]] === undefined) out.push(fixed[i][0], fixed[i][1])
   out.push('x-request-id', requestId)
   return out
 }

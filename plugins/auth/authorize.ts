@@ -48,7 +48,8 @@ async function authorizePlugin (scope: FastifyInstance, opts: AuthorizeOptions):
       return
     }
     const needed = byMethod.get(request.method) ?? fallback
-    for (const s of needed) {
+    for (let i = 0; i < needed.length; i++) {
+      const s = needed[i]
       if (!identity.scopes.includes(s)) {
         done(deny(request, s, `Missing scope ${s}.`, identity.scheme === 'jwt', needed.join(' ')))
         return
