@@ -11,9 +11,11 @@
  *    nodes and tagged to one slot per limit and client; a killed node's slots follow onStoreError
  *    while the others keep counting, /readyz answers 503 until the node is back;
  *  - hostile and wrong configs: a wrong Sentinel name, no Sentinel reachable at start, a wrong
- *    password (and a right one from the environment, logged nowhere), TLS to a plain server, a
- *    missing CA file, and the config checks.
+ *    or missing password and an untrusted certificate (the start fails at once, naming the cause;
+ *    a password that goes wrong while running is a store outage; a right one from the environment
+ *    is logged nowhere), TLS to a plain server, a missing CA file, and the config checks.
  */
+import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { Writable } from 'node:stream'
 import t, { type Test } from 'tap'
@@ -271,12 +273,36 @@ async function captured (t: Test, rateLimit: Record<string, unknown>, env: NodeJ
   return { url, logs, startMs: performance.now() - started }
 }
 
+/**
+ * The same gateway, for a start that must fail: with a store timeout of 2 s, so that the start's
+ * wait for a Redis that is only down (4 × timeout) would be 8 s (within Fastify's 10 s for
+ * onReady). The error, the log lines, and how long the start (listen) took.
+ */
+async function refused (t: Test, rateLimit: Record<string, unknown>): Promise<{ err: Error, logs: string[], ms: number }> {
+  const up = await startUpstream(t)
+  const logs: string[] = []
+  const stream = new Writable({
+    write (chunk: Buffer, _enc, cb) { logs.push(...chunk.toString().split('\n').filter((l) => l !== '')); cb() }
+  })
+  const config = parseConfig({ rateLimit: { store: 'redis', timeout: '2s', ...rateLimit }, routes: [route(up.origin, 5)] }, { env: {} })
+  const app = await buildGateway(config, { logger: { level: 'info', stream } })
+  t.teardown(() => app.close().catch(() => {}))
+  const started = performance.now()
+  const err = await app.listen({ host: '127.0.0.1', port: 0 }).then(() => new Error('the gateway started'), (e: unknown) => e as Error)
+  t.comment(`the start failed: ${err.message}`)
+  return { err, logs, ms: performance.now() - started }
+}
+
+/** Half the 8 s the start would wait for a Redis that is only down; a refused start takes milliseconds. */
+const FAST_MS = 4_000
+
 t.test('Sentinel: wrong name, no Sentinel reachable, passwords', { skip: !hasTools, timeout: 120_000 }, async (t) => {
   const PASSWORD = 'pw-' + createHash('sha256').update(String(Math.random())).digest('hex').slice(0, 20)
   const redis = await startSentinels(t, { count: 1, password: PASSWORD })
 
   t.test('a name no Sentinel knows: a bounded start, 503 on /readyz, onStoreError, a message that says so', async (t) => {
-    const { url, logs, startMs } = await captured(t, { redis: { sentinels: redis.endpoints, name: 'nope', password: PASSWORD }, onStoreError: 'deny' })
+    // A store timeout of 250 ms: the start waits 1 s for a Sentinel that may yet learn the name.
+    const { url, logs, startMs } = await captured(t, { redis: { sentinels: redis.endpoints, name: 'nope', password: PASSWORD }, onStoreError: 'deny', timeout: '250ms' })
     t.ok(startMs < 10_000, `started in ${Math.round(startMs)} ms`)
     const res = await get(`${url}/api/people/`, { 'x-client': 'a' })
     t.equal(res.status, 503, 'deny')
@@ -287,7 +313,7 @@ t.test('Sentinel: wrong name, no Sentinel reachable, passwords', { skip: !hasToo
 
   t.test('no Sentinel reachable at start: the same', async (t) => {
     const closed = [`127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`]
-    const { url, logs, startMs } = await captured(t, { redis: { sentinels: closed, name: redis.name }, onStoreError: 'allow' })
+    const { url, logs, startMs } = await captured(t, { redis: { sentinels: closed, name: redis.name }, onStoreError: 'allow', timeout: '250ms' })
     t.ok(startMs < 10_000, `started in ${Math.round(startMs)} ms`)
     const res = await get(`${url}/api/people/`, { 'x-client': 'a' })
     t.equal(res.status, 200, 'allow')
@@ -298,17 +324,13 @@ t.test('Sentinel: wrong name, no Sentinel reachable, passwords', { skip: !hasToo
     t.ok(logs.some((l) => /All sentinels are unreachable/.test(l)), 'the warning says the Sentinels are unreachable')
   })
 
-  t.test('a wrong password: 503 on /readyz, WRONGPASS in the log, the password nowhere', async (t) => {
+  t.test('a wrong password: the start fails at once with WRONGPASS, the password nowhere', async (t) => {
     const wrong = 'wrong-' + PASSWORD
-    const { url, logs } = await captured(t, { redis: { sentinels: redis.endpoints, name: redis.name, password: wrong }, onStoreError: 'deny' })
-    await until('readiness says the store is down', 10_000, async () => (await get(`${url}/readyz`)).status === 503)
-    t.pass('/readyz 503')
-    const res = await get(`${url}/api/people/`, { 'x-client': 'a' })
-    t.equal(res.status, 503)
-    t.notOk(res.text.includes(wrong), 'not in the answer')
-    await until('the warning is logged', 10_000, () => logs.some((l) => /WRONGPASS|NOAUTH/.test(l)))
-    t.pass('WRONGPASS logged')
-    t.notOk(logs.some((l) => l.includes(wrong) || l.includes(PASSWORD)), 'no password in any log line')
+    const { err, logs, ms } = await refused(t, { redis: { sentinels: redis.endpoints, name: redis.name, password: wrong }, onStoreError: 'deny' })
+    t.match(err.message, /^rateLimit\.redis: .*WRONGPASS/, 'the start fails, naming the cause')
+    t.ok(ms < FAST_MS, `without waiting for Redis (${Math.round(ms)} ms; for a Redis that is only down it would wait 8 s)`)
+    t.ok(logs.some((l) => /rate-limit store unreachable/.test(l) && /WRONGPASS/.test(l)), 'WRONGPASS logged')
+    t.notOk([err.message, ...logs].some((l) => l.includes(wrong) || l.includes(PASSWORD)), 'no password in the error or any log line')
   })
 
   t.test('the password from the environment: counted, and logged nowhere', async (t) => {
@@ -330,7 +352,7 @@ t.test('TLS misconfigured: a missing CA file is refused at build, TLS to a plain
   await t.rejects(buildGateway(config, { logger: false }), /rateLimit\.redis\.tls\.ca: cannot read \/nonexistent\/ca\.pem: ENOENT/)
 
   const plain = await startRedis(t)
-  const { url, logs } = await captured(t, { redis: `rediss://127.0.0.1:${plain.port}`, onStoreError: 'deny' })
+  const { url, logs } = await captured(t, { redis: `rediss://127.0.0.1:${plain.port}`, onStoreError: 'deny', timeout: '250ms' })
   const res = await get(`${url}/api/people/`, { 'x-client': 'a' })
   t.equal(res.status, 503, 'deny')
   t.ok(res.ms < BOUND_MS, `answered in ${Math.round(res.ms)} ms`)
@@ -338,7 +360,7 @@ t.test('TLS misconfigured: a missing CA file is refused at build, TLS to a plain
   t.ok(logs.some((l) => /rate-limit store unreachable/.test(l)), 'the outage is logged')
 })
 
-t.test('TLS with a private CA: counted with tls.ca; refused without it or with another name, as a store outage', { skip: !hasTools || !requireCommand(t, 'openssl', 'apt-get install openssl') }, async (t) => {
+t.test('TLS with a private CA: counted with tls.ca; without it or with another name the start fails at once, naming the certificate', { skip: !hasTools || !requireCommand(t, 'openssl', 'apt-get install openssl') }, async (t) => {
   const redis = await startTlsRedis(t)
   const url = `rediss://127.0.0.1:${redis.port}`
 
@@ -352,13 +374,36 @@ t.test('TLS with a private CA: counted with tls.ca; refused without it or with a
     ['without the CA (the system CAs do not know it)', url, /certificate/],
     ['with a servername the certificate does not carry', { url, tls: { ca: redis.ca, servername: 'redis.example.com' } }, /does not match|altnames/]
   ] as const) {
-    const refused = await captured(t, { redis: redisConfig, onStoreError: 'deny' })
-    const answer = await get(`${refused.url}/api/people/`, { 'x-client': 'tls' })
-    t.equal(answer.status, 503, `${what}: deny`)
-    t.ok(answer.ms < BOUND_MS, `${what}: answered in ${Math.round(answer.ms)} ms`)
-    t.equal((await get(`${refused.url}/readyz`)).status, 503, `${what}: /readyz 503`)
-    t.ok(refused.logs.some((l) => /rate-limit store unreachable/.test(l) && message.test(l)), `${what}: the warning says why`)
+    const { err, logs, ms } = await refused(t, { redis: redisConfig, onStoreError: 'deny' })
+    t.match(err.message, /^rateLimit\.redis: /, `${what}: the start fails`)
+    t.match(err.message, message, `${what}: the error says why`)
+    t.ok(ms < FAST_MS, `${what}: without waiting for Redis (${Math.round(ms)} ms)`)
+    t.ok(logs.some((l) => /rate-limit store unreachable/.test(l) && message.test(l)), `${what}: the warning says why`)
   }
+})
+
+t.test('one server with a password: none given fails the start at once (NOAUTH); a password that goes wrong while running is a store outage', { skip: !hasTools }, async (t) => {
+  const redis = await startRedis(t)
+  const password = 'pw-' + createHash('sha256').update(String(Math.random())).digest('hex').slice(0, 20)
+  cli(redis.port, 'CONFIG', 'SET', 'requirepass', password)
+
+  const { err, ms } = await refused(t, { redis: redis.url, onStoreError: 'deny' })
+  t.match(err.message, /^rateLimit\.redis: .*NOAUTH/, 'no password: the start fails, naming the cause')
+  t.ok(ms < FAST_MS, `without waiting for Redis (${Math.round(ms)} ms)`)
+
+  const { url, logs } = await captured(t, { redis: { url: redis.url, password }, onStoreError: 'deny' })
+  t.equal((await get(`${url}/api/people/`, { 'x-client': 'a' })).status, 200, 'the right password: counted')
+  // The password changes under the running gateway, and its connection is dropped.
+  const rotated = password + '-rotated'
+  spawnSync('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), '-a', password, '--no-auth-warning', 'CONFIG', 'SET', 'requirepass', rotated], { encoding: 'utf8', timeout: 10_000 })
+  spawnSync('redis-cli', ['-h', '127.0.0.1', '-p', String(redis.port), '-a', rotated, '--no-auth-warning', 'CLIENT', 'KILL', 'TYPE', 'normal'], { encoding: 'utf8', timeout: 10_000 })
+  await until('readiness says the store is down', 10_000, async () => (await get(`${url}/readyz`)).status === 503)
+  t.pass('/readyz 503')
+  const res = await get(`${url}/api/people/`, { 'x-client': 'a' })
+  t.equal(res.status, 503, 'deny')
+  t.notOk(res.text.includes(password), 'not in the answer')
+  t.ok(logs.some((l) => /rate-limit store unreachable/.test(l)), 'the outage is logged')
+  t.notOk(logs.some((l) => l.includes(password)), 'no password in any log line')
 })
 
 t.test('config checks of rateLimit.redis as an object', async (t) => {

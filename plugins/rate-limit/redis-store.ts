@@ -170,6 +170,8 @@ export class RedisConnection {
   readonly name: string
   /** Set when close() starts: what the client says after that is no news. */
   closing = false
+  /** The client's last error since it was last ready (for `RedisCounterStore.connected`). */
+  lastError: Error | null = null
 
   constructor (target: RedisTarget, timeoutMs: number) {
     const { client, mode } = redisClient(target, timeoutMs)
@@ -179,8 +181,10 @@ export class RedisConnection {
     this.client.defineCommand('portcullisIncr', { numberOfKeys: 1, lua: INCR_LUA })
     this.client.defineCommand('portcullisRead', { numberOfKeys: 1, lua: READ_LUA })
     // An 'error' event without a listener would crash the process (between two generations' stores too).
-    this.client.on('error', noop)
-    if (mode === 'cluster') this.client.on('node error', noop)
+    const remember = (err: Error): void => { this.lastError = err }
+    this.client.on('error', remember)
+    if (mode === 'cluster') this.client.on('node error', remember)
+    this.client.on('ready', () => { this.lastError = null })
   }
 
   async close (): Promise<void> {
@@ -193,8 +197,6 @@ export class RedisConnection {
     }
   }
 }
-
-function noop (): void {}
 
 /**
  * One gateway generation's view of a RedisConnection: its health as this generation's log and
@@ -352,23 +354,48 @@ export class RedisCounterStore implements CounterStore {
 
   /**
    * Wait (bounded) for the connection to be ready, so that a normal start serves with Redis ready.
-   * Errors meanwhile do not end the wait: ioredis keeps retrying, and a Redis that comes up a
-   * moment after a refused connection is still in time.
+   * Errors that waiting can heal do not end the wait: ioredis keeps retrying, and a Redis that
+   * comes up a moment after a refused connection (or answers LOADING) is still in time. An error
+   * that cannot heal (`lasting`: a wrong password, a certificate not trusted) ends it at once: the
+   * returned promise rejects with an Error naming it, and the start fails with that message.
    */
   async connected (withinMs: number): Promise<boolean> {
     if (this.client.status === 'ready') return true
+    const seen = this.connection.lastError === null ? null : lasting(this.connection.lastError)
+    if (seen !== null) throw seen
     const client = this.client
-    return await new Promise<boolean>((resolve) => {
-      const done = (ready: boolean): void => {
+    const events = this.mode === 'cluster' ? ['error', 'node error'] : ['error']
+    return await new Promise<boolean>((resolve, reject) => {
+      const done = (ready: boolean | Error): void => {
         clearTimeout(timer)
         client.off('ready', onReady)
-        resolve(ready)
+        for (const event of events) client.off(event, onError)
+        if (ready instanceof Error) reject(ready)
+        else resolve(ready)
       }
       const onReady = (): void => { done(true) }
+      const onError = (err: Error): void => {
+        const cause = lasting(err)
+        if (cause !== null) done(cause)
+      }
       const timer = setTimeout(done, withinMs, false)
       client.on('ready', onReady)
+      for (const event of events) client.on(event, onError)
     })
   }
+}
+
+/**
+ * What no retry fixes: Redis refused the credentials (WRONGPASS, NOAUTH, "invalid password",
+ * "ERR AUTH"), or TLS did not trust its certificate (Node's messages all say "certificate": "unable
+ * to verify the first certificate", "self-signed certificate", "… does not match certificate's
+ * altnames"). Also when it is the last error a Sentinel or Cluster client reports (`Last error:`,
+ * `lastNodeError`). Refused, timed out or LOADING: null (Redis may be starting).
+ */
+function lasting (err: Error): Error | null {
+  const texts = [err.message, (err as NodeJS.ErrnoException).code, (err as { lastNodeError?: Error }).lastNodeError?.message].filter((t): t is string => typeof t === 'string' && t !== '')
+  if (!/\b(?:WRONGPASS|NOAUTH)\b|invalid (?:username-)?password|\bERR AUTH\b|certificate/i.test(texts.join(' '))) return null
+  return new Error(`rateLimit.redis: ${texts.join(': ')} (waiting for Redis does not mend this)`)
 }
 
 /**
