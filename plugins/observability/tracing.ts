@@ -233,7 +233,12 @@ export class Tracer {
     const out: Array<[string, string]> = [['traceparent', traceparent]]
     if (trace.tracestate !== undefined) out.push(['tracestate', trace.tracestate])
     const upstream = request.upstream
-    request.upstream = upstream === undefined ? { headers: out } : { ...upstream, headers: [...(upstream.headers ?? []), ...out] }
+    // With the body fields present, a later `{ ...request.upstream, body, contentType }` (validation)
+    // only overwrites them. Spreading `{ headers }` and then adding two properties takes V8's slow
+    // path (Node 20: 2–4.5 µs a spread against ≈ 20 ns; POST with validation paid ≈ 10 % CPU).
+    request.upstream = upstream === undefined
+      ? { headers: out, body: undefined, contentType: undefined }
+      : { ...upstream, headers: [...(upstream.headers ?? []), ...out] }
     if (this.exporter !== null && trace.sampled) {
       const res = reply.raw as TracedResponse
       res[kTraced] = reply
