@@ -218,12 +218,21 @@ server: { host: 0.0.0.0, port: 1 }
 logging: { level: warn }
 routes: [{ name: r, prefix: /r, upstream: "${up.origin}/v1" }]
 `)
+  // The refused starts run while the good one starts and serves (each is its own process).
+  const taken = createServer()
+  taken.listen(0, '127.0.0.1')
+  await once(taken, 'listening')
+  t.teardown(() => { taken.close() })
+  const refusals = Promise.all([
+    portcullis(['start', '--config', file('bad-start.yaml', 'routes: [{ name: r, prefix: /r, upstream: nope }]\n')]),
+    portcullis(['start', '--config', config, '--host', '127.0.0.1', '--port', String((taken.address() as AddressInfo).port)])
+  ])
   const port = await freePort()
   const child = spawn(process.execPath, [CLI, 'start', '--config', config, '--port', String(port), '--host', '127.0.0.1'], { stdio: ['ignore', 'ignore', 'pipe'] })
   const exited = once(child, 'exit')
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
   let res
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < 600; i++) {
     res = await call(`http://127.0.0.1:${port}/r/x?y=1`).catch(() => undefined)
     if (res !== undefined) break
     await new Promise((resolve) => setTimeout(resolve, 50))
@@ -233,15 +242,10 @@ routes: [{ name: r, prefix: /r, upstream: "${up.origin}/v1" }]
   child.kill('SIGTERM')
   t.same(await exited, [0, null], 'SIGTERM → exit 0')
 
-  const bad = await portcullis(['start', '--config', file('bad-start.yaml', 'routes: [{ name: r, prefix: /r, upstream: nope }]\n')])
+  const [bad, busy] = await refusals
   t.equal(bad.code, 1, 'an invalid config does not start: exit 1')
   t.match(bad.stderr, 'routes[0].upstream: must be an http or https URL')
 
-  const taken = createServer()
-  taken.listen(0, '127.0.0.1')
-  await once(taken, 'listening')
-  t.teardown(() => { taken.close() })
-  const busy = await portcullis(['start', '--config', config, '--host', '127.0.0.1', '--port', String((taken.address() as AddressInfo).port)])
   t.equal(busy.code, 1, 'a port in use: exit 1')
   t.match(busy.stderr, /cannot start: .*EADDRINUSE/)
 })
@@ -265,7 +269,7 @@ routes: [{ name: r, prefix: /r, upstream: "${up.origin}/v1" }]
     t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
     let out = ''
     child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d })
-    for (let i = 0; i < 200 && !out.includes('portcullis listening'); i++) await new Promise((resolve) => setTimeout(resolve, 50))
+    for (let i = 0; i < 600 && !out.includes('portcullis listening'); i++) await new Promise((resolve) => setTimeout(resolve, 50))
     t.match(out, 'portcullis listening', `${name}: started`)
     const before = out.length
     for (let i = 0; i < 300; i++) {
@@ -276,6 +280,8 @@ routes: [{ name: r, prefix: /r, upstream: "${up.origin}/v1" }]
     await once(child, 'exit')
     return out.slice(before).split('\n').filter((l) => l.includes('pretenuring:')).length
   }
-  t.equal(await tracedRun('default', undefined), 0, 'by default: no pretenuring decisions while serving')
-  t.ok(await tracedRun('on', true) > 0, 'allocationSitePretenuring: true leaves V8 deciding (so the check above can fail)')
+  // Both at once: each is its own process, and each counts only its own trace lines.
+  const [off, on] = await Promise.all([tracedRun('default', undefined), tracedRun('on', true)])
+  t.equal(off, 0, 'by default: no pretenuring decisions while serving')
+  t.ok(on > 0, 'allocationSitePretenuring: true leaves V8 deciding (so the check above can fail)')
 })
