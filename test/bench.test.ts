@@ -45,6 +45,9 @@ t.test('the wrk POST script carries method, body and headers, quoted for Lua', a
   t.throws(() => wrkScript('POST', {}, 'caf\u00e9'), /not plain ASCII/)
 })
 
+/** The current sources, transpiled once for both runner tests (no dependence on a fresh `npm run build`). */
+const build = transpileProject(t, ['bench'])
+
 /** Runs a built bench script with node; if the test is cut short, its SIGTERM handler stops every process it started. */
 async function runScript (t: Test, script: string, args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
   const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
@@ -72,8 +75,6 @@ interface Report {
 }
 
 t.test('--quick runs every scenario, with zero errors, and writes a well-formed report', async (t) => {
-  // The current sources, transpiled (no dependence on a fresh `npm run build`).
-  const build = transpileProject(t, ['bench'])
   const dir = mkdtempSync(join(tmpdir(), 'bench-test-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const out = join(dir, 'report.json')
@@ -134,7 +135,6 @@ t.test('--quick runs every scenario, with zero errors, and writes a well-formed 
 })
 
 t.test('npm run ab: a revision against the working tree, alternating order, every run error-free', async (t) => {
-  const build = transpileProject(t, ['bench'])
   const root = join(import.meta.dirname, '..')
   const dir = mkdtempSync(join(tmpdir(), 'ab-test-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
