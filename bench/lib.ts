@@ -503,6 +503,16 @@ async function runAutocannon (spec: LoadSpec): Promise<LoadResult> {
 
 // --- statistics --------------------------------------------------------------------------
 
+/**
+ * The order of a round's scenarios: as listed in odd rounds, reversed in even ones. On the 2-core
+ * VM the second of two back-to-back runs measured up to 6 % dearer (bench/ab.ts), and a fixed
+ * order made an A/A ratio read 1.09–1.53× (bench/PROFILE.md); reversing gives every pair both
+ * orders over two rounds.
+ */
+export function roundOrder<T> (list: readonly T[], round: number): T[] {
+  return round % 2 === 0 ? [...list].reverse() : [...list]
+}
+
 export function median (values: readonly number[]): number {
   const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b)
   if (v.length === 0) return Number.NaN

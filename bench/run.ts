@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util'
 import { isDeepStrictEqual } from 'node:util'
 import {
   BENCH_GET_PATH, BENCH_POST_BODY, BENCH_POST_PATH, benchRequest, Proc, ROOT, builtFile, commandExists, cpuSeconds, detectTool, freePort, httpCall, installCleanup, median,
-  pinningPossible, removeDir, round, runLoad, scratchDir, sleep, startNginx, stopAll, waitForHttp, type LoadResult, type ToolName, startBenchUpstream
+  pinningPossible, removeDir, round, roundOrder, runLoad, scratchDir, sleep, startNginx, stopAll, waitForHttp, type LoadResult, type ToolName, startBenchUpstream
 } from './lib.js'
 import { portcullisConfig, type Variant } from './portcullis-config.js'
 import { evaluateTargets, formatTargets } from './targets.js'
@@ -301,6 +301,8 @@ function scenarios (ctx: Context, upstream: Proc): Scenario[] {
 
 export interface RunRecord extends LoadResult {
   round: number
+  /** Place in the round's order (0 = first; the order reverses every other round, see roundOrder). */
+  position: number
   method: 'GET' | 'POST'
   scenario: string
   /** CPU time of the serving processes per request, µs (null where /proc is unavailable). */
@@ -316,7 +318,7 @@ function countLines (file: string): number {
   return n
 }
 
-async function measure (ctx: Context, tool: ToolName, scenario: Scenario, target: Target, method: 'GET' | 'POST', round: number): Promise<RunRecord> {
+async function measure (ctx: Context, tool: ToolName, scenario: Scenario, target: Target, method: 'GET' | 'POST', round: number, position: number): Promise<RunRecord> {
   const spec = {
     ...benchRequest(target.url, method, target.headers),
     connections: ctx.options.connections,
@@ -330,6 +332,7 @@ async function measure (ctx: Context, tool: ToolName, scenario: Scenario, target
   const after = cpuSeconds(target.cpuPids)
   const record: RunRecord = {
     round,
+    position,
     method,
     scenario: scenario.id,
     ...result,
@@ -473,10 +476,12 @@ async function main (): Promise<number> {
 
     for (let r = 1; r <= options.rounds; r++) {
       for (const method of options.methods) {
-        for (const s of scenarioList) {
+        const order = roundOrder(scenarioList.filter((s) => s.target !== undefined), r)
+        for (let position = 0; position < order.length; position++) {
+          const s = order[position]
           if (s.target === undefined) continue
           try {
-            const rec = await measure(ctx, tool, s, s.target, method, r)
+            const rec = await measure(ctx, tool, s, s.target, method, r, position)
             runs.push(rec)
             log(`  round ${r} ${method.padEnd(4)} ${s.id.padEnd(24)} ${rec.rps.toFixed(0).padStart(7)} req/s  p50 ${rec.p50Ms.toFixed(2)} ms  ` +
               `p99 ${rec.p99Ms.toFixed(2)} ms  errors ${rec.errors}  non-2xx ${rec.non2xx}` +

@@ -1,6 +1,7 @@
 /** Issue 19's targets from a benchmark's runs: per-round ratios of two scenarios of the same round. */
 import t from 'tap'
 import { evaluateTargets, formatTargets, type TargetRun } from '../bench/targets.js'
+import { roundOrder } from '../bench/lib.js'
 
 const run = (scenario: string, round: number, rps: number, cpu: number | null, p99 = 10, method: 'GET' | 'POST' = 'GET'): TargetRun =>
   ({ scenario, round, method, rps, cpuUsPerRequest: cpu, p99Ms: p99 })
@@ -38,4 +39,14 @@ t.test('a round missing its partner, or without a CPU reading, gives no ratio fo
   t.same(results.map((r) => [r.id, r.rounds]), [['2-redis', [0.8]], ['3-metrics', [1.02]]])
   t.same(results.map((r) => r.met), [false, true])
   t.equal(formatTargets([]), '', 'nothing to print without targets')
+})
+
+t.test('the scenarios run in their listed order in odd rounds and reversed in even ones, so every pair meets in both orders', async (t) => {
+  const list = ['upstream', 'bare-proxy', 'portcullis-full', 'portcullis-full-metrics'] as const
+  t.same(roundOrder(list, 1), list)
+  t.same(roundOrder(list, 2), ['portcullis-full-metrics', 'portcullis-full', 'bare-proxy', 'upstream'])
+  t.same(roundOrder(list, 3), list)
+  t.same(list, ['upstream', 'bare-proxy', 'portcullis-full', 'portcullis-full-metrics'], 'the list itself is left alone')
+  const firstOf = (a: string, b: string, r: number): string => roundOrder(list, r).find((x) => x === a || x === b)!
+  t.same([1, 2].map((r) => firstOf('portcullis-full', 'portcullis-full-metrics', r)), ['portcullis-full', 'portcullis-full-metrics'], 'over two rounds each goes first once')
 })

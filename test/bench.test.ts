@@ -69,7 +69,7 @@ interface Report {
   tool: { name: string, version: string }
   scenarios: Array<{ id: string, label: string, status: string, reason?: string, protections: string[] }>
   summary: Array<{ scenario: string, method: string, rps: number, p50Ms: number, p99Ms: number, errors: number, non2xx: number, vsUpstream: { median: number, rounds: number[] }, vsBare: { median: number, rounds: number[] } }>
-  runs: Array<{ scenario: string, method: string, round: number, requests: number, errors: number, non2xx: number }>
+  runs: Array<{ scenario: string, method: string, round: number, position: number, requests: number, errors: number, non2xx: number }>
   targets: Array<{ id: string, method: string, rounds: number[], median: number }>
   problems: string[]
 }
@@ -105,6 +105,10 @@ t.test('--quick runs every scenario, with zero errors, and writes a well-formed 
   t.ok(report.scenarios.find((s) => s.id === 'portcullis-full')?.protections.includes('access log'))
 
   const measured = report.scenarios.filter((s) => s.status === 'measured')
+  for (const method of ['GET', 'POST']) {
+    t.same(report.runs.filter((r) => r.method === method).map((r) => `${r.position}:${r.scenario}`), measured.map((s, i) => `${i}:${s.id}`),
+      `${method}: round 1 runs the measured scenarios in their listed order`)
+  }
   for (const s of measured) {
     for (const method of ['GET', 'POST']) {
       const runs = report.runs.filter((r) => r.scenario === s.id && r.method === method)
