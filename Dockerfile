@@ -67,5 +67,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORTCULLIS_PORT || 8080) + '/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["node", "dist/src/cli.js"]
+# Node flags: src/node-flags.ts (test/node-flags.test.ts keeps this line and it in step).
+ENTRYPOINT ["node", "--max-semi-space-size=32", "dist/src/cli.js"]
 CMD ["start", "--config", "/etc/portcullis/gateway.yaml"]

@@ -23,6 +23,7 @@ import {
   scratchDir, startBenchUpstream, stopAll, transpileTree, waitForHttp, type LoadResult, type LoadSpec
 } from './lib.js'
 import type { Plan, PlanInput, Variant } from './portcullis-config.js'
+import { NODE_FLAGS } from '../src/node-flags.js'
 
 const USAGE = `usage: npm run ab -- --base REV [options]
   --base REV          the git revision to compare the working tree's build against (e.g. HEAD~1)
@@ -36,6 +37,8 @@ const USAGE = `usage: npm run ab -- --base REV [options]
   --connections N     (default 50)
   --head-targets N    the head's route balanced over N upstream origins (default 1), e.g. with
                       --base-build dist: what a second target costs, same build on both sides
+  --head-node-options S  NODE_OPTIONS for the head's process only (e.g. --max-semi-space-size=64):
+                      with --base-build dist, what a Node or V8 flag does to the same build
   --tool wrk|autocannon
   --no-pin            do not pin with taskset
   --out FILE          the JSON report (default bench/results/ab-<time>.json)
@@ -66,15 +69,19 @@ async function buildRevision (repo: string, rev: string, scratch: string): Promi
   return { build, commit: commit.stdout.trim() }
 }
 
-async function startSide (name: 'base' | 'head', build: string, variant: Variant, upstreamOrigin: string, method: 'GET' | 'POST', connections: number, pin: boolean, scratch: string, extraUpstreamOrigins: readonly string[] = []): Promise<Side> {
+async function startSide (name: 'base' | 'head', build: string, variant: Variant, upstreamOrigin: string, method: 'GET' | 'POST', connections: number, pin: boolean, scratch: string, extraUpstreamOrigins: readonly string[] = [], nodeOptions?: string): Promise<Side> {
   const { portcullisConfig } = await import(pathToFileURL(join(build, 'bench/portcullis-config.js')).href) as { portcullisConfig: (input: PlanInput) => Plan }
   const port = await freePort()
   const plan = portcullisConfig({ ...variant, upstreamOrigin, port, extraUpstreamOrigins })
   if (plan.skip !== undefined) throw new Error(`${name}: ${plan.skip}`)
   const configFile = join(scratch, `${name}.json`)
   writeFileSync(configFile, JSON.stringify(plan.config))
-  const proc = new Proc(name, process.execPath, [join(build, 'src/cli.js'), 'start', '--config', configFile], {
-    cpu: pin ? 0 : null, stdoutFile: join(scratch, `${name}.log`), stderrFile: join(scratch, `${name}.stderr.log`), stdinPipe: true
+  const proc = new Proc(name, process.execPath, [...NODE_FLAGS, join(build, 'src/cli.js'), 'start', '--config', configFile], {
+    cpu: pin ? 0 : null,
+    stdoutFile: join(scratch, `${name}.log`),
+    stderrFile: join(scratch, `${name}.stderr.log`),
+    stdinPipe: true,
+    env: nodeOptions === undefined ? undefined : { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} ${nodeOptions}`.trim() }
   })
   const url = `http://127.0.0.1:${port}`
   await waitForHttp(url + '/healthz', proc)
@@ -124,6 +131,7 @@ async function main (): Promise<number> {
       warmup: { type: 'string', default: '2' },
       connections: { type: 'string', default: '50' },
       'head-targets': { type: 'string', default: '1' },
+      'head-node-options': { type: 'string' },
       tool: { type: 'string' },
       'no-pin': { type: 'boolean', default: false },
       out: { type: 'string' },
@@ -157,9 +165,9 @@ async function main (): Promise<number> {
     for (let i = 2; i <= headTargets; i++) extra.push(`http://127.0.0.${i}:${upstreamPort}`)
     const sides = [
       await startSide('base', base.build, variant, origin, method, connections, pin, scratch),
-      await startSide('head', head, variant, origin, method, connections, pin, scratch, extra)
+      await startSide('head', head, variant, origin, method, connections, pin, scratch, extra, values['head-node-options'])
     ]
-    process.stdout.write(`ab: ${values.scenario} ${method} [${sides[1].protections.join(', ') || 'no protection'}], base ${values.base ?? values['base-build']} (${base.commit}) against the working tree's build${headTargets > 1 ? ` (head: ${headTargets} targets)` : ''}; ` +
+    process.stdout.write(`ab: ${values.scenario} ${method} [${sides[1].protections.join(', ') || 'no protection'}], base ${values.base ?? values['base-build']} (${base.commit}) against the working tree's build${headTargets > 1 ? ` (head: ${headTargets} targets)` : ''}${values['head-node-options'] !== undefined ? ` (head: NODE_OPTIONS ${values['head-node-options']})` : ''}; ` +
       `${rounds} rounds × ${seconds} s, ${connections} connections, ${tool} ${version}, ${pin ? 'gateways pinned to core 0, upstream + load to core 1' : 'not pinned'}\n`)
     if (warmup > 0) for (const side of sides) await runLoad(tool, { ...side.spec, seconds: warmup })
 
@@ -198,6 +206,7 @@ async function main (): Promise<number> {
       method,
       protections: sides[1].protections,
       headTargets,
+      headNodeOptions: values['head-node-options'] ?? null,
       rounds,
       seconds,
       connections,

@@ -17,6 +17,7 @@ import {
   sleep, stopAll, waitForHttp, type LoadResult, startBenchUpstream
 } from './lib.js'
 import { portcullisConfig, type Variant } from './portcullis-config.js'
+import { NODE_FLAGS } from '../src/node-flags.js'
 
 /** A portcullis variant, or a bench server script started as `node SCRIPT UPSTREAM_URL PORT`. */
 const SCENARIOS: Record<string, Variant | { script: string }> = {
@@ -161,7 +162,7 @@ async function main (): Promise<number> {
       headers = plan.headers
       const configFile = join(scratch, 'gateway.json')
       writeFileSync(configFile, JSON.stringify(plan.config))
-      gateway = new Proc('portcullis', process.execPath, [...profiler, builtFile('src/cli.js'), 'start', '--config', configFile], {
+      gateway = new Proc('portcullis', process.execPath, [...NODE_FLAGS, ...profiler, builtFile('src/cli.js'), 'start', '--config', configFile], {
         cpu: pin ? 0 : null, stdoutFile: join(scratch, 'gateway.log'), stderrFile: join(scratch, 'gateway.stderr.log'), env, stdinPipe: true
       })
       await waitForHttp(url + '/healthz', gateway)

@@ -18,6 +18,7 @@ import {
 import { portcullisConfig, type Variant } from './portcullis-config.js'
 import { evaluateTargets, formatTargets } from './targets.js'
 import { FLUSH_INTERVAL_MS } from '../src/logging.js'
+import { NODE_FLAGS } from '../src/node-flags.js'
 
 const USAGE = `Usage: npm run bench -- [options]
 
@@ -232,7 +233,7 @@ function portcullisScenario (ctx: Context, id: string, variant: Variant, workers
       writeFileSync(configFile, JSON.stringify(built.config, null, 2))
       const logFile = join(ctx.scratch, `${id}.log`)
       const [command, args] = [process.execPath, workers === null
-        ? [builtFile('src/cli.js'), 'start', '--config', configFile]
+        ? [...NODE_FLAGS, builtFile('src/cli.js'), 'start', '--config', configFile]
         : workerArgs(configFile, workers)]
       const proc = new Proc(id, command, args, { cpu: ctx.proxyCpu, stdoutFile: logFile, stderrFile: join(ctx.scratch, `${id}.stderr.log`) })
       const url = `http://127.0.0.1:${port}`
@@ -258,7 +259,7 @@ function portcullisScenario (ctx: Context, id: string, variant: Variant, workers
  * (each worker counts on its own; the benchmark's limit is never reached anyway).
  */
 function workerArgs (configFile: string, workers: number): string[] {
-  const args = [builtFile('src/cli.js'), 'start', '--config', configFile, '--workers', String(workers)]
+  const args = [...NODE_FLAGS, builtFile('src/cli.js'), 'start', '--config', configFile, '--workers', String(workers)]
   if (workers > 1) args.push('--allow-per-worker-limits')
   return args
 }

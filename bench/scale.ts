@@ -43,6 +43,7 @@ import {
   BENCH_GET_PATH, Proc, ROOT, builtFile, cpuSeconds, detectTool, freePort, httpCall, installCleanup, median, nginxMissing, peakRssKiB, pinningPossible, removeDir,
   resetPeakRss, round, rssKiB, runLoad, scratchDir, sleep, startBenchUpstream, startNginx, stopAll, waitForHttp, type ToolName
 } from './lib.js'
+import { NODE_FLAGS } from '../src/node-flags.js'
 import { parseSize } from '../schemas/common.js'
 
 const USAGE = `Usage: npm run bench -- --scale [options]   (or --scale-quick: tiny sizes, for a test)
@@ -316,7 +317,7 @@ const HIT: Record<Dimension, string> = {
 /** The built CLI's `start` with `file`, timed from spawn to the first answer of /healthz. */
 async function launch (name: string, file: string, port: number, o: ScaleOptions, scratch: string): Promise<{ proc: Proc, url: string, startupMs: number }> {
   const t0 = performance.now()
-  const proc = new Proc(name, process.execPath, [builtFile('src/cli.js'), 'start', '--config', file], {
+  const proc = new Proc(name, process.execPath, [...NODE_FLAGS, builtFile('src/cli.js'), 'start', '--config', file], {
     cpu: o.pin ? 0 : null, stdoutFile: join(scratch, `${name}.log`), stderrFile: join(scratch, `${name}.stderr.log`), stdinPipe: true
   })
   const url = `http://127.0.0.1:${port}`

@@ -14,6 +14,7 @@ import {
   benchRequest, Proc, ROOT, builtFile, detectTool, freePort, installCleanup, pinningPossible, removeDir, round, rssKiB,
   runLoad, scratchDir, sleep, slope, stopAll, waitForHttp, type LoadResult, startBenchUpstream
 } from './lib.js'
+import { NODE_FLAGS } from '../src/node-flags.js'
 import { portcullisConfig } from './portcullis-config.js'
 
 const USAGE = `Usage: npm run soak -- --minutes N [options]
@@ -103,7 +104,7 @@ async function main (): Promise<number> {
     writeFileSync(configFile, JSON.stringify(plan.config, null, 2))
     const heapFile = join(scratch, 'heap.jsonl')
     const gateway = new Proc('portcullis', process.execPath, [
-      '--import', pathToFileURL(builtFile('bench/heap-sampler.js')).href, builtFile('src/cli.js'), 'start', '--config', configFile
+      ...NODE_FLAGS, '--import', pathToFileURL(builtFile('bench/heap-sampler.js')).href, builtFile('src/cli.js'), 'start', '--config', configFile
     ], {
       cpu: pin ? 0 : null,
       stdoutFile: '/dev/null',

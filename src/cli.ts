@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=32
 /**
  * portcullis start | validate | reload — argv → config → server.
  * Exit codes: 0 ok, 1 bad config or failure to start, 2 bad command line.

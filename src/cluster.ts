@@ -18,6 +18,7 @@ import closeWithGrace from 'close-with-grace'
 import type { GatewayConfig } from '../schemas/config.js'
 import { rateLimitScaleWarning } from '../plugins/rate-limit/rate-limit.js'
 import { watchConfigFile, writePidFile } from './reload.js'
+import { withNodeFlags } from './node-flags.js'
 
 export const MAX_WORKERS = 256
 
@@ -102,7 +103,8 @@ export function runPrimary (options: PrimaryOptions): Promise<number> {
     if (LEVELS[level] < threshold) return
     process.stdout.write(JSON.stringify({ level: LEVELS[level], time: Date.now(), pid: process.pid, hostname: host, role: 'primary', ...fields, msg }) + '\n')
   }
-  if (options.args !== undefined) cluster.setupPrimary({ args: options.args })
+  // The workers run with the gateway's Node flags even when the primary was started without them.
+  cluster.setupPrimary({ execArgv: withNodeFlags(process.execArgv), ...(options.args !== undefined ? { args: options.args } : {}) })
 
   return new Promise((resolve) => {
     const started = new Map<number, number>() // worker id → start time

@@ -329,8 +329,10 @@ t.test('the image\'s runtime: its Node serves deploy/k8s\'s config with Redis; t
     .replace('metrics: { port: 9090 }', `metrics: { port: ${metricsPort}, host: 127.0.0.1 }`)
     .replaceAll('http://people-api.default.svc.cluster.local:8000', up.origin))
   const env = { PATH: process.env.PATH, NODE_ENV: 'production', TMPDIR: dir, JWT_SECRET: 'k'.repeat(48), ALICE_PASSWORD: 'alice-own-pw', REDIS_URL: redis.url }
-  // ENTRYPOINT + CMD of the image, on loopback and a free port instead of 0.0.0.0:8080.
-  const child = spawn(NODE_IMAGE, [join(build, 'src/cli.js'), 'start', '--config', config, '--host', '127.0.0.1', '--port', String(port)], { env, stdio: ['ignore', 'ignore', 'pipe'] })
+  // ENTRYPOINT (with its Node flags) + CMD of the image, on loopback and a free port instead of 0.0.0.0:8080.
+  const entrypoint = JSON.parse(/^ENTRYPOINT (\[.*\])$/m.exec(dockerfile)?.[1] ?? '[]') as string[]
+  t.same([entrypoint[0], entrypoint.at(-1)], ['node', 'dist/src/cli.js'], 'ENTRYPOINT: node [flags] dist/src/cli.js')
+  const child = spawn(NODE_IMAGE, [...entrypoint.slice(1, -1), join(build, 'src/cli.js'), 'start', '--config', config, '--host', '127.0.0.1', '--port', String(port)], { env, stdio: ['ignore', 'ignore', 'pipe'] })
   let stderr = ''
   child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
   const exited = once(child, 'exit')
