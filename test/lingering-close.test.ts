@@ -99,6 +99,64 @@ t.test('the lingering is bounded: past lingeringClose.size or .time the connecti
   t.equal(res.status, 413)
 })
 
+t.test('a client that asked for Connection: close and is still uploading when refused (401) reads the answer: the gateway half-closes and drains, bounded', async (t) => {
+  const up = await startUpstream(t)
+  const { url: gw } = await startTestGateway(t, {
+    users: [basicUser],
+    server: { lingeringClose: { time: '2s', size: '64mb' } },
+    routes: [{ name: 'basic', prefix: '/basic', upstream: up.origin, auth: ['basic'], bodyLimit: '8mb' }]
+  })
+  const port = Number(new URL(gw).port)
+  const size = 4 * 1024 * 1024
+  for (const version of ['1.1', '1.0']) {
+    const socket = connect(port, '127.0.0.1')
+    let answer = ''
+    let error = ''
+    socket.on('error', (e: Error) => { error = e.message })
+    const closed = new Promise<string>((resolve) => { socket.once('close', () => { resolve('closed') }) })
+    // The client reads nothing until it has sent everything, as a busy client would. Before the
+    // half-close, Node destroyed the socket as soon as the 401 was written (the response says
+    // Connection: close), the rest of the body made the kernel reset the connection, and the
+    // reset threw the unread 401 away.
+    socket.pause()
+    const head = `PUT /basic/x HTTP/${version}\r\nHost: x\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${size}\r\n\r\n`
+    socket.write(head)
+    await sleep(100)
+    await new Promise<void>((resolve) => { socket.write(Buffer.alloc(size, 120), () => { resolve() }) })
+    await sleep(100)
+    socket.on('data', (d: Buffer) => { answer += d.toString('latin1') })
+    socket.resume()
+    const outcome = await Promise.race([closed, sleep(8000).then(() => 'still open after 8 s')])
+    t.equal(error, '', `HTTP/${version}: no reset`)
+    socket.destroy()
+    t.equal(outcome, 'closed', `HTTP/${version}: the connection closed once the client had sent everything`)
+    t.match(answer, /^HTTP\/1\.1 401 Unauthorized\r\n/, `HTTP/${version}: the client read the 401`)
+    t.match(answer, /connection: close/i, `HTTP/${version}: which said the connection closes`)
+  }
+  // Half-closed is still bounded: a client that sends part of its body, then only a trickle, and
+  // never closes its side, is cut off at lingeringClose.time (2 s here), with the 401 delivered.
+  // Its writes start failing (a reset) once the gateway has closed the socket.
+  const idle = connect({ port, host: '127.0.0.1', allowHalfOpen: true }) // it does not close its side on the gateway's FIN
+  let idleAnswer = ''
+  let idleError = ''
+  idle.on('error', (e: Error) => { idleError = e.message })
+  idle.on('data', (d: Buffer) => { idleAnswer += d.toString('latin1') })
+  const started = Date.now()
+  idle.write(`PUT /basic/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: ${size}\r\n\r\n`)
+  idle.write(Buffer.alloc(64 * 1024, 120))
+  const failed = (): boolean => idleError !== '' || idle.destroyed
+  while (!failed() && Date.now() - started < 6000) {
+    await sleep(200)
+    if (!idle.destroyed) idle.write(Buffer.alloc(1024, 120))
+  }
+  const took = Date.now() - started
+  idle.destroy()
+  t.match(idleError, /ECONNRESET|EPIPE/, 'the gateway closed the idle half-closed connection')
+  t.ok(took >= 1500 && took < 4500, `at about lingeringClose.time (${took} ms)`)
+  t.match(idleAnswer, /^HTTP\/1\.1 401 /, 'after its 401')
+  t.equal(up.requests.length, 0, 'nothing reached the upstream')
+})
+
 t.test('a request Node\'s parser refuses (an obs-fold header) while its 4 MB body is still coming: the 400 arrives, the rest is drained, the connection closes', async (t) => {
   const up = await startUpstream(t)
   const { url: gw } = await startTestGateway(t, {

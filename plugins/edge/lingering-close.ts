@@ -14,6 +14,7 @@
  */
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import fp from 'fastify-plugin'
 import { hasBody } from '../validation/json-body.js'
@@ -70,8 +71,23 @@ export function refuseUnreadBody (reply: FastifyReply): void {
   if (socket === null || typeof socket.destroy !== 'function' || socket.destroyed || reply.hasHeader('connection')) return
   const limits = reply.server.lingeringClose
   let seen = 0
-  const stop = (): void => { clearTimeout(timer) }
   const timer = setTimeout(() => { socket.destroy() }, limits.timeMs)
+  const stop = (): void => { clearTimeout(timer) }
+  if (res.shouldKeepAlive) {
+    // The connection goes on after the answer: once the body has been read, the lingering is over.
+    raw.once('end', stop)
+    raw.once('close', stop)
+  } else {
+    // The answer closes the connection (the client sent Connection: close or spoke HTTP/1.0):
+    // Node ends such a connection with socket.destroySoon() as soon as the answer is written, and
+    // the body still arriving then makes the kernel reset it, throwing away the answer the client
+    // has not read yet. Half-close instead (the FIN follows the answer; the server socket allows
+    // half-open connections) and go on reading: the socket closes when the client closes its
+    // side, or at the bounds.
+    const halfClose = socket as Socket
+    halfClose.destroySoon = () => { halfClose.end() }
+    socket.once('close', stop)
+  }
   raw.removeAllListeners('data')
   raw.on('data', (chunk: Buffer) => {
     seen += chunk.length
@@ -80,8 +96,6 @@ export function refuseUnreadBody (reply: FastifyReply): void {
       socket.destroy()
     }
   })
-  raw.once('end', stop)
-  raw.once('close', stop)
   raw.resume()
 }
 
