@@ -3,8 +3,8 @@
  * No mocked network anywhere.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { createHash, randomBytes } from 'node:crypto'
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { once } from 'node:events'
@@ -351,11 +351,34 @@ export async function startDrf (t: T, options: { users?: DrfUser[], env?: Record
  * type-checking into a temp folder that links node_modules, laid out like dist/
  * (`<dir>/src/cli.js`): for tests that spawn the gateway or the benchmark as real processes
  * without depending on a fresh `npm run build`. Removed when the test ends.
+ *
+ * Twenty-odd test files ask for the same sources, and transpiling them takes 1.5–4 s of CPU each
+ * time (more on a loaded CI machine): the first caller writes the result to a folder in the temp
+ * directory named by a hash of every source file (and TypeScript's version), and every caller gets
+ * its own copy of that folder (≈ 0.1 s), so a test may change its copy freely. The cached folders
+ * stay in the temp directory (one per version of the sources, ≈ 2 MB each).
  */
 export function transpileProject (t: T, extra: string[] = []): string {
   const root = join(import.meta.dirname, '..')
+  const dirs = ['src', 'plugins', 'schemas', ...extra]
+  const modules = join(root, 'node_modules')
+  const hash = createHash('sha256').update(`${ts.version}\0${modules}\0${dirs.join(',')}\0`)
+  for (const dir of dirs) {
+    if (!existsSync(join(root, dir))) continue
+    for (const file of readdirSync(join(root, dir), { recursive: true, encoding: 'utf8' }).sort()) {
+      if (!file.endsWith('.ts') || file.endsWith('.d.ts')) continue
+      hash.update(`${dir}/${file}\0`).update(readFileSync(join(root, dir, file))).update('\0')
+    }
+  }
+  const cached = join(tmpdir(), `portcullis-transpiled-${hash.digest('hex').slice(0, 24)}`)
+  if (!existsSync(cached)) {
+    const staging = mkdtempSync(join(tmpdir(), 'portcullis-transpiling-'))
+    transpileTree(ts, root, staging, dirs, modules)
+    // Whole or not at all: another test file may be writing the same folder at this moment.
+    try { renameSync(staging, cached) } catch { rmSync(staging, { recursive: true, force: true }) }
+  }
   const out = mkdtempSync(join(tmpdir(), 'portcullis-build-'))
   t.teardown(() => { rmSync(out, { recursive: true, force: true }) })
-  transpileTree(ts, root, out, ['src', 'plugins', 'schemas', ...extra], join(root, 'node_modules'))
+  cpSync(cached, out, { recursive: true, verbatimSymlinks: true })
   return out
 }
