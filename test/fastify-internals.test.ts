@@ -49,7 +49,7 @@ t.test('Node and Fastify private fields are read in plugins/core/fastify-interna
     }
   }
   for (const dir of ['src', 'plugins', 'schemas', 'examples']) walk(join(root, dir))
-  const PRIVATE = /shouldKeepAlive|skip-override|_httpMessage|Symbol\.for\('fastify\.|\[kRouteContext\]|\bkReplyHeaders\b/
+  const PRIVATE = /shouldKeepAlive|destroySoon|skip-override|_httpMessage|Symbol\.for\('fastify\.|\[kRouteContext\]|\bkReplyHeaders\b/
   const BARE = /(?:from\s+|import\(\s*)'(@[^/']+\/[^/']+|[^@./'][^/']*)\/([^']+)'/g
   // Subpaths a package without an exports map documents as its interface (ajv's README:
   // `import Ajv2020 from "ajv/dist/2020"`).

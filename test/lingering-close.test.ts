@@ -157,6 +157,27 @@ t.test('a client that asked for Connection: close and is still uploading when re
   t.equal(up.requests.length, 0, 'nothing reached the upstream')
 })
 
+t.test('a request pipelined behind a refused Connection: close upload is never served (RFC 9112 §9.6), though the connection is still read', async (t) => {
+  const up = await startUpstream(t)
+  const { url: gw } = await startTestGateway(t, {
+    users: [basicUser],
+    routes: [{ name: 'basic', prefix: '/basic', upstream: up.origin, auth: ['basic'] }, { name: 'pub', prefix: '/pub', upstream: up.origin }]
+  })
+  const socket = connect(Number(new URL(gw).port), '127.0.0.1')
+  let got = ''
+  socket.on('data', (d: Buffer) => { got += d.toString('latin1') })
+  socket.on('error', () => {})
+  socket.write('PUT /basic/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100\r\n\r\n')
+  await sleep(200) // the 401 is sent while the body is unread: the gateway half-closes and drains
+  socket.write(Buffer.alloc(100, 120))
+  socket.write('GET /pub/y HTTP/1.1\r\nHost: x\r\n\r\n')
+  await sleep(500)
+  socket.destroy()
+  t.match(got, /^HTTP\/1\.1 401 /)
+  t.equal(got.match(/HTTP\/1\.1 /g)?.length, 1, 'one answer on the connection')
+  t.same(up.requests.map((r) => r.url), [], 'the pipelined GET to a public route never reached the upstream')
+})
+
 t.test('a request Node\'s parser refuses (an obs-fold header) while its 4 MB body is still coming: the 400 arrives, the rest is drained, the connection closes', async (t) => {
   const up = await startUpstream(t)
   const { url: gw } = await startTestGateway(t, {

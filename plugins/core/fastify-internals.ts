@@ -6,6 +6,7 @@
  * (slower, same result). test/fastify-internals.test.ts fails if the fast path is lost.
  */
 import type { ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { FastifyContextConfig, FastifyReply, FastifyRequest } from 'fastify'
 
 export type OwnHeaders = Record<string, number | string | string[] | undefined>
@@ -71,4 +72,20 @@ export function isScopeSharing (plugin: object): boolean {
  */
 export function closeAfterResponse (res: ServerResponse): void {
   res.shouldKeepAlive = false
+}
+
+/** Whether Node keeps the connection open after this response (its server's own field, set from
+ * the request's Connection header and HTTP version, or by closeAfterResponse). */
+export function keepsAlive (res: ServerResponse): boolean {
+  return res.shouldKeepAlive
+}
+
+/**
+ * After a response that closes the connection, Node's server calls `socket.destroySoon()`: end,
+ * then destroy once written. For this socket it will only end (a half-close: the FIN follows the
+ * answer, the server socket allows half-open connections), and the socket goes on being read until
+ * the client closes its side or the caller destroys it. Node has no public form of this step.
+ */
+export function halfCloseAfterResponse (socket: Socket): void {
+  socket.destroySoon = () => { socket.end() }
 }

@@ -18,6 +18,7 @@ import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import fp from 'fastify-plugin'
 import { hasBody } from '../validation/json-body.js'
+import { halfCloseAfterResponse, keepsAlive } from '../core/fastify-internals.js'
 
 export interface LingeringCloseOptions {
   /** Longest time the rest of a refused body is read, in ms. */
@@ -73,19 +74,17 @@ export function refuseUnreadBody (reply: FastifyReply): void {
   let seen = 0
   const timer = setTimeout(() => { socket.destroy() }, limits.timeMs)
   const stop = (): void => { clearTimeout(timer) }
-  if (res.shouldKeepAlive) {
+  if (keepsAlive(res)) {
     // The connection goes on after the answer: once the body has been read, the lingering is over.
     raw.once('end', stop)
     raw.once('close', stop)
   } else {
     // The answer closes the connection (the client sent Connection: close or spoke HTTP/1.0):
-    // Node ends such a connection with socket.destroySoon() as soon as the answer is written, and
-    // the body still arriving then makes the kernel reset it, throwing away the answer the client
-    // has not read yet. Half-close instead (the FIN follows the answer; the server socket allows
-    // half-open connections) and go on reading: the socket closes when the client closes its
+    // Node destroys such a connection as soon as the answer is written, and the body still
+    // arriving then makes the kernel reset it, throwing away the answer the client has not read
+    // yet. Half-close instead and go on reading: the socket closes when the client closes its
     // side, or at the bounds.
-    const halfClose = socket as Socket
-    halfClose.destroySoon = () => { halfClose.end() }
+    halfCloseAfterResponse(socket as Socket)
     socket.once('close', stop)
   }
   raw.removeAllListeners('data')
