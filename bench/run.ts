@@ -477,10 +477,8 @@ async function main (): Promise<number> {
 
     for (let r = 1; r <= options.rounds; r++) {
       for (const method of options.methods) {
-        const order = roundOrder(scenarioList.filter((s) => s.target !== undefined), r)
-        for (let position = 0; position < order.length; position++) {
-          const s = order[position]
-          if (s.target === undefined) continue
+        const order = roundOrder(scenarioList.filter((s): s is Scenario & { target: Target } => s.target !== undefined), r)
+        for (const [position, s] of order.entries()) {
           try {
             const rec = await measure(ctx, tool, s, s.target, method, r, position)
             runs.push(rec)

@@ -3,13 +3,23 @@
  * because the rest of its body is read and discarded, bounded (server.lingeringClose), before the
  * connection closes; a client waiting for `100 Continue` gets the final status instead.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { connect } from 'node:net'
 import { call, startTestGateway, startUpstream } from './helper.js'
 import { cheapHash } from './auth-helper.js'
 
 const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
 const basicUser = { username: 'alice', passwordHash: cheapHash('pw'), scopes: [] }
+
+/** A gateway with a Basic-auth route /basic and a public route /pub, both to one upstream. */
+async function basicAndPublic (t: Test): Promise<{ up: Awaited<ReturnType<typeof startUpstream>>, gw: string }> {
+  const up = await startUpstream(t)
+  const { url: gw } = await startTestGateway(t, {
+    users: [basicUser],
+    routes: [{ name: 'basic', prefix: '/basic', upstream: up.origin, auth: ['basic'] }, { name: 'pub', prefix: '/pub', upstream: up.origin }]
+  })
+  return { up, gw }
+}
 
 t.test('fetch uploading 16 MB to a 1 MB route gets 413 ten times in ten; 3 MB without credentials to a Basic route gets 401 ten in ten', async (t) => {
   const up = await startUpstream(t)
@@ -38,11 +48,7 @@ t.test('fetch uploading 16 MB to a 1 MB route gets 413 ten times in ten; 3 MB wi
 })
 
 t.test('Expect: 100-continue on a request that is refused gets the final status, never 100, and the connection closes', async (t) => {
-  const up = await startUpstream(t)
-  const { url: gw } = await startTestGateway(t, {
-    users: [basicUser],
-    routes: [{ name: 'basic', prefix: '/basic', upstream: up.origin, auth: ['basic'] }, { name: 'pub', prefix: '/pub', upstream: up.origin }]
-  })
+  const { up, gw } = await basicAndPublic(t)
   const port = Number(new URL(gw).port)
   const ask = async (path: string, extra = ''): Promise<string> => {
     const socket = connect(port, '127.0.0.1')
@@ -158,11 +164,7 @@ t.test('a client that asked for Connection: close and is still uploading when re
 })
 
 t.test('a request pipelined behind a refused Connection: close upload is never served (RFC 9112 §9.6), though the connection is still read', async (t) => {
-  const up = await startUpstream(t)
-  const { url: gw } = await startTestGateway(t, {
-    users: [basicUser],
-    routes: [{ name: 'basic', prefix: '/basic', upstream: up.origin, auth: ['basic'] }, { name: 'pub', prefix: '/pub', upstream: up.origin }]
-  })
+  const { up, gw } = await basicAndPublic(t)
   const socket = connect(Number(new URL(gw).port), '127.0.0.1')
   let got = ''
   socket.on('data', (d: Buffer) => { got += d.toString('latin1') })
