@@ -180,6 +180,23 @@ t.test('a request pipelined behind a refused Connection: close upload is never s
   t.same(up.requests.map((r) => r.url), [], 'the pipelined GET to a public route never reached the upstream')
 })
 
+t.test('a Connection: close client that goes away while the gateway lingers: the socket is released and the next request is served', async (t) => {
+  const { up, gw } = await basicAndPublic(t)
+  const socket = connect(Number(new URL(gw).port), '127.0.0.1')
+  let got = ''
+  socket.on('data', (d: Buffer) => { got += d.toString('latin1') })
+  socket.on('error', () => {})
+  socket.write('PUT /basic/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1000000\r\n\r\n')
+  socket.write(Buffer.alloc(64 * 1024, 120))
+  for (let i = 0; i < 50 && !got.includes('\r\n\r\n'); i++) await sleep(20)
+  t.match(got, /^HTTP\/1\.1 401 /, 'the 401 came while the body was unread')
+  socket.destroy() // gone mid-linger, body unfinished
+  await sleep(100)
+  const next = await call(`${gw}/pub/after`)
+  t.equal(next.status, 200, 'the next request is served')
+  t.same(up.requests.map((r) => r.url), ['/after'], 'only it reached the upstream (the route strips its prefix)')
+})
+
 t.test('a request Node\'s parser refuses (an obs-fold header) while its 4 MB body is still coming: the 400 arrives, the rest is drained, the connection closes', async (t) => {
   const up = await startUpstream(t)
   const { url: gw } = await startTestGateway(t, {
